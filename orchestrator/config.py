@@ -1,0 +1,221 @@
+"""The run configuration: strict pydantic models, YAML files and ``--set`` overrides.
+
+Unknown keys are errors that name their path and the nearest valid key, so a
+typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from workers.augment import DEFAULT_STRATEGY
+
+
+class ConfigError(ValueError):
+    """A configuration problem, worded for the person who wrote the config."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DatasetConfig(_Strict):
+    name: str = "digits"
+    root: str | None = None
+    resolution: int | None = Field(default=None, gt=0)
+    download: bool = False
+
+
+class CondenseConfig(_Strict):
+    method: Literal["dm"] = "dm"
+    ipc: int = Field(default=10, gt=0, description="synthetic images per class")
+    iterations: int = Field(default=20000, ge=0)
+    lr_img: float | None = Field(default=None, gt=0, description="null: 1, or 10 above 50 images per class")
+    momentum: float = Field(default=0.5, ge=0)
+    batch_real: int = Field(default=256, gt=0)
+    init: Literal["real", "noise"] = "real"
+    model: str = "ConvNet"
+    dsa_strategy: str = DEFAULT_STRATEGY
+    checkpoint_every: int = Field(default=500, ge=0)
+    embed_chunk: int = Field(default=64, ge=0)
+    bf16: bool = False
+    tf32: bool = True
+    channels_last: bool = False
+    compile: bool = False
+    loss_every: int = Field(default=1, gt=0)
+
+    @property
+    def effective_lr_img(self) -> float:
+        if self.lr_img is not None:
+            return self.lr_img
+        return 10.0 if self.ipc > 50 else 1.0
+
+
+class PlanConfig(_Strict):
+    classes_per_shard: int = Field(default=10, gt=0)
+    classes: list[int] | None = Field(default=None, description="null: every class of the dataset")
+
+    @field_validator("classes")
+    @classmethod
+    def _unique(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and len(set(v)) != len(v):
+            raise ValueError("plan.classes lists a class twice")
+        return v
+
+
+class ResourcesConfig(_Strict):
+    gpus_per_shard: float = Field(default=1.0, ge=0)
+    cpus_per_shard: float = Field(default=1.0, gt=0)
+    max_retries: int = Field(default=3, ge=0, description="retries after a worker or node dies")
+    retry_exceptions: int = Field(default=2, ge=0, description="retries after an exception in a shard")
+
+
+class EvaluateConfig(_Strict):
+    models: list[str] = Field(default_factory=lambda: ["ConvNet"])
+    num_models: int = Field(default=20, ge=0)
+    epochs: int = Field(default=1000, gt=0)
+    batch: int = Field(default=256, gt=0)
+    lr: float = Field(default=0.01, gt=0)
+    baselines: list[Literal["random", "herding", "k_center"]] = Field(default_factory=lambda: ["random", "herding"])
+    actors_per_gpu: int = Field(default=4, gt=0)
+    gpus: bool = Field(default=True, description="use GPUs for evaluation when the cluster has them")
+    num_actors: int | None = Field(default=None, gt=0, description="null: one per free CPU, at most 4")
+    vectorized: bool | None = Field(default=None, description="train models together with vmap; null: auto")
+
+
+class RunConfig(_Strict):
+    name: str = "digits-ipc10"
+    seed: int = 0
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    condense: CondenseConfig = Field(default_factory=CondenseConfig)
+    plan: PlanConfig = Field(default_factory=PlanConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    output: str = "runs/digits-ipc10"
+
+    @model_validator(mode="after")
+    def _known_models(self) -> "RunConfig":
+        from workers.networks import NETWORK_NAMES
+
+        for key, name in [("condense.model", self.condense.model)] + [
+            ("evaluate.models", m) for m in self.evaluate.models
+        ]:
+            if name not in NETWORK_NAMES:
+                near = difflib.get_close_matches(name, NETWORK_NAMES, n=1)
+                hint = f"; did you mean {near[0]!r}?" if near else ""
+                raise ValueError(f"{key}: unknown network {name!r}{hint}")
+        return self
+
+
+# Keys that may change between an interrupted run and its resumption: they do
+# not change the synthetic images.
+MUTABLE_SECTIONS = ("output", "resources", "evaluate")
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML file (or the defaults when ``path`` is None) and apply ``--set`` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} not found; the shipped ones are in configs/")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping of keys")
+    return from_dict(apply_overrides(data, overrides or []))
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``a.b=c`` assignments, each value read as YAML (``[A,B]`` is a list)."""
+    out = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set condense.ipc=10")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item!r}: value is not valid YAML: {exc}") from exc
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: {part} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def from_dict(data: dict[str, Any]) -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc)) from None
+
+
+def _explain(exc: ValidationError) -> str:
+    lines = ["invalid configuration:"]
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err["loc"])
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  {loc}: unknown key{_nearest_hint(err['loc'])}")
+        else:
+            lines.append(f"  {loc or '(top level)'}: {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _nearest_hint(loc: tuple) -> str:
+    model: type[BaseModel] = RunConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return ""
+        model = ann
+    valid = list(model.model_fields)
+    near = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
+    if near:
+        return f"; did you mean {near[0]!r}?"
+    return f"; valid keys here: {', '.join(valid)}"
+
+
+def to_dict(cfg: RunConfig) -> dict[str, Any]:
+    return cfg.model_dump(mode="json")
+
+
+def identity(cfg: RunConfig | dict[str, Any]) -> dict[str, Any]:
+    """The part of the config that determines the synthetic images."""
+    data = to_dict(cfg) if isinstance(cfg, RunConfig) else copy.deepcopy(cfg)
+    for key in MUTABLE_SECTIONS:
+        data.pop(key, None)
+    return data
+
+
+def config_hash(cfg: RunConfig | dict[str, Any]) -> str:
+    blob = json.dumps(identity(cfg), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def differing_keys(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested dicts."""
+    keys = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        path = f"{prefix}{k}"
+        if isinstance(va, dict) and isinstance(vb, dict):
+            keys.extend(differing_keys(va, vb, path + "."))
+        elif va != vb:
+            keys.append(path)
+    return keys

@@ -1,0 +1,293 @@
+"""Distribution Matching for a group of classes (the paper's Algorithm 1, grouped).
+
+One iteration: draw a fresh random network, sample a real batch per class, draw
+one Siamese augmentation per class, and minimise
+    sum_c || mean embed(aug(real_c)) - mean embed(aug(syn_c)) ||^2
+over the synthetic images with SGD. Every class of the group goes through one
+forward pass (no Python loop over classes): class means are segment sums.
+
+Every random stream of iteration ``t`` comes from ``derive_seed(seed, "iter", t)``,
+so a checkpoint only needs the images, the optimiser state and ``t`` to
+continue bit-identically.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Callable, Literal, Sequence
+
+import torch
+from torch import nn
+
+from workers.augment import DEFAULT_STRATEGY, DSAParams, apply_dsa, draw_params
+from workers.data.types import DatasetInfo, ImageSet
+from workers.devices import Precision
+from workers.networks import build_network, init_parameters_, uses_batchnorm
+from workers.seeding import derive_seed, generator
+
+
+@dataclass(frozen=True)
+class DMSettings:
+    ipc: int
+    iterations: int
+    lr_img: float = 1.0
+    momentum: float = 0.5
+    batch_real: int = 256
+    init: Literal["real", "noise"] = "real"
+    model: str = "ConvNet"
+    dsa_strategy: str = DEFAULT_STRATEGY
+    # Real images are embedded in chunks of this many (0 = one pass). Chunks keep
+    # first-layer activations in cache on the CPU; results do not depend on it
+    # (instance norm is per image). BatchNorm models always use one pass.
+    embed_chunk: int = 64
+    precision: Precision = field(default_factory=Precision)
+    compile: bool = False
+    loss_every: int = 1  # read the loss back to the host every N iterations
+
+    def __post_init__(self) -> None:
+        if self.ipc <= 0:
+            raise ValueError(f"condense.ipc must be >= 1, got {self.ipc}")
+        if self.iterations < 0:
+            raise ValueError(f"condense.iterations must be >= 0, got {self.iterations}")
+        if self.batch_real <= 0:
+            raise ValueError(f"condense.batch_real must be >= 1, got {self.batch_real}")
+        if self.init not in ("real", "noise"):
+            raise ValueError(f"condense.init must be 'real' or 'noise', got {self.init!r}")
+        if self.loss_every <= 0:
+            raise ValueError(f"loss_every must be >= 1, got {self.loss_every}")
+
+
+@dataclass(frozen=True)
+class Progress:
+    iteration: int
+    total: int
+    loss: float
+    it_per_s: float
+
+
+@dataclass
+class RealBatch:
+    """Indices of one iteration's real batch, with each image's class slot."""
+
+    index: torch.Tensor  # int64 [M], rows of the shard's real tensor
+    groups: torch.Tensor  # int64 [M], class slot 0..K-1
+    counts: torch.Tensor  # float [K], images per class slot
+
+
+class ClassBank:
+    """The real images of a group of classes, sorted by class, resident on the device."""
+
+    def __init__(self, real: ImageSet, class_ids: Sequence[int], device: torch.device):
+        self.class_ids = [int(c) for c in class_ids]
+        if len(set(self.class_ids)) != len(self.class_ids):
+            raise ValueError(f"duplicate class ids in {self.class_ids}")
+        labels = real.labels.to(torch.int64)
+        slot_of = {c: i for i, c in enumerate(self.class_ids)}
+        unknown = sorted(set(labels.tolist()) - set(slot_of))
+        if unknown:
+            raise ValueError(f"real images carry classes {unknown[:10]} outside the group {self.class_ids}")
+        slots = torch.tensor([slot_of[c] for c in labels.tolist()], dtype=torch.int64)
+        order = torch.argsort(slots, stable=True)
+        self.images = real.images[order].to(device)
+        counts = torch.bincount(slots, minlength=len(self.class_ids))
+        empty = [self.class_ids[i] for i in range(len(counts)) if counts[i] == 0]
+        if empty:
+            raise ValueError(f"classes {empty} have no real images")
+        self.counts = counts.to(device)
+        self.offsets = (torch.cumsum(counts, 0) - counts).to(device)
+        self.device = device
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_ids)
+
+    def sample(self, per_class: int, gen: torch.Generator) -> RealBatch:
+        """Up to ``per_class`` images of every class, without replacement, in one shot."""
+        k, max_n = self.num_classes, int(self.counts.max())
+        keys = torch.rand(k, max_n, generator=gen, device=self.device)
+        col = torch.arange(max_n, device=self.device)
+        keys = keys.masked_fill(col[None, :] >= self.counts[:, None], 2.0)  # padding sorts last
+        take = min(per_class, max_n)
+        order = torch.argsort(keys, dim=1)[:, :take]
+        taken = torch.clamp(self.counts, max=per_class)
+        valid = col[None, :take] < taken[:, None]
+        index = (self.offsets[:, None] + order)[valid]
+        groups = torch.arange(k, device=self.device)[:, None].expand(k, take)[valid]
+        return RealBatch(index=index, groups=groups, counts=taken.to(torch.float32))
+
+
+def select_params(params: DSAParams, group_ids: torch.Tensor) -> DSAParams:
+    """The draws of some groups only (per-group tensors indexed, the rest kept)."""
+    n = params.op.shape[0]
+    updates: dict[str, Any] = {}
+    for f in fields(params):
+        value = getattr(params, f.name)
+        if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == n:
+            updates[f.name] = value[group_ids]
+    return replace(params, **updates)
+
+
+def class_means(emb: torch.Tensor, groups: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Per-class mean of embeddings given each row's class slot (a segment mean)."""
+    sums = torch.zeros(counts.shape[0], emb.shape[1], dtype=emb.dtype, device=emb.device)
+    sums.index_add_(0, groups, emb)
+    return sums / counts[:, None].to(emb.dtype)
+
+
+class DMCondenser:
+    """Condenses the classes ``class_ids`` of ``real`` into ``ipc`` images each."""
+
+    def __init__(
+        self,
+        real: ImageSet,
+        info: DatasetInfo,
+        class_ids: Sequence[int],
+        settings: DMSettings,
+        seed: int,
+        device: torch.device | str = "cpu",
+    ):
+        self.settings = settings
+        self.seed = int(seed)
+        self.info = info
+        self.device = torch.device(device)
+        self.bank = ClassBank(real, class_ids, self.device)
+        self.mean = torch.tensor(info.mean, device=self.device).view(1, -1, 1, 1)
+        self.std = torch.tensor(info.std, device=self.device).view(1, -1, 1, 1)
+        self.net = self._build_network(info)
+        self.batchnorm = uses_batchnorm(settings.model)
+        self._embed = torch.compile(self.net.embed) if settings.compile else self.net.embed
+        k = self.bank.num_classes
+        self.syn_groups = torch.arange(k, device=self.device).repeat_interleave(settings.ipc)
+        self.syn = nn.Parameter(self._initial_images())
+        self.optimizer = torch.optim.SGD([self.syn], lr=settings.lr_img, momentum=settings.momentum)
+        self.iteration = 0
+        self.losses: list[tuple[int, float]] = []
+        settings.precision.apply_global(self.device)
+
+    # ----------------------------------------------------------------- setup
+    def _build_network(self, info: DatasetInfo) -> nn.Module:
+        net = build_network(self.settings.model, info.channels, info.num_classes, tuple(info.im_size))
+        net = net.to(self.device, memory_format=self.settings.precision.memory_format())
+        net.train()  # BatchNorm uses batch statistics, as in the paper
+        for p in net.parameters():
+            p.requires_grad_(False)  # only the images are learned
+        return net
+
+    def _initial_images(self) -> torch.Tensor:
+        gen = generator(derive_seed(self.seed, "init"), self.device)
+        s, bank = self.settings, self.bank
+        if s.init == "noise":
+            shape = (bank.num_classes * s.ipc, *bank.images.shape[1:])
+            return torch.randn(shape, generator=gen, device=self.device)
+        short = [c for c, n in zip(bank.class_ids, bank.counts.tolist()) if n < s.ipc]
+        if short:
+            raise ValueError(
+                f"classes {short[:10]} have fewer real images than condense.ipc={s.ipc}; "
+                "lower ipc or use condense.init: noise"
+            )
+        batch = bank.sample(s.ipc, gen)
+        return self._normalize(bank.images[batch.index]).contiguous()
+
+    def _normalize(self, images_u8: torch.Tensor) -> torch.Tensor:
+        x = (images_u8.to(torch.float32) / 255.0 - self.mean) / self.std
+        return x.contiguous(memory_format=self.settings.precision.memory_format())
+
+    # ------------------------------------------------------------------ loop
+    def _real_means(self, batch: RealBatch, params: DSAParams) -> torch.Tensor:
+        chunk = 0 if self.batchnorm else self.settings.embed_chunk
+        step = batch.index.shape[0] if chunk <= 0 else chunk
+        parts = []
+        with torch.no_grad(), self.settings.precision.autocast(self.device):
+            for start in range(0, batch.index.shape[0], step):
+                idx = batch.index[start : start + step]
+                groups = batch.groups[start : start + step]
+                x = apply_dsa(self._normalize(self.bank.images[idx]), groups, params)
+                parts.append(self._embed(x).float())
+        return class_means(torch.cat(parts), batch.groups, batch.counts)
+
+    def _syn_means(self, params: DSAParams) -> torch.Tensor:
+        x = self.syn.contiguous(memory_format=self.settings.precision.memory_format())
+        x = apply_dsa(x, self.syn_groups, params)
+        with self.settings.precision.autocast(self.device):
+            emb = self._embed(x).float()
+        return emb.view(self.bank.num_classes, self.settings.ipc, -1).mean(dim=1)
+
+    def step(self) -> torch.Tensor:
+        """One DM iteration; returns the loss as a device tensor (no host sync)."""
+        s = self.settings
+        gen = generator(derive_seed(self.seed, "iter", self.iteration), self.device)
+        init_parameters_(self.net, gen)
+        batch = self.bank.sample(s.batch_real, gen)
+        params = draw_params(s.dsa_strategy, self.bank.num_classes, gen, self.device)
+        loss = ((self._real_means(batch, params) - self._syn_means(params)) ** 2).sum()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.iteration += 1
+        return loss.detach()
+
+    def run(
+        self,
+        until: int | None = None,
+        *,
+        on_progress: Callable[[Progress], None] | None = None,
+        checkpoint_every: int = 0,
+        on_checkpoint: Callable[[dict], None] | None = None,
+    ) -> None:
+        """Iterate up to ``until`` (default: the configured total)."""
+        total = self.settings.iterations if until is None else until
+        every = self.settings.loss_every
+        pending: list[tuple[int, torch.Tensor]] = []
+        started, start_it = time.perf_counter(), self.iteration
+        while self.iteration < total:
+            pending.append((self.iteration, self.step()))
+            boundary = checkpoint_every > 0 and self.iteration % checkpoint_every == 0
+            if len(pending) >= every or boundary or self.iteration == total:
+                self.losses.extend((it, float(v)) for it, v in pending)  # one sync per flush
+                pending.clear()
+                if on_progress is not None:
+                    rate = (self.iteration - start_it) / max(time.perf_counter() - started, 1e-9)
+                    on_progress(Progress(self.iteration, total, self.losses[-1][1], rate))
+            if boundary and on_checkpoint is not None and self.iteration < total:
+                on_checkpoint(self.state_dict())
+
+    # ------------------------------------------------------------ state/out
+    def state_dict(self) -> dict:
+        return {
+            "iteration": self.iteration,
+            "seed": self.seed,
+            "class_ids": list(self.bank.class_ids),
+            "images": self.syn.detach().to("cpu", memory_format=torch.contiguous_format).clone(),
+            "optimizer": _to_cpu(self.optimizer.state_dict()),
+            "losses": list(self.losses),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["class_ids"] != self.bank.class_ids or state["seed"] != self.seed:
+            raise ValueError(
+                "checkpoint belongs to another shard "
+                f"(classes {state['class_ids'][:5]}..., seed {state['seed']}); remove it to start over"
+            )
+        if tuple(state["images"].shape) != tuple(self.syn.shape):
+            raise ValueError(f"checkpoint images have shape {tuple(state['images'].shape)}, expected {tuple(self.syn.shape)}")
+        with torch.no_grad():
+            self.syn.copy_(state["images"].to(self.device))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.iteration = int(state["iteration"])
+        self.losses = [(int(i), float(v)) for i, v in state["losses"]]
+
+    def synthetic(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images float32 [K*ipc, C, H, W] on the CPU, global class ids int64)."""
+        labels = torch.tensor(self.bank.class_ids, dtype=torch.int64).repeat_interleave(self.settings.ipc)
+        return self.syn.detach().to("cpu", memory_format=torch.contiguous_format).clone(), labels
+
+
+def _to_cpu(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu").clone()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to_cpu(v) for v in obj]
+    return obj
