@@ -89,6 +89,9 @@ class EvaluateConfig(_Strict):
     gpus: bool = Field(default=True, description="use GPUs for evaluation when the cluster has them")
     num_actors: int | None = Field(default=None, gt=0, description="null: one per free CPU, at most 4")
     vectorized: bool | None = Field(default=None, description="train models together with vmap; null: auto")
+    coreset_feature_epochs: int = Field(
+        default=0, ge=0, description="herding/k-center features: 0 = a random network, N = trained N epochs on the shard"
+    )
 
 
 class RunConfig(_Strict):

@@ -1,0 +1,133 @@
+"""The evaluation stage: a pool of Ray actors that train and score networks.
+
+Each actor loads the real test split once, reads the synthetic (and baseline)
+sets straight from the run directory, and runs (method, architecture, seeds)
+jobs; the seeds of one job are trained together when that is faster.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import pyarrow as pa
+import ray
+import torch
+from ray.util import ActorPool
+from rich.console import Console
+from rich.progress import Progress
+
+from orchestrator import shards, storage
+from orchestrator.config import RunConfig
+from orchestrator.plan import ShardSpec
+from workers.data import open_dataset
+from workers.seeding import derive_seed
+from workers.train_eval import TrainSettings, train_and_score_many
+
+RESULTS_COLUMNS = ("method", "model", "seed", "accuracy", "ipc", "train_seconds", "device")
+
+
+def results_path(run: str) -> str:
+    return storage.join(run, "eval", "results.parquet")
+
+
+class EvalWorker:
+    """Holds the test split and the training sets of one run; scores jobs."""
+
+    def __init__(self, run: str, config: dict, plan: list[dict], use_gpu: bool, threads: int):
+        cfg = RunConfig.model_validate(config)
+        torch.set_num_threads(max(1, threads))
+        reader = open_dataset(cfg.dataset.name, cfg.dataset.root, resolution=cfg.dataset.resolution)
+        self.info = reader.info
+        self.test = reader.read_test()
+        self.run, self.cfg = run, cfg
+        self.plan = [ShardSpec.from_dict(d) for d in plan]
+        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        self._sets: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _training_set(self, method: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if method not in self._sets:
+            self._sets[method] = shards.load_method(self.run, self.plan, method)
+        return self._sets[method]
+
+    def score(self, job: dict[str, Any]) -> list[dict[str, Any]]:
+        x, y = self._training_set(job["method"])
+        e = self.cfg.evaluate
+        settings = TrainSettings(epochs=e.epochs, lr=e.lr, batch=e.batch, dsa_strategy=self.cfg.condense.dsa_strategy)
+        started = time.perf_counter()
+        accs = train_and_score_many(
+            job["model"], x, y, self.test.images, self.test.labels,
+            channels=self.info.channels, num_classes=self.info.num_classes, im_size=tuple(self.info.im_size),
+            settings=settings, seeds=job["seeds"], device=self.device,
+            mean=self.info.mean, std=self.info.std, vectorized=e.vectorized,
+        )
+        per_model = (time.perf_counter() - started) / len(accs)
+        return [
+            {"method": job["method"], "model": job["model"], "seed": s, "accuracy": float(a),
+             "ipc": self.cfg.condense.ipc, "train_seconds": per_model, "device": str(self.device)}
+            for s, a in zip(job["seeds"], accs)
+        ]
+
+
+def make_jobs(cfg: RunConfig, n_actors: int) -> list[dict[str, Any]]:
+    """(method, model, seed chunk) jobs; the same seeds for every method, so comparisons are paired."""
+    e = cfg.evaluate
+    jobs = []
+    methods = ["dm", *e.baselines]
+    groups = len(methods) * len(e.models)
+    chunks = max(1, math.ceil(n_actors / max(groups, 1)))
+    chunk = max(1, math.ceil(e.num_models / chunks))
+    for model in e.models:
+        seeds = [derive_seed(cfg.seed, "eval", model, i) for i in range(e.num_models)]
+        for method in methods:
+            for i in range(0, len(seeds), chunk):
+                jobs.append({"method": method, "model": model, "seeds": seeds[i : i + chunk]})
+    return jobs
+
+
+def _pool(cfg: RunConfig, run: str, plan: list[dict], n_jobs: int) -> list[Any]:
+    e, resources = cfg.evaluate, ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0)) if e.gpus else 0
+    if gpus > 0:
+        n = max(1, min(gpus * e.actors_per_gpu, n_jobs))
+        actor = ray.remote(num_gpus=1.0 / e.actors_per_gpu, num_cpus=1)(EvalWorker)
+        return [actor.remote(run, cfg.model_dump(mode="json"), plan, True, 1) for _ in range(n)]
+    cpus = int(resources.get("CPU", 1))
+    n = max(1, min(e.num_actors or min(4, cpus), n_jobs, cpus))
+    actor = ray.remote(num_cpus=1)(EvalWorker)
+    return [actor.remote(run, cfg.model_dump(mode="json"), plan, False, 1) for _ in range(n)]
+
+
+def evaluate_run(run: str, cfg: RunConfig, plan: list[dict], console: Console) -> list[dict[str, Any]]:
+    """Score DM and the baselines; writes RUN/eval/results.parquet and returns its rows."""
+    if cfg.evaluate.num_models == 0:
+        return []
+    jobs = make_jobs(cfg, n_actors=int(ray.cluster_resources().get("CPU", 1)))
+    actors = _pool(cfg, run, plan, len(jobs))
+    rows: list[dict[str, Any]] = []
+    pool = ActorPool(actors)
+    with Progress(console=console) as bar:
+        task = bar.add_task(f"evaluate ({len(actors)} actors)", total=sum(len(j["seeds"]) for j in jobs))
+        for result in pool.map_unordered(lambda a, job: a.score.remote(job), jobs):
+            rows.extend(result)
+            bar.advance(task, len(result))
+    for a in actors:
+        ray.kill(a)
+    rows.sort(key=lambda r: (r["method"], r["model"], r["seed"]))
+    table = pa.Table.from_pylist(rows)
+    storage.write_parquet_atomic(results_path(run), table)
+    return rows
+
+
+def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """mean +- std (percent) per (method, model), in the order methods first appear."""
+    groups: dict[tuple[str, str], list[float]] = {}
+    for r in rows:
+        groups.setdefault((r["method"], r["model"]), []).append(100.0 * r["accuracy"])
+    out = []
+    for (method, model), accs in groups.items():
+        t = torch.tensor(accs, dtype=torch.float64)
+        std = float(t.std(unbiased=False)) if len(accs) > 1 else 0.0
+        out.append({"method": method, "model": model, "n": len(accs), "mean": float(t.mean()), "std": std})
+    return out
