@@ -14,7 +14,7 @@ continue bit-identically.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Sequence
 
 import torch
@@ -117,15 +117,10 @@ class ClassBank:
         return RealBatch(index=index, groups=groups, counts=taken.to(torch.float32))
 
 
-def select_params(params: DSAParams, group_ids: torch.Tensor) -> DSAParams:
-    """The draws of some groups only (per-group tensors indexed, the rest kept)."""
-    n = params.op.shape[0]
-    updates: dict[str, Any] = {}
-    for f in fields(params):
-        value = getattr(params, f.name)
-        if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == n:
-            updates[f.name] = value[group_ids]
-    return replace(params, **updates)
+@dataclass
+class Draw:
+    batch: RealBatch
+    params: DSAParams
 
 
 def class_means(emb: torch.Tensor, groups: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
@@ -213,14 +208,21 @@ class DMCondenser:
             emb = self._embed(x).float()
         return emb.view(self.bank.num_classes, self.settings.ipc, -1).mean(dim=1)
 
-    def step(self) -> torch.Tensor:
-        """One DM iteration; returns the loss as a device tensor (no host sync)."""
-        s = self.settings
+    def draw(self) -> Draw:
+        """This iteration's random network, real batch and augmentation draws."""
         gen = generator(derive_seed(self.seed, "iter", self.iteration), self.device)
         init_parameters_(self.net, gen)
-        batch = self.bank.sample(s.batch_real, gen)
-        params = draw_params(s.dsa_strategy, self.bank.num_classes, gen, self.device)
-        loss = ((self._real_means(batch, params) - self._syn_means(params)) ** 2).sum()
+        batch = self.bank.sample(self.settings.batch_real, gen)
+        params = draw_params(self.settings.dsa_strategy, self.bank.num_classes, gen, self.device)
+        return Draw(batch, params)
+
+    def loss(self, draw: Draw) -> torch.Tensor:
+        """sum over classes of ||mean real embedding - mean synthetic embedding||^2."""
+        return ((self._real_means(draw.batch, draw.params) - self._syn_means(draw.params)) ** 2).sum()
+
+    def step(self) -> torch.Tensor:
+        """One DM iteration; returns the loss as a device tensor (no host sync)."""
+        loss = self.loss(self.draw())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

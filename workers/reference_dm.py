@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from workers.augment import apply_dsa, draw_params
-from workers.dm import DMCondenser, select_params
+from workers.dm import DMCondenser, Draw
 from workers.networks import build_network, init_parameters_
 from workers.seeding import derive_seed, generator
 
@@ -31,33 +31,31 @@ class ReferenceDM(DMCondenser):
         init_parameters_(net, gen)
         return net
 
-    def step(self) -> torch.Tensor:
-        s, bank = self.settings, self.bank
+    def draw(self) -> Draw:
         gen = generator(derive_seed(self.seed, "iter", self.iteration), self.device)
-        net = self._fresh_network(gen)
-        batch = bank.sample(s.batch_real, gen)
-        params = draw_params(s.dsa_strategy, bank.num_classes, gen, self.device)
+        self.ref_net = self._fresh_network(gen)  # a new module every iteration, as published
+        batch = self.bank.sample(self.settings.batch_real, gen)
+        params = draw_params(self.settings.dsa_strategy, self.bank.num_classes, gen, self.device)
+        return Draw(batch, params)
+
+    def loss(self, draw: Draw) -> torch.Tensor:
+        s, bank, net = self.settings, self.bank, self.ref_net
         reals, syns = [], []
         for c in range(bank.num_classes):
-            one = select_params(params, torch.tensor([c], device=self.device))
-            index = batch.index[batch.groups == c]
-            real = self._normalize(bank.images[index])
-            reals.append(apply_dsa(real, torch.zeros(len(index), dtype=torch.long, device=self.device), one))
+            one = draw.params.rows(slice(c, c + 1))
+            index = draw.batch.index[draw.batch.groups == c]
+            zeros = torch.zeros(len(index), dtype=torch.long, device=self.device)
+            reals.append(apply_dsa(self._normalize(bank.images[index]), zeros, one))
             syn = self.syn[c * s.ipc : (c + 1) * s.ipc]
             syns.append(apply_dsa(syn, torch.zeros(s.ipc, dtype=torch.long, device=self.device), one))
         if self.batchnorm:  # the authors concatenate all classes so BN sees them together
-            loss = self._concatenated_loss(net, reals, syns)
-        else:
-            loss = torch.zeros((), device=self.device)
-            for real, syn in zip(reals, syns):
-                out_real = net.embed(real).detach()
-                out_syn = net.embed(syn)
-                loss = loss + ((out_real.mean(0) - out_syn.mean(0)) ** 2).sum()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        self.iteration += 1
-        return loss.detach()
+            return self._concatenated_loss(net, reals, syns)
+        loss = torch.zeros((), device=self.device)
+        for real, syn in zip(reals, syns):
+            out_real = net.embed(real).detach()  # autograd on, then detached: the published way
+            out_syn = net.embed(syn)
+            loss = loss + ((out_real.mean(0) - out_syn.mean(0)) ** 2).sum()
+        return loss
 
     def _concatenated_loss(self, net: torch.nn.Module, reals: list, syns: list) -> torch.Tensor:
         out_real = net.embed(torch.cat(reals)).detach()
