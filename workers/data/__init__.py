@@ -1,0 +1,52 @@
+"""Dataset sources, the prepared Parquet format, and per-class reads.
+
+``open_dataset(name, root)`` gives a ``DatasetReader`` for any source in
+``sources.SOURCE_NAMES`` or for ``prepared`` (the output of ``dmcondense
+prepare``, at a local path or URI). Every reader yields uint8 [N, C, H, W]
+images with int64 global class ids, and ``read_train(ids)`` returns only those
+classes (ordered by class id). ``info.mean``/``info.std`` are per channel, in
+[0, 1] units, over every pixel of the train split.
+"""
+
+from __future__ import annotations
+
+from .base import Source, SourceReader, check_source
+from .prepared import PreparedReader
+from .sources import SOURCE_NAMES, open_source
+from .types import (
+    DatasetError,
+    DatasetInfo,
+    DatasetReader,
+    ImageSet,
+    Skipped,
+    denormalize,
+    normalize,
+)
+
+__all__ = [
+    "DatasetError", "DatasetInfo", "DatasetReader", "ImageSet", "Skipped", "Source", "SOURCE_NAMES",
+    "PreparedReader", "SourceReader", "check_source", "denormalize", "normalize", "open_dataset",
+    "open_source",
+]
+
+PREPARED = "prepared"
+
+
+def open_dataset(
+    name: str,
+    root: str | None = None,
+    *,
+    resolution: int | None = None,
+    download: bool = False,
+    strict: bool = False,
+) -> DatasetReader:
+    """A reader for ``name`` at ``root``; bad input fails here, before any decoding.
+
+    ``strict``: an undecodable image file raises (naming it) instead of being
+    skipped with a warning (skipped files are listed in ``reader.skipped``).
+    """
+    if name == PREPARED:
+        if root is None:
+            raise DatasetError("dataset.root: the prepared dataset's location (path or URI) is required")
+        return PreparedReader(root, resolution=resolution)
+    return SourceReader(open_source(name, root, resolution=resolution, download=download), strict=strict)
