@@ -15,7 +15,9 @@ The file format is described in ``workers.data.prepared``.
 
 from __future__ import annotations
 
+import functools
 import os
+import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
@@ -56,9 +58,16 @@ class SourceSpec:
     name: str
     root: str
     resolution: int
+    run_token: str  # new per run: a worker's cached source never outlives the run that opened it
 
     def open(self) -> Source:
-        return open_source(self.name, self.root, resolution=self.resolution)
+        return _open_cached(self)
+
+
+@functools.lru_cache(maxsize=1)
+def _open_cached(spec: SourceSpec) -> Source:
+    # A Ray worker runs many tasks of one preparation: open (list, load arrays) once.
+    return open_source(spec.name, spec.root, resolution=spec.resolution)
 
 
 @dataclass(frozen=True)
@@ -94,7 +103,8 @@ def run_job(spec: SourceSpec, out: str, job: Job, strict: bool) -> dict:
         loaded = source.load_test(job.first, job.last, strict=strict)
     table = build_table(loaded.images, loaded.labels, source.class_names)
     data_uri = storage.join(out, job.file)
-    storage.write_parquet_atomic(data_uri, table, row_group_by="class_id", **PARQUET_OPTIONS)
+    by_class = {"row_group_by": "class_id"} if job.split == "train" else {}  # test: read whole, keep order
+    storage.write_parquet_atomic(data_uri, table, **by_class, **PARQUET_OPTIONS)
     record = _record(spec, job, loaded, len(source.class_names), data_uri)
     storage.write_json_atomic(storage.join(out, commit_record(job.file)), record)
     return record
@@ -159,9 +169,9 @@ def _check_plan(out: str, plan: dict) -> None:
         )
 
 
-def _existing_classes_per_task(out: str) -> int | None:
+def _existing_plan(out: str) -> dict:
     path = storage.join(out, PLAN)
-    return storage.read_json(path).get("classes_per_task") if storage.exists(path) else None
+    return storage.read_json(path) if storage.exists(path) else {}
 
 
 def run_prepare(
@@ -186,12 +196,14 @@ def run_prepare(
     if not out:
         raise DatasetError("--out: give the prepared dataset's location (a path or a URI)")
     console = console or Console(stderr=True)
+    existing = _existing_plan(out)  # a re-run without options resumes with the first run's settings
+    resolution = resolution or existing.get("resolution")
     src = open_source(source, root, resolution=resolution, download=download)
     check_source(src)
-    k = classes_per_task or _existing_classes_per_task(out) or DEFAULT_CLASSES_PER_TASK
+    k = classes_per_task or existing.get("classes_per_task") or DEFAULT_CLASSES_PER_TASK
     if k < 1:
         raise DatasetError(f"--classes-per-task must be at least 1, got {k}")
-    spec = SourceSpec(source, os.path.abspath(root or default_root()), src.resolution)
+    spec = SourceSpec(source, os.path.abspath(root or default_root()), src.resolution, uuid.uuid4().hex)
     plan = {
         "format_version": FORMAT_VERSION, "source": source, "root": spec.root, "resolution": src.resolution,
         "channels": src.channels, "classes": list(src.class_names), "classes_per_task": k,
