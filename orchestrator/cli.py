@@ -14,7 +14,7 @@ from rich.table import Table
 from orchestrator import driver
 from orchestrator.config import ConfigError, apply_overrides, differing_keys, from_dict, identity, load_config
 
-console = Console()
+console = Console(soft_wrap=True)  # long paths and errors stay on one line
 
 EXIT_OK, EXIT_FAILED_SHARDS, EXIT_USAGE = 0, 1, 2
 

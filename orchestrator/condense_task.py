@@ -58,7 +58,9 @@ def shard_device(cfg: RunConfig) -> torch.device:
     return torch.device("cpu")
 
 
-def condense_shard(run: str, spec_dict: dict, config: dict, sink: ProgressSink | None = None) -> dict:
+def condense_shard(
+    run: str, spec_dict: dict, config: dict, sink: ProgressSink | None = None, node_id: str | None = None
+) -> dict:
     """Condense one shard and commit it; returns its manifest. Idempotent."""
     cfg, spec = from_dict(config), ShardSpec.from_dict(spec_dict)
     state = shards.verify(run, spec)
@@ -88,6 +90,7 @@ def condense_shard(run: str, spec_dict: dict, config: dict, sink: ProgressSink |
     )
     images, labels = condenser.synthetic()
     output = _shard_output(cfg, spec, reader.info, real, images, labels, condenser, resumed_from, started, device)
+    output.record["node_id"] = node_id
     manifest = shards.commit(run, output)
     _cleanup(run, spec)
     reporter.done(manifest)

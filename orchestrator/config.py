@@ -76,6 +76,7 @@ class ResourcesConfig(_Strict):
     cpus_per_shard: float = Field(default=1.0, gt=0)
     max_retries: int = Field(default=3, ge=0, description="retries after a worker or node dies")
     retry_exceptions: int = Field(default=2, ge=0, description="retries after an exception in a shard")
+    max_concurrent_shards: int | None = Field(default=None, gt=0, description="null: as many as the cluster fits")
 
 
 class EvaluateConfig(_Strict):

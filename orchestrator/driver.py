@@ -8,6 +8,7 @@ in RUN/failed/ while the others finish.
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from orchestrator import shards, storage
-from orchestrator.condense_task import condense_shard
+from orchestrator.condense_task import FAULTS_ENV, condense_shard
 from orchestrator.config import RunConfig, config_hash, differing_keys, from_dict, identity, to_dict
 from orchestrator.plan import PlanError, ShardSpec, estimate_work, make_plan
 from workers.data import open_dataset
@@ -154,7 +155,21 @@ class ProgressBoard:
 @ray.remote
 def _condense_remote(run: str, spec: dict, config: dict, board: Any) -> dict:
     sink = None if board is None else (lambda item: board.update.remote(item))
-    return condense_shard(run, spec, config, sink)
+    return condense_shard(run, spec, config, sink, node_id=ray.get_runtime_context().get_node_id())
+
+
+def _task_options(cfg: RunConfig) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "num_cpus": cfg.resources.cpus_per_shard,
+        "num_gpus": cfg.resources.gpus_per_shard,
+        "max_retries": cfg.resources.max_retries,
+        "retry_exceptions": False,  # exceptions are retried by the driver, with their own budget
+        "scheduling_strategy": "SPREAD",  # one shard per node first: every node's GPUs get work
+    }
+    faults = os.environ.get(FAULTS_ENV)
+    if faults:  # failure tests inject faults into the workers through the driver's environment
+        options["runtime_env"] = {"env_vars": {FAULTS_ENV: faults}}
+    return options
 
 
 def check_cluster(cfg: RunConfig) -> None:
@@ -202,19 +217,19 @@ def condense_all(run: str, record: dict[str, Any], console: Console) -> Outcome:
     if not todo:
         return outcome
     check_cluster(cfg)
-    remote = _condense_remote.options(
-        num_cpus=cfg.resources.cpus_per_shard,
-        num_gpus=cfg.resources.gpus_per_shard,
-        max_retries=cfg.resources.max_retries,
-        retry_exceptions=False,
-    )
+    remote = _condense_remote.options(**_task_options(cfg))
     board = ProgressBoard.remote()
     config = to_dict(cfg)
     attempts = {s.shard_id: 0 for s in todo}
     by_id = {s.shard_id: s for s in todo}
-    running = {remote.remote(run, s.to_dict(), config, board): s.shard_id for s in todo}
+    queue = [s.shard_id for s in todo]
+    limit = cfg.resources.max_concurrent_shards or len(todo)
+    running: dict[Any, int] = {}
     with _Display(console, len(todo), cfg.condense.iterations) as display:
-        while running:
+        while running or queue:
+            while queue and len(running) < limit:
+                sid = queue.pop(0)
+                running[remote.remote(run, by_id[sid].to_dict(), config, board)] = sid
             ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
             display.update(ray.get(board.snapshot.remote()), outcome)
             for ref in ready:
@@ -226,7 +241,7 @@ def condense_all(run: str, record: dict[str, Any], console: Console) -> Outcome:
                     attempts[sid] += 1
                     if attempts[sid] <= cfg.resources.retry_exceptions:
                         console.print(f"[yellow]{by_id[sid].name} failed ({_short(exc)}); retry {attempts[sid]}[/]")
-                        running[remote.remote(run, by_id[sid].to_dict(), config, board)] = sid
+                        queue.append(sid)
                     else:
                         outcome.failed[sid] = _short(exc)
                         _record_failure(run, by_id[sid], exc, attempts[sid])

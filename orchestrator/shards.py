@@ -89,7 +89,7 @@ def read_images(data: bytes) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]
     table = pq.read_table(pa.BufferReader(data))
     meta = json.loads((table.schema.metadata or {}).get(META_KEY, b"{}"))
     column = table.column("image").combine_chunks()
-    images = torch.from_numpy(column.to_numpy_ndarray().astype(np.float32, copy=False))
+    images = torch.from_numpy(column.to_numpy_ndarray().astype(np.float32, copy=True))
     labels = torch.from_numpy(table.column("class_id").to_numpy().astype(np.int64))
     return images, labels, meta
 

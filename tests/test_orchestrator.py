@@ -1,0 +1,216 @@
+"""The product end to end on a local Ray: commit, determinism, failures, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from orchestrator import shards
+from orchestrator.cli import main
+from orchestrator.driver import load_run, plan_of
+
+from .conftest import REPO
+
+pytestmark = pytest.mark.ray
+
+CONFIG = str(REPO / "configs" / "digits.yaml")
+# Tiny settings: 3 shards (4 + 4 + 2 classes), a few dozen iterations, fake GPUs.
+SETS = [
+    "condense.iterations=60", "condense.checkpoint_every=20", "condense.ipc=2", "condense.batch_real=16",
+    "condense.model=ConvNetW32", "plan.classes_per_shard=4", "resources.gpus_per_shard=0.5",
+    "evaluate.num_models=2", "evaluate.epochs=3", "evaluate.models=[ConvNetW32]",
+]
+NO_EVAL = ["evaluate.num_models=0"]
+
+
+def run_cli(*args: str) -> int:
+    return main(list(args))
+
+
+def sets(*extra: str) -> list[str]:
+    out = []
+    for s in [*SETS, *extra]:
+        out += ["--set", s]
+    return out
+
+
+def shard_bytes(run: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((run / "shards").glob("*.parquet"))}
+
+
+@pytest.fixture(scope="module")
+def reference_run(local_ray, tmp_path_factory) -> Path:
+    """An uninterrupted run with up to 3 shards in flight, evaluated and reported."""
+    run = tmp_path_factory.mktemp("runs") / "reference"
+    assert run_cli("run", CONFIG, "--out", str(run), *sets()) == 0
+    return run
+
+
+def test_end_to_end_commits_every_class_with_the_design_schema(reference_run):
+    record = load_run(str(reference_run))
+    plan = plan_of(record)
+    assert len(plan) == 3
+    seen = []
+    for spec in plan:
+        st = shards.verify(str(reference_run), spec)
+        assert st.state == "committed", st.detail
+        table = pq.read_table(reference_run / st.manifest["files"]["dm"]["path"])
+        assert table.schema.field("class_id").type == pa.int32()
+        assert table.schema.field("class_name").type == pa.string()
+        assert table.schema.field("index").type == pa.int32()
+        image_type = table.schema.field("image").type
+        assert isinstance(image_type, pa.FixedShapeTensorType) and image_type.value_type == pa.float32()
+        assert list(image_type.shape) == [1, 8, 8]
+        meta = json.loads(table.schema.metadata[b"dmcondense"])
+        assert meta["ipc"] == 2 and meta["dataset"] == "digits" and len(meta["mean"]) == 1
+        counts = {}
+        for c in table.column("class_id").to_pylist():
+            counts[c] = counts.get(c, 0) + 1
+        assert counts == {c: 2 for c in spec.class_ids}
+        assert sorted(table.column("index").to_pylist()) == sorted([0, 1] * len(spec.class_ids))
+        seen += list(spec.class_ids)
+        assert set(st.manifest["files"]) == {"dm", "random", "herding"}
+    assert sorted(seen) == list(range(10))
+    results = pq.read_table(reference_run / "eval" / "results.parquet").to_pylist()
+    assert {(r["method"], r["model"]) for r in results} == {
+        ("dm", "ConvNetW32"), ("random", "ConvNetW32"), ("herding", "ConvNetW32")}
+    assert all(0.0 <= r["accuracy"] <= 1.0 for r in results) and len(results) == 6
+    for name in ("report.md", "grid.png", "loss.png"):
+        assert (reference_run / name).stat().st_size > 0
+    assert "| dm | ConvNetW32 | 2 |" in (reference_run / "report.md").read_text()
+    assert not list((reference_run / "checkpoints").glob("*/state.pt")) if (reference_run / "checkpoints").exists() else True
+
+
+def test_same_bytes_with_one_worker_and_any_completion_order(reference_run, tmp_path):
+    run = tmp_path / "serial"
+    assert run_cli("run", CONFIG, "--out", str(run), *sets("resources.max_concurrent_shards=1", *NO_EVAL)) == 0
+    assert shard_bytes(run) == shard_bytes(reference_run)
+
+
+def test_worker_killed_after_checkpoint_is_retried_from_it(reference_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("DMCONDENSE_FAULTS", "shard-00001=kill-after-checkpoint")
+    run = tmp_path / "killed"
+    assert run_cli("run", CONFIG, "--out", str(run), *sets(*NO_EVAL)) == 0
+    assert (run / "faults" / "shard-00001.kill-after-checkpoint").exists()  # the kill did happen
+    manifest = json.loads((run / "manifest" / "shard-00001.json").read_text())
+    assert manifest["resumed_from"] == 20  # continued from its first checkpoint
+    assert shard_bytes(run) == shard_bytes(reference_run)
+
+
+def test_exception_retried_then_failed_shard_is_reported(tmp_path, monkeypatch, capsys, local_ray):
+    monkeypatch.setenv("DMCONDENSE_FAULTS", "shard-00000=raise-once,shard-00002=raise")
+    run = tmp_path / "failing"
+    assert run_cli("run", CONFIG, "--out", str(run), *sets(*NO_EVAL)) == 1
+    out = capsys.readouterr().out
+    assert "shard-00002 failed" in out and f"dmcondense resume {run}" in out
+    assert (run / "manifest" / "shard-00000.json").exists()  # retried after its one exception
+    assert (run / "manifest" / "shard-00001.json").exists()
+    failure = json.loads((run / "failed" / "shard-00002.json").read_text())
+    assert failure["attempts"] == 3 and "injected fault" in failure["error"]
+    assert run_cli("status", str(run), "--json") == 1
+    status = json.loads(capsys.readouterr().out)
+    assert [s["state"] for s in status["shards"]] == ["committed", "committed", "failed"]
+    monkeypatch.delenv("DMCONDENSE_FAULTS")
+    assert run_cli("resume", str(run), "--set", "evaluate.num_models=0") == 0
+    assert shards.verify(str(run), plan_of(load_run(str(run)))[2]).state == "committed"
+
+
+def test_driver_killed_mid_run_then_resume_recomputes_only_missing(reference_run, tmp_path):
+    run = tmp_path / "driver-killed"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "orchestrator.cli", "run", CONFIG, "--out", str(run),
+           *sets("resources.max_concurrent_shards=1", "resources.gpus_per_shard=0", *NO_EVAL)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        while not (run / "manifest" / "shard-00000.json").exists():
+            assert proc.poll() is None, "the driver ended before the first commit"
+            assert time.time() < deadline, "no shard committed in time"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started
+        proc.wait()
+    committed = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in (run / "shards").glob("*.parquet")}
+    assert 1 <= len(committed) < 3, "the kill must land mid-run"
+    assert run_cli("resume", str(run)) == 0
+    for name, (data, mtime) in committed.items():
+        path = run / "shards" / name
+        assert path.read_bytes() == data and path.stat().st_mtime_ns == mtime
+    assert shard_bytes(run) == shard_bytes(reference_run)
+
+
+def test_truncated_shard_is_reported_and_recomputed(reference_run, tmp_path, capsys):
+    run = tmp_path / "truncated"
+    shutil.copytree(reference_run, run)
+    victim = run / "shards" / "shard-00001.parquet"
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    other_mtime = (run / "shards" / "shard-00000.parquet").stat().st_mtime_ns
+    capsys.readouterr()
+    assert run_cli("status", str(run), "--json") == 1
+    states = {s["shard"]: s for s in json.loads(capsys.readouterr().out)["shards"]}
+    assert states["shard-00001"]["state"] == "corrupt" and "sha256" in states["shard-00001"]["detail"]
+    assert states["shard-00000"]["state"] == "committed"
+    assert run_cli("resume", str(run), "--set", "evaluate.num_models=0") == 0
+    assert shard_bytes(run) == shard_bytes(reference_run)
+    assert (run / "shards" / "shard-00000.parquet").stat().st_mtime_ns == other_mtime
+
+
+def test_resume_with_another_config_names_the_keys(reference_run, tmp_path, capsys):
+    run = tmp_path / "copy"
+    shutil.copytree(reference_run, run)
+    capsys.readouterr()
+    assert run_cli("resume", str(run), "--set", "condense.ipc=3") == 2
+    assert "condense.ipc" in capsys.readouterr().out
+    assert run_cli("run", CONFIG, "--out", str(run), *sets("seed=5")) == 2
+    assert "differing keys: seed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["condense.ipcc=3"], "condense.ipcc: unknown key; did you mean 'ipc'"),
+        (["condense.ipc=0"], "condense.ipc"),
+        (["plan.classes_per_shard=11"], "plan.classes_per_shard=11 is larger than the 10 classes"),
+        (["dataset.name=mnist", "dataset.root=/nonexistent/mnist"], "/nonexistent/mnist"),
+        (["resources.gpus_per_shard=3"], "no node can host a shard needing 1 CPU and 3 GPU"),
+        (["evaluate.models=[ConvNett]"], "did you mean 'ConvNet'"),
+    ],
+)
+def test_bad_configs_fail_before_any_task(extra, message, tmp_path, capsys, local_ray):
+    run = tmp_path / "bad"
+    assert run_cli("run", CONFIG, "--out", str(run), *sets(*extra)) == 2
+    assert message in capsys.readouterr().out
+    assert not (run / "shards").exists()
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
+    run = tmp_path / "dry"
+    assert run_cli("run", CONFIG, "--out", str(run), "--dry-run", *sets()) == 0
+    out = capsys.readouterr().out
+    assert "3 shards" in out and "shard-00002" in out and "estimated work" in out
+    assert not run.exists()
+
+
+def test_exports(reference_run, tmp_path):
+    import numpy as np
+    import torch
+
+    assert run_cli("export", str(reference_run), "--format", "pt", "--to", str(tmp_path / "syn.pt")) == 0
+    data = torch.load(tmp_path / "syn.pt", weights_only=False)
+    images, labels = data["data"][0]
+    assert images.shape == (20, 1, 8, 8) and labels.tolist() == sorted(labels.tolist())
+    assert run_cli("export", str(reference_run), "--format", "npz", "--to", str(tmp_path / "syn.npz")) == 0
+    assert np.load(tmp_path / "syn.npz")["images"].shape == (20, 1, 8, 8)
+    assert run_cli("export", str(reference_run), "--format", "png", "--to", str(tmp_path / "png")) == 0
+    assert len(list((tmp_path / "png").glob("*/*.png"))) == 20
