@@ -84,7 +84,8 @@ def test_resume_redoes_only_invalid_ranges(tmp_path):
     storage.remove(storage.join(out, commit_record(train_file(0, 0))))
     data2 = storage.join(out, train_file(2, 2))
     storage.write_bytes_atomic(data2, storage.read_bytes(data2)[:100])
-    storage.write_bytes_atomic(storage.join(out, "train", storage.TMP_PREFIX + "x-classes-00003-00003.parquet"), b"junk")
+    leftover = storage.join(out, "train", f"{storage.TMP_PREFIX}x-classes-00003-00003.parquet")
+    storage.write_bytes_atomic(leftover, b"junk")
     untouched = [f for k in (1, 3) for f in _range_files(k, k)]
     before = _snapshot(out, untouched)
     second = run_prepare("imagefolder", root, out, resolution=RES)

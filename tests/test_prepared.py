@@ -24,7 +24,14 @@ from workers.data import sources as sources_mod
 from workers.data.arrays import ArraySource
 from workers.data.prepared import FORMAT_VERSION, META
 
-from tests.test_data_sources import CORRUPT, FOLDER_SPEC, RES, check_reader_interface, expected_pixels, make_image_folder
+from tests.test_data_sources import (
+    CORRUPT,
+    FOLDER_SPEC,
+    RES,
+    check_reader_interface,
+    expected_pixels,
+    make_image_folder,
+)
 
 QUIET = {"in_process": True}
 
@@ -187,9 +194,8 @@ def imagenet_like(tmp_path_factory, request):
     test = (images[::20][:100], np.arange(100))
     mp = pytest.MonkeyPatch()
     request.addfinalizer(mp.undo)
-    mp.setitem(
-        sources_mod.SOURCES, "synthetic", lambda root, res, dl: ArraySource("synthetic", [f"c{i}" for i in range(100)], (images, labels), test)
-    )
+    source = ArraySource("synthetic", [f"c{i}" for i in range(100)], (images, labels), test)
+    mp.setitem(sources_mod.SOURCES, "synthetic", lambda root, resolution, download: source)
     out = str(tmp_path_factory.mktemp("inet") / "prepared")
     run_prepare("synthetic", None, out, classes_per_task=10, **QUIET)
     return out, images, labels

@@ -44,12 +44,20 @@ def center_square(image: Image.Image) -> Image.Image:
     return image.crop((left, top, left + side, top + side))
 
 
+def _peak(mode: str, values: np.ndarray) -> float:
+    """The white level of a wide greyscale image: its format's, or guessed from its range."""
+    if mode.startswith("I;16"):
+        return 65535.0
+    top = float(values.max(initial=0.0))
+    return 1.0 if mode == "F" and top <= 1.0 else 255.0 if top <= 255.0 else 65535.0
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL mode to RGB; 16/32-bit greyscale is scaled down, not clipped."""
+    """Any PIL mode to RGB; 16-bit, 32-bit and float greyscale are scaled down, not clipped."""
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
         values = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
-        image = Image.fromarray(np.clip(values / peak * 255.0, 0, 255).astype(np.uint8), "L")
+        scaled = np.clip(np.rint(values / _peak(image.mode, values) * 255.0), 0, 255).astype(np.uint8)
+        image = Image.fromarray(scaled, "L")
     if image.mode == "P":
         image = image.convert("RGBA")  # palette transparency resolves before dropping alpha
     return image.convert("RGB")

@@ -62,7 +62,8 @@ def load_digits_source(root: str | None = None, resolution: int | None = None, d
     images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
     labels = digits.target.astype(np.int64)
     train, test = _stratified_split(labels, DIGITS_SPLIT_SEED, DIGITS_TEST_FRACTION)
-    return ArraySource("digits", _digit_names(), (images[train], labels[train]), (images[test], labels[test]), resolution)
+    splits = (images[train], labels[train]), (images[test], labels[test])
+    return ArraySource("digits", _digit_names(), *splits, resolution)
 
 
 def _idx_loader(name: str, folder: str, class_names: list[str], download_cls: str) -> Callable[..., Source]:
