@@ -1,0 +1,130 @@
+"""Vectorised (vmap) vs one-at-a-time training of N evaluation networks.
+
+Trains N fresh networks of one architecture on MNIST-shaped random data
+(10 classes, 1x28x28) at several images per class, both ways, and prints the
+wall-clock and CPU-time ratios (looped / vectorised: > 1 means vmap is faster).
+
+On the CPU it also prints why a ratio is what it is: the share of the looped
+wall time spent inside convolution kernels (forward + backward, from the
+profiler) and the GFLOP/s those kernels reach. Vectorising removes per-call overhead, not
+arithmetic, so when convolutions already dominate the looped time, the
+looped time over its convolution time bounds what vmap can gain on that
+device (as long as a batched convolution is no faster per FLOP).
+
+    .venv/bin/python benchmarks/bench_eval.py --models 5 --ipc 1 10 50 --epochs 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from workers.train_eval import TrainSettings, train_many
+
+CLASSES, SHAPE = 10, (1, 28, 28)
+_CONV_OPS = ("aten::mkldnn_convolution", "aten::convolution_backward", "aten::_convolution",
+             "aten::cudnn_convolution", "aten::thnn_conv2d", "aten::_slow_conv2d_forward",
+             "aten::_slow_conv2d_backward")
+
+
+def dataset(ipc: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(ipc)
+    return torch.randn(CLASSES * ipc, *SHAPE, generator=gen), torch.arange(CLASSES).repeat_interleave(ipc)
+
+
+def timed(fn) -> tuple[float, float]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def conv_flops_per_image(model: str) -> float:
+    """Forward FLOPs of the model's convolutions for one image (x3 ~ forward + backward)."""
+    from workers.networks import build_network
+
+    net, flops = build_network(model, SHAPE[0], CLASSES, SHAPE[1:]), 0.0
+
+    def count(mod, inp, out):
+        nonlocal flops
+        flops += 2 * out.numel() * mod.in_channels // mod.groups * mod.kernel_size[0] * mod.kernel_size[1]
+
+    for m in net.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            m.register_forward_hook(count)
+    with torch.no_grad():
+        net(torch.zeros(1, *SHAPE))
+    return flops
+
+
+def conv_seconds(run) -> float:
+    """Seconds ``run`` spends inside CPU convolution kernels (forward + backward), profiled."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run()
+    return sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in _CONV_OPS) / 1e6
+
+
+def bench_ipc(args: argparse.Namespace, ipc: int, device: torch.device) -> dict:
+    x, y = dataset(ipc)
+    epochs = args.epochs if ipc <= 10 else max(1, args.epochs // args.large_ipc_divisor)
+    seeds = list(range(args.models))
+
+    def run(vectorized: bool, n_epochs: int = epochs):
+        settings = TrainSettings(epochs=n_epochs)
+        return lambda: train_many(args.model, x, y, channels=SHAPE[0], num_classes=CLASSES, im_size=SHAPE[1:],
+                                  settings=settings, seeds=seeds, device=device, vectorized=vectorized)
+
+    for vectorized in (False, True):  # warm-up: allocator, kernels, vmap tracing
+        run(vectorized, 1)()
+    best = {False: (float("inf"),) * 2, True: (float("inf"),) * 2}
+    for _ in range(args.repeats):  # interleaved, best of: the machine is shared
+        for vectorized in (False, True):
+            wall, cpu = timed(run(vectorized))
+            best[vectorized] = (min(best[vectorized][0], wall), min(best[vectorized][1], cpu))
+    (loop_wall, loop_cpu), (vec_wall, vec_cpu) = best[False], best[True]
+    image_steps = args.models * epochs * len(x)
+    prof_epochs = max(1, epochs // 5)
+    share = conv_seconds(run(False, prof_epochs)) * epochs / prof_epochs / loop_wall if device.type == "cpu" else float("nan")
+    return dict(
+        ipc=ipc, models=args.models, epochs=epochs, loop_s=round(loop_wall, 3), vmap_s=round(vec_wall, 3),
+        ratio=round(loop_wall / vec_wall, 3), loop_cpu_s=round(loop_cpu, 3), vmap_cpu_s=round(vec_cpu, 3),
+        cpu_ratio=round(loop_cpu / vec_cpu, 3), loop_conv_share=round(share, 3),
+        vmap_bound=round(1 / share, 2),
+        loop_conv_gflops=round(3 * conv_flops_per_image(args.model) * image_steps / (share * loop_wall) / 1e9, 1),
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="ConvNet")
+    parser.add_argument("--models", type=int, default=5, help="networks trained per path")
+    parser.add_argument("--ipc", type=int, nargs="+", default=[1, 10, 50])
+    parser.add_argument("--epochs", type=int, default=50)
+    parser.add_argument("--large-ipc-divisor", type=int, default=10,
+                        help="ipc > 10 runs epochs // this (per-epoch cost grows with ipc)")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    print(f"{args.model}, {args.models} models, {CLASSES} classes of {SHAPE}, device {device}, "
+          f"{torch.get_num_threads()} threads; ratio = looped / vmapped (> 1: vmap faster)")
+    header = ("ipc", "epochs", "loop_s", "vmap_s", "ratio", "loop_cpu_s", "vmap_cpu_s", "cpu_ratio",
+              "loop_conv_share", "vmap_bound", "loop_conv_gflops")
+    print(" ".join(f"{h:>16}" for h in header))
+    rows = []
+    for ipc in args.ipc:
+        row = bench_ipc(args, ipc, device)
+        rows.append(row)
+        print(" ".join(f"{row[h]:>16}" for h in header), flush=True)
+    print(json.dumps({"benchmark": "bench_eval", "model": args.model, "device": str(device),
+                      "threads": torch.get_num_threads(), "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""Training and scoring fresh networks: the protocol, determinism, and vectorised == looped."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from sklearn.datasets import load_digits
+
+from workers.train_eval import TrainSettings, train_and_score, train_and_score_many, train_many
+
+NET = "ConvNetW32"  # the paper's ConvNet, narrower so the tests stay fast
+DIGITS = dict(channels=1, num_classes=10, im_size=(8, 8))
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float, float]:
+    """sklearn digits as uint8 8x8 images: 40 training images per class, the rest for testing."""
+    data = load_digits()
+    images = torch.tensor(data.images * 255 / 16, dtype=torch.float32).round().to(torch.uint8)[:, None]
+    labels = torch.tensor(data.target, dtype=torch.int64)
+    gen = torch.Generator().manual_seed(0)
+    order = torch.randperm(len(labels), generator=gen)
+    train = torch.cat([order[labels[order] == c][:40] for c in range(10)])
+    test = order[~torch.isin(order, train)]
+    mean, std = images[train].float().div(255).mean().item(), images[train].float().div(255).std().item()
+    train_x = (images[train].float() / 255 - mean) / std
+    return train_x, labels[train], images[test], labels[test], mean, std
+
+
+def _normalised(x_u8: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+    return (x_u8.float() / 255 - mean) / std
+
+
+def test_learns_digits_well_above_chance(digits):
+    train_x, train_y, test_u8, test_y, mean, std = digits
+    settings = TrainSettings(epochs=8, batch=64)
+    acc = train_and_score(NET, train_x, train_y, test_u8, test_y, **DIGITS, settings=settings,
+                          seed=0, device="cpu", mean=(mean,), std=(std,))
+    assert acc > 0.6  # chance is 0.1
+
+
+def test_same_seed_same_result_and_other_seed_differs(digits):
+    train_x, train_y, test_u8, test_y, mean, std = digits
+    test_x = _normalised(test_u8, mean, std)
+    settings = TrainSettings(epochs=2, batch=64)
+    runs = []
+    for seed in (3, 3, 4):
+        losses: list[float] = []
+        acc = train_and_score(NET, train_x, train_y, test_x, test_y, **DIGITS, settings=settings, seed=seed,
+                              device="cpu", on_epoch=lambda e, lr, loss: losses.append(loss))
+        runs.append((acc, losses))
+    assert runs[0] == runs[1]
+    assert runs[0][1] != runs[2][1]
+
+
+def test_lr_drops_tenfold_at_half_of_the_epochs(digits):
+    train_x, train_y, test_u8, test_y, mean, std = digits
+    for epochs, decay in ((4, 2), (5, 2)):
+        lrs: list[float] = []
+        train_and_score(NET, train_x[:20], train_y[:20], test_u8[:20], test_y[:20], **DIGITS,
+                        settings=TrainSettings(epochs=epochs, lr=0.02, dsa_strategy="none"), seed=0,
+                        device="cpu", mean=(mean,), std=(std,), on_epoch=lambda e, lr, loss: lrs.append(lr))
+        assert lrs == pytest.approx([0.02] * decay + [0.002] * (epochs - decay))
+
+
+def test_uint8_test_split_scores_like_its_float_version(digits):
+    train_x, train_y, test_u8, test_y, mean, std = digits
+    settings = TrainSettings(epochs=1, batch=64, test_batch=37)  # several uneven test batches
+    common = dict(**DIGITS, settings=settings, seed=1, device="cpu")
+    from_u8 = train_and_score(NET, train_x, train_y, test_u8, test_y, mean=(mean,), std=(std,), **common)
+    from_float = train_and_score(NET, train_x, train_y, _normalised(test_u8, mean, std), test_y, **common)
+    assert from_u8 == pytest.approx(from_float, abs=1.5 / len(test_y))
+
+
+def test_bad_inputs_are_named(digits):
+    train_x, train_y, test_u8, test_y, _, _ = digits
+    settings = TrainSettings(epochs=1)
+    with pytest.raises(ValueError, match="mean and std"):
+        train_and_score(NET, train_x, train_y, test_u8, test_y, **DIGITS, settings=settings, seed=0, device="cpu")
+    with pytest.raises(ValueError, match="train_y"):
+        train_and_score(NET, train_x, train_y[:-1], test_u8, test_y, **DIGITS, settings=settings, seed=0,
+                        device="cpu", mean=(0.5,), std=(0.5,))
+    with pytest.raises(ValueError, match="epochs"):
+        TrainSettings(epochs=0)
+
+
+def _max_gap(a: torch.nn.Module, b: torch.nn.Module) -> float:
+    pairs = zip((*a.parameters(), *a.buffers()), (*b.parameters(), *b.buffers()))
+    return max((x.double() - y.double()).abs().max().item() for x, y in pairs)
+
+
+@pytest.mark.parametrize("model", [NET, "ConvNetW32BN"])
+def test_vectorised_training_matches_one_model_at_a_time(digits, model):
+    """Same seeds -> same initial parameters, batch orders and DSA draws on both paths, so
+    model m must end where it ends alone, up to float rounding; the models differ from
+    each other by far more than that, so the check is not vacuous."""
+    train_x, train_y, *_ = digits
+    settings = TrainSettings(epochs=4, batch=64)  # DSA on, lr decay and momentum restart included
+    seeds = [11, 12, 13]
+    common = dict(**DIGITS, settings=settings, seeds=seeds, device="cpu")
+    looped = train_many(model, train_x, train_y, vectorized=False, **common)
+    stacked = train_many(model, train_x, train_y, vectorized=True, **common)
+    for one, many in zip(looped, stacked):
+        assert _max_gap(one, many) < 1e-3
+    assert _max_gap(looped[0], looped[1]) > 1e-2
+
+
+def test_vectorised_accuracies_and_losses_match_looped(digits):
+    train_x, train_y, test_u8, test_y, mean, std = digits
+    settings = TrainSettings(epochs=3, batch=64)
+    seeds = [5, 6]
+    results = {}
+    for vectorized in (False, True):
+        losses: dict[tuple[int, int], float] = {}
+        accs = train_and_score_many(
+            NET, train_x, train_y, test_u8, test_y, **DIGITS, settings=settings, seeds=seeds, device="cpu",
+            mean=(mean,), std=(std,), vectorized=vectorized,
+            on_epoch=lambda m, e, lr, loss: losses.__setitem__((m, e), loss),
+        )
+        results[vectorized] = (accs, losses)
+    (accs_loop, losses_loop), (accs_vec, losses_vec) = results[False], results[True]
+    assert accs_vec == pytest.approx(accs_loop, abs=2 / len(test_y))
+    assert losses_vec.keys() == losses_loop.keys() == {(m, e) for m in range(2) for e in range(3)}
+    for key, loss in losses_loop.items():
+        assert losses_vec[key] == pytest.approx(loss, rel=1e-4)
+
+
+def test_many_rejects_repeated_seeds(digits):
+    train_x, train_y, test_u8, test_y, mean, std = digits
+    with pytest.raises(ValueError, match="distinct"):
+        train_and_score_many(NET, train_x, train_y, test_u8, test_y, **DIGITS, settings=TrainSettings(epochs=1),
+                             seeds=[1, 1], device="cpu", mean=(mean,), std=(std,))
+
+
+def test_vectorised_models_are_trained_in_chunks_that_bound_memory(digits, monkeypatch):
+    import workers.train_eval as train_eval
+
+    train_x, train_y, *_ = digits
+    common = dict(**DIGITS, settings=TrainSettings(epochs=1, batch=64), seeds=[1, 2, 3], device="cpu",
+                  vectorized=True)
+    whole = train_many(NET, train_x, train_y, **common)
+    monkeypatch.setattr(train_eval, "VMAP_MAX_IMAGES", 128)  # 2 models of 64 images per step
+    seen: set[int] = set()
+    chunked = train_many(NET, train_x, train_y, on_epoch=lambda m, e, lr, loss: seen.add(m), **common)
+    assert seen == {0, 1, 2}
+    for a, b in zip(whole, chunked):
+        assert _max_gap(a, b) < 1e-4

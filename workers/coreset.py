@@ -1,0 +1,132 @@
+"""Coreset baselines: random, herding and k-center selection, class by class.
+
+``select_coreset`` returns indices into ``images`` laid out like DM's synthetic
+set: class after class in ``class_ids`` order, ``ipc`` per class, in selection
+order, so ``images[idx], labels[idx]`` is the coreset. Every class is selected
+on its own (its own random stream, its own features), so the selection of a
+class does not depend on which other classes are in the call.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from workers.seeding import derive_seed, generator
+from workers.train_eval import TrainSettings, fresh_network, train_network
+
+METHODS = ("random", "herding", "k_center")
+
+
+def select_coreset(
+    method: str,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    ipc: int,
+    *,
+    class_ids: Sequence[int],
+    seed: int,
+    features: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """int64 indices of ``ipc`` images per class of ``class_ids``, class-major.
+
+    ``random`` draws from a stream derived from (seed, class id); ``herding`` and
+    ``k_center`` work on ``features`` ``[N, D]`` (e.g. from ``embed_features``).
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown coreset method {method!r}; choose one of {', '.join(METHODS)}")
+    if ipc < 1:
+        raise ValueError(f"ipc must be >= 1, got {ipc}")
+    if labels.dim() != 1 or len(labels) != len(images):
+        raise ValueError(f"labels must be [N] with N = len(images) = {len(images)}, got {list(labels.shape)}")
+    if method != "random":
+        if features is None:
+            raise ValueError(f"{method} selects on embedding features: pass features=embed_features(...)")
+        if features.dim() != 2 or len(features) != len(images):
+            raise ValueError(f"features must be [N, D] with N = len(images) = {len(images)}, got {list(features.shape)}")
+    chosen = []
+    for c in class_ids:
+        members = torch.nonzero(labels.cpu() == c).flatten()
+        if len(members) < ipc:
+            raise ValueError(
+                f"class {c} has {len(members)} images but ipc={ipc} were asked for; "
+                "lower ipc or drop the class"
+            )
+        if method == "random":
+            picks = torch.randperm(len(members), generator=generator(derive_seed(seed, "coreset", c)))[:ipc]
+        else:
+            feats = features[members.to(features.device)].double()
+            picks = (herding if method == "herding" else k_center)(feats, ipc).cpu()
+        chosen.append(members[picks])
+    return torch.cat(chosen) if chosen else torch.zeros(0, dtype=torch.int64)
+
+
+def herding(features: torch.Tensor, k: int) -> torch.Tensor:
+    """Greedy mean matching: each step adds the sample that brings the mean of the
+    selected features closest to the mean of all ``features``. Ties: lowest index."""
+    target = features.mean(dim=0)
+    total = torch.zeros_like(target)
+    available = torch.ones(len(features), dtype=torch.bool, device=features.device)
+    picks = []
+    for step in range(1, k + 1):
+        gaps = ((total + features) / step - target).norm(dim=1)
+        gaps[~available] = float("inf")
+        i = int(gaps.argmin())
+        picks.append(i)
+        available[i] = False
+        total += features[i]
+    return torch.tensor(picks, dtype=torch.int64)
+
+
+def k_center(features: torch.Tensor, k: int) -> torch.Tensor:
+    """Greedy farthest point: start at the sample closest to the mean, then add the
+    sample farthest from everything selected so far. Ties: lowest index."""
+    first = int((features - features.mean(dim=0)).norm(dim=1).argmin())
+    picks = [first]
+    nearest = (features - features[first]).norm(dim=1)
+    nearest[first] = -1.0  # never again, even when every other sample duplicates a pick
+    for _ in range(1, k):
+        i = int(nearest.argmax())
+        picks.append(i)
+        nearest = torch.minimum(nearest, (features - features[i]).norm(dim=1))
+        nearest[i] = -1.0
+    return torch.tensor(picks, dtype=torch.int64)
+
+
+@torch.no_grad()
+def _embed(net: torch.nn.Module, images: torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
+    net.eval()
+    parts = [net.embed(images[s : s + batch].to(device)).cpu() for s in range(0, len(images), batch)]
+    return torch.cat(parts)
+
+
+def embed_features(
+    images_float: torch.Tensor,
+    model_name: str,
+    channels: int,
+    num_classes: int,
+    im_size: tuple[int, int],
+    seed: int,
+    device: torch.device | str,
+    batch: int = 512,
+    train_epochs: int = 0,
+    labels: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """CPU float features ``[N, D]`` of ``net.embed`` for normalised float images.
+
+    The network is initialised from ``seed``; with ``train_epochs > 0`` it is first
+    trained on (images_float, labels) with the evaluation protocol (DSA included).
+    """
+    if not images_float.is_floating_point():
+        raise ValueError(f"images_float must be normalised float images, got {images_float.dtype}; normalise them first")
+    if train_epochs < 0:
+        raise ValueError(f"train_epochs must be >= 0, got {train_epochs}")
+    device = torch.device(device)
+    net = fresh_network(model_name, channels=channels, num_classes=num_classes, im_size=im_size, seed=seed, device=device)
+    if train_epochs > 0:
+        if labels is None or len(labels) != len(images_float):
+            raise ValueError("train_epochs > 0 trains the embedding network: pass labels [N] for images_float")
+        settings = TrainSettings(epochs=train_epochs)
+        train_network(net, images_float.to(device), labels.to(device), settings, seed)
+    return _embed(net, images_float, batch, device)

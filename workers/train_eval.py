@@ -1,0 +1,352 @@
+"""Train fresh networks on a labelled set and score them on a test split.
+
+The paper's evaluation protocol (``evaluate_synset`` of the DC/DSA/DM code):
+a freshly initialised network, SGD (lr 0.01, momentum 0.9, weight decay 5e-4),
+cross-entropy, shuffled mini-batches of 256, DSA on every training batch, the
+learning rate divided by 10 at half of the epochs, then top-1 accuracy on the
+real test split. As in that code, the decay builds a new optimizer, so the
+momentum buffer restarts at the decay.
+
+Every model draws from three streams derived from its seed only: the initial
+parameters (``generator(seed)``), the batch order and the augmentation draws.
+Training several models together (vectorised) or one after the other gives
+each model the same draws, so the two paths differ only by float rounding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from workers.augment import DEFAULT_STRATEGY, augment_batch
+from workers.data import normalize
+from workers.networks import build_network, init_parameters_
+from workers.seeding import derive_seed, generator
+from workers.vmap_train import StackedNetworks
+
+EpochCallback = Callable[[int, float, float], None]  # (epoch, lr, mean train loss)
+ManyEpochCallback = Callable[[int, int, float, float], None]  # (model index, epoch, lr, loss)
+
+_NO_AUGMENTATION = ("", "none")
+VMAP_MAX_IMAGES = 4096  # images per vectorised step (all models): bounds activation memory
+
+
+@dataclass
+class TrainSettings:
+    epochs: int = 1000
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch: int = 256
+    dsa_strategy: str | None = DEFAULT_STRATEGY  # None, "" or "none": no augmentation
+    test_batch: int = 512
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch", "test_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainSettings.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"TrainSettings.lr must be > 0, got {self.lr}")
+
+    @property
+    def augments(self) -> bool:
+        return self.dsa_strategy is not None and self.dsa_strategy.lower() not in _NO_AUGMENTATION
+
+    @property
+    def decay_epoch(self) -> int:
+        return self.epochs // 2
+
+    def lr_at(self, epoch: int) -> float:
+        return self.lr * 0.1 if epoch >= self.decay_epoch else self.lr
+
+
+@dataclass(frozen=True)
+class ModelStreams:
+    """The random streams of one model, all derived from its seed."""
+
+    order: torch.Generator  # CPU: batch order
+    augment: torch.Generator  # on the training device: DSA draws
+
+    @classmethod
+    def for_seed(cls, seed: int, device: torch.device) -> "ModelStreams":
+        return cls(
+            order=generator(derive_seed(seed, "batch_order")),
+            augment=generator(derive_seed(seed, "dsa"), device),
+        )
+
+
+def fresh_network(
+    model_name: str,
+    *,
+    channels: int,
+    num_classes: int,
+    im_size: tuple[int, int],
+    seed: int,
+    device: torch.device | str,
+) -> nn.Module:
+    """A network initialised on the CPU from ``generator(seed)`` (same bytes on any device)."""
+    net = build_network(model_name, channels, num_classes, tuple(im_size))
+    init_parameters_(net, generator(seed))
+    return net.to(device)
+
+
+def make_sgd(params, settings: TrainSettings, lr: float) -> torch.optim.SGD:
+    return torch.optim.SGD(
+        params, lr=lr, momentum=settings.momentum, weight_decay=settings.weight_decay
+    )
+
+
+def restarts_optimizer(settings: TrainSettings, epoch: int) -> bool:
+    """A new optimizer at the start and at the decay (momentum restarts, as in the paper's code)."""
+    return epoch == 0 or epoch == settings.decay_epoch
+
+
+def epoch_batches(n: int, batch: int, order: torch.Generator) -> list[torch.Tensor]:
+    """One epoch's shuffled mini-batches of indices into a set of ``n`` samples."""
+    return list(torch.randperm(n, generator=order).split(batch))
+
+
+def maybe_augment(
+    x: torch.Tensor, settings: TrainSettings, streams: ModelStreams
+) -> torch.Tensor:
+    if not settings.augments:
+        return x
+    return augment_batch(x, settings.dsa_strategy, streams.augment)
+
+
+def train_network(
+    net: nn.Module,
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    settings: TrainSettings,
+    seed: int,
+    on_epoch: EpochCallback | None = None,
+) -> nn.Module:
+    """Train ``net`` in place on (train_x, train_y), already on the network's device."""
+    device = train_x.device
+    streams = ModelStreams.for_seed(seed, device)
+    net.train()
+    for epoch in range(settings.epochs):
+        lr = settings.lr_at(epoch)
+        if restarts_optimizer(settings, epoch):
+            optimizer = make_sgd(net.parameters(), settings, lr)
+        total = torch.zeros((), device=device)
+        for idx in epoch_batches(len(train_x), settings.batch, streams.order):
+            idx = idx.to(device)
+            xb = maybe_augment(train_x[idx], settings, streams)
+            loss = F.cross_entropy(net(xb), train_y[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.detach() * len(idx)
+        if on_epoch is not None:
+            on_epoch(epoch, lr, (total / len(train_x)).item())
+    return net
+
+
+def train_stacked(
+    nets: Sequence[nn.Module],
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    settings: TrainSettings,
+    seeds: Sequence[int],
+    on_epoch: ManyEpochCallback | None = None,
+) -> None:
+    """``train_network`` for every (net, seed) at once: one vmapped step trains them all.
+
+    Each model keeps its own streams (batch order, DSA draws), so model m sees exactly
+    the batches and augmentations it would see alone; augmentation runs per model.
+    """
+    device = train_x.device
+    stacked = StackedNetworks(nets).train()
+    streams = [ModelStreams.for_seed(s, device) for s in seeds]
+    for epoch in range(settings.epochs):
+        lr = settings.lr_at(epoch)
+        if restarts_optimizer(settings, epoch):
+            optimizer = make_sgd(stacked.parameters(), settings, lr)
+        total = torch.zeros(len(nets), device=device)
+        orders = [epoch_batches(len(train_x), settings.batch, s.order) for s in streams]
+        for step in zip(*orders):
+            idx = torch.stack(step).to(device)  # [M, b]
+            xb = torch.stack([maybe_augment(train_x[i], settings, s) for i, s in zip(idx, streams)])
+            logits = stacked(xb)  # [M, b, K]
+            losses = F.cross_entropy(logits.flatten(0, 1), train_y[idx].flatten(), reduction="none")
+            losses = losses.view(idx.shape).mean(dim=1)
+            optimizer.zero_grad(set_to_none=True)
+            losses.sum().backward()  # models are independent: each gets its own gradient
+            optimizer.step()
+            total += losses.detach() * idx.shape[1]
+        if on_epoch is not None:
+            for m, loss in enumerate((total / len(train_x)).tolist()):
+                on_epoch(m, epoch, lr, loss)
+    stacked.write_back(nets)
+
+
+def should_vectorize(n_models: int, n_train: int, settings: TrainSettings, device: torch.device) -> bool:
+    """Whether training ``n_models`` together beats one after the other (see bench_eval)."""
+    return n_models > 1
+
+
+def test_batches(
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    batch: int,
+    device: torch.device,
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The test split batch by batch on ``device``; uint8 batches are normalised one at a time."""
+    for start in range(0, len(test_x), batch):
+        xb = test_x[start : start + batch]
+        if xb.dtype == torch.uint8:
+            xb = normalize(xb, mean, std, device=device)
+        else:
+            xb = xb.to(device=device, dtype=torch.float32)
+        yield xb, test_y[start : start + batch].to(device)
+
+
+@torch.no_grad()
+def score_networks(
+    nets: Sequence[nn.Module],
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    settings: TrainSettings,
+    device: torch.device,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> list[float]:
+    """Top-1 accuracy of each network; every test batch is normalised once for all of them."""
+    for net in nets:
+        net.eval()
+    correct = torch.zeros(len(nets), dtype=torch.int64, device=device)
+    for xb, yb in test_batches(test_x, test_y, settings.test_batch, device, mean, std):
+        for i, net in enumerate(nets):
+            correct[i] += (net(xb).argmax(dim=1) == yb).sum()
+    return (correct.double() / len(test_x)).tolist()
+
+
+def check_inputs(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    channels: int,
+    num_classes: int,
+    im_size: tuple[int, int],
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+) -> None:
+    shape = (channels, *tuple(im_size))
+    for name, x, y in (("train", train_x, train_y), ("test", test_x, test_y)):
+        if x.dim() != 4 or tuple(x.shape[1:]) != shape:
+            raise ValueError(f"{name}_x must be [N, {channels}, {im_size[0]}, {im_size[1]}], got {list(x.shape)}")
+        if y.dim() != 1 or len(y) != len(x) or len(x) == 0:
+            raise ValueError(f"{name}_y must be a non-empty [N] label tensor matching {name}_x, got {list(y.shape)}")
+        if y.is_floating_point() or y.min() < 0 or y.max() >= num_classes:
+            raise ValueError(f"{name}_y must hold integer class ids in [0, {num_classes}), got {y.dtype} in [{y.min()}, {y.max()}]")
+    if not train_x.is_floating_point():
+        raise ValueError(f"train_x must be float images in the normalised space, got {train_x.dtype}; normalise it first")
+    if test_x.dtype == torch.uint8 and (mean is None or std is None):
+        raise ValueError("test_x is uint8: pass mean and std (DatasetInfo.mean / .std) to normalise it")
+
+
+def train_and_score(
+    model_name: str,
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    *,
+    channels: int,
+    num_classes: int,
+    im_size: tuple[int, int],
+    settings: TrainSettings,
+    seed: int,
+    device: torch.device | str,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    on_epoch: EpochCallback | None = None,
+) -> float:
+    """Train one fresh ``model_name`` on the training set and return its test accuracy in [0, 1]."""
+    device = torch.device(device)
+    check_inputs(train_x, train_y, test_x, test_y, channels, num_classes, im_size, mean, std)
+    net = fresh_network(model_name, channels=channels, num_classes=num_classes, im_size=im_size, seed=seed, device=device)
+    train_network(net, train_x.to(device), train_y.to(device), settings, seed, on_epoch)
+    return score_networks([net], test_x, test_y, settings, device, mean, std)[0]
+
+
+def train_many(
+    model_name: str,
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    *,
+    channels: int,
+    num_classes: int,
+    im_size: tuple[int, int],
+    settings: TrainSettings,
+    seeds: Sequence[int],
+    device: torch.device | str,
+    vectorized: bool | None = None,
+    on_epoch: ManyEpochCallback | None = None,
+) -> list[nn.Module]:
+    """Trained networks, one per seed, on the vectorised path or one after the other."""
+    device = torch.device(device)
+    nets = [
+        fresh_network(model_name, channels=channels, num_classes=num_classes, im_size=im_size, seed=s, device=device)
+        for s in seeds
+    ]
+    train_x, train_y = train_x.to(device), train_y.to(device)
+    if vectorized is None:
+        vectorized = should_vectorize(len(seeds), len(train_x), settings, device)
+    if vectorized:
+        chunk = max(1, VMAP_MAX_IMAGES // min(settings.batch, len(train_x)))
+        for start in range(0, len(nets), chunk):
+            part = slice(start, start + chunk)
+            callback = None if on_epoch is None else (lambda m, e, lr, loss, s=start: on_epoch(s + m, e, lr, loss))
+            train_stacked(nets[part], train_x, train_y, settings, seeds[part], callback)
+        return nets
+    for i, (net, seed) in enumerate(zip(nets, seeds)):
+        callback = None if on_epoch is None else (lambda e, lr, loss, i=i: on_epoch(i, e, lr, loss))
+        train_network(net, train_x, train_y, settings, seed, callback)
+    return nets
+
+
+def train_and_score_many(
+    model_name: str,
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    *,
+    channels: int,
+    num_classes: int,
+    im_size: tuple[int, int],
+    settings: TrainSettings,
+    seeds: Sequence[int],
+    device: torch.device | str,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    vectorized: bool | None = None,
+    on_epoch: ManyEpochCallback | None = None,
+) -> list[float]:
+    """Test accuracy of one fresh ``model_name`` per seed, trained together when that is faster.
+
+    ``vectorized=None`` picks the faster path (see ``workers.vmap_train.should_vectorize``);
+    True forces the vectorised path, False trains the models one after the other. Both give
+    each model the draws of ``train_and_score`` with its seed.
+    """
+    if len(seeds) == 0:
+        raise ValueError("seeds is empty: pass at least one seed")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct (repeated seeds train identical models), got {list(seeds)}")
+    device = torch.device(device)
+    check_inputs(train_x, train_y, test_x, test_y, channels, num_classes, im_size, mean, std)
+    nets = train_many(
+        model_name, train_x, train_y, channels=channels, num_classes=num_classes, im_size=im_size,
+        settings=settings, seeds=seeds, device=device, vectorized=vectorized, on_epoch=on_epoch,
+    )
+    return score_networks(nets, test_x, test_y, settings, device, mean, std)
