@@ -1,0 +1,104 @@
+"""The commit and resume protocol on S3 (a moto server on loopback), against a local-path run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import pyarrow.fs as pafs
+import pytest
+
+from orchestrator import shards, storage
+from orchestrator.cli import main
+from orchestrator.driver import load_run, plan_of
+
+from .conftest import REPO, start_local_ray
+
+pytestmark = pytest.mark.ray
+
+CONFIG = str(REPO / "configs" / "digits.yaml")
+# 3 shards (4 + 4 + 2 classes), a checkpoint at 20, the random baseline as a second file per shard.
+SETS = ["condense.iterations=40", "condense.checkpoint_every=20", "condense.ipc=2", "condense.batch_real=8",
+        "condense.model=ConvNetW32", "plan.classes_per_shard=4", "resources.gpus_per_shard=0",
+        "evaluate.num_models=0", "evaluate.baselines=[random]"]
+AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_EC2_METADATA_DISABLED": "true"}  # never ask a metadata service off the loopback
+BUCKET = "dmc-runs"
+
+
+def _sets() -> list[str]:
+    return [arg for s in SETS for arg in ("--set", s)]
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    """A moto S3 server on 127.0.0.1 with one bucket; AWS_* set before Ray starts so workers inherit them."""
+    boto3 = pytest.importorskip("boto3")
+    server_mod = pytest.importorskip("moto.server")
+    saved = {k: os.environ.get(k) for k in AWS_ENV}
+    os.environ.update(AWS_ENV)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one log line per request otherwise
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    boto3.client("s3", endpoint_url=f"http://{host}:{port}").create_bucket(Bucket=BUCKET)
+    yield f"{host}:{port}"
+    server.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def ray_with_s3(s3_endpoint):
+    import ray
+
+    start_local_ray(num_cpus=3)
+    yield s3_endpoint
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def local_reference(ray_with_s3, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("runs") / "local"
+    assert main(["run", CONFIG, "--out", str(run), *_sets()]) == 0
+    return run
+
+
+def _keys(uri: str) -> list[str]:
+    fs, path = storage.resolve(uri)
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+    return sorted(i.path[len(path) + 1:] for i in infos if i.type == pafs.FileType.File)
+
+
+def _status(run: str, capsys) -> tuple[int, list[str]]:
+    capsys.readouterr()
+    code = main(["status", run, "--json"])
+    return code, [s["state"] for s in json.loads(capsys.readouterr().out)["shards"]]
+
+
+def test_s3_run_survives_a_kill_and_a_failure_then_resumes_to_local_bytes(
+        local_reference, ray_with_s3, monkeypatch, capsys):
+    run = f"s3://{BUCKET}/runs/digits?endpoint_override={ray_with_s3}&scheme=http"
+    monkeypatch.setenv("DMCONDENSE_FAULTS", "shard-00001=kill-after-checkpoint,shard-00002=raise")
+    assert main(["run", CONFIG, "--out", run, *_sets()]) == 1
+    assert _status(run, capsys) == (1, ["committed", "committed", "failed"])
+    keys = _keys(run)
+    assert "faults/shard-00001.kill-after-checkpoint" in keys  # the worker was killed after its checkpoint...
+    assert storage.read_json(storage.join(run, "manifest", "shard-00001.json"))["resumed_from"] == 20  # ...and restored
+
+    monkeypatch.delenv("DMCONDENSE_FAULTS")
+    assert main(["resume", run]) == 0
+    assert _status(run, capsys) == (0, ["committed"] * 3)
+    keys = _keys(run)
+    assert not [k for k in keys if k.startswith(("checkpoints/", "failed/")) or f"/{storage.TMP_PREFIX}" in f"/{k}"]
+    for spec in plan_of(load_run(run)):
+        manifest = shards.verify(run, spec).manifest
+        assert set(manifest["files"]) == {"dm", "random"}
+        for entry in manifest["files"].values():
+            local = (local_reference / entry["path"]).read_bytes()
+            assert storage.read_bytes(storage.join(run, entry["path"])) == local, entry["path"]
