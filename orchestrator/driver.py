@@ -271,10 +271,18 @@ def _record_failure(run: str, spec: ShardSpec, exc: BaseException, attempts: int
 
 
 class _Display:
-    """One live line in the driver: shards committed / running / failed, iterations, ETA."""
+    """One live line in the driver: shards committed / running / failed, iterations, ETA.
 
-    def __init__(self, console: Console, n_shards: int, iterations: int):
-        self.n, self.iterations = n_shards, iterations
+    On a terminal a rich progress bar; elsewhere (logs, CI, job submission) a plain
+    line every ``log_every_s`` seconds.
+    """
+
+    def __init__(self, console: Console, n_shards: int, iterations: int, log_every_s: float = 15.0):
+        self.console, self.n, self.iterations = console, n_shards, iterations
+        self.total = max(1, n_shards * iterations)
+        self.live = console.is_terminal
+        self.log_every_s, self._last_log, self._started = log_every_s, 0.0, time.monotonic()
+        self._its, self._shards = 0, ""
         self.progress = Progress(
             TextColumn("[bold]condense"),
             BarColumn(),
@@ -283,9 +291,9 @@ class _Display:
             TimeElapsedColumn(),
             TimeRemainingColumn(),
             console=console,
-            transient=False,
+            disable=not self.live,
         )
-        self.task = self.progress.add_task("condense", total=max(1, n_shards * iterations), shards="")
+        self.task = self.progress.add_task("condense", total=self.total, shards="")
 
     def __enter__(self) -> "_Display":
         self.progress.start()
@@ -293,14 +301,28 @@ class _Display:
 
     def __exit__(self, *exc: Any) -> None:
         self.progress.stop()
+        if not self.live:
+            self._log(force=True)
 
     def update(self, snapshot: dict[int, dict[str, Any]], outcome: Outcome) -> None:
         done_ids = set(outcome.committed) | set(outcome.failed)
         running = sum(1 for sid, s in snapshot.items() if sid not in done_ids and not s.get("done"))
         its = sum(self.iterations if sid in outcome.committed else s.get("iteration", 0) for sid, s in snapshot.items())
         its += self.iterations * len([s for s in outcome.committed if s not in snapshot])
-        self.progress.update(
-            self.task,
-            completed=its,
-            shards=f"shards: {len(outcome.committed)}/{self.n} committed, {running} running, {len(outcome.failed)} failed",
-        )
+        self._its = its
+        self._shards = (f"shards: {len(outcome.committed)}/{self.n} committed, {running} running, "
+                        f"{len(outcome.failed)} failed")
+        self.progress.update(self.task, completed=its, shards=self._shards)
+        if not self.live:
+            self._log()
+
+    def _log(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_log < self.log_every_s:
+            return
+        self._last_log = now
+        its = self._its
+        elapsed = now - self._started
+        eta = f", ETA {elapsed * (self.total - its) / its:.0f} s" if 0 < its < self.total else ""
+        self.console.print(f"condense: {its:,}/{self.total:,} it, {self._shards}, "
+                           f"{elapsed:.0f} s elapsed{eta}", highlight=False)
