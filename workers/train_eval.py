@@ -191,7 +191,7 @@ def should_vectorize(n_models: int, n_train: int, settings: TrainSettings, devic
     return n_models > 1
 
 
-def test_batches(
+def scored_batches(
     test_x: torch.Tensor,
     test_y: torch.Tensor,
     batch: int,
@@ -223,7 +223,7 @@ def score_networks(
     for net in nets:
         net.eval()
     correct = torch.zeros(len(nets), dtype=torch.int64, device=device)
-    for xb, yb in test_batches(test_x, test_y, settings.test_batch, device, mean, std):
+    for xb, yb in scored_batches(test_x, test_y, settings.test_batch, device, mean, std):
         for i, net in enumerate(nets):
             correct[i] += (net(xb).argmax(dim=1) == yb).sum()
     return (correct.double() / len(test_x)).tolist()
@@ -335,9 +335,11 @@ def train_and_score_many(
 ) -> list[float]:
     """Test accuracy of one fresh ``model_name`` per seed, trained together when that is faster.
 
-    ``vectorized=None`` picks the faster path (see ``workers.vmap_train.should_vectorize``);
-    True forces the vectorised path, False trains the models one after the other. Both give
-    each model the draws of ``train_and_score`` with its seed.
+    ``vectorized=None`` picks the faster path (``should_vectorize``); True forces the
+    vectorised path (torch.func vmap over stacked parameters, in chunks of at most
+    ``VMAP_MAX_IMAGES`` images per step), False trains the models one after the other.
+    Both give each model the draws of ``train_and_score`` with its seed. Every network of
+    the zoo vmaps, BatchNorm included: its running statistics are stacked per model.
     """
     if len(seeds) == 0:
         raise ValueError("seeds is empty: pass at least one seed")
