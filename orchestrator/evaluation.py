@@ -107,11 +107,17 @@ def evaluate_run(run: str, cfg: RunConfig, plan: list[dict], console: Console) -
     actors = _pool(cfg, run, plan, len(jobs))
     rows: list[dict[str, Any]] = []
     pool = ActorPool(actors)
-    with Progress(console=console) as bar:
-        task = bar.add_task(f"evaluate ({len(actors)} actors)", total=sum(len(j["seeds"]) for j in jobs))
+    total = sum(len(j["seeds"]) for j in jobs)
+    started = time.monotonic()
+    with Progress(console=console, disable=not console.is_terminal) as bar:
+        task = bar.add_task(f"evaluate ({len(actors)} actors)", total=total)
         for result in pool.map_unordered(lambda a, job: a.score.remote(job), jobs):
             rows.extend(result)
             bar.advance(task, len(result))
+            if not console.is_terminal:  # logs get one line per finished job
+                console.print(f"evaluate: {len(rows)}/{total} networks scored "
+                              f"({result[0]['method']}, {result[0]['model']}), "
+                              f"{time.monotonic() - started:.0f} s elapsed", highlight=False)
     for a in actors:
         ray.kill(a)
     rows.sort(key=lambda r: (r["method"], r["model"], r["seed"]))

@@ -12,11 +12,6 @@ import ray
 LOOPBACK = "127.0.0.1"
 
 
-def _prepare_local_env() -> None:
-    # Without this Ray binds the machine's network address even when told 127.0.0.1.
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-
-
 @contextlib.contextmanager
 def ray_session(
     address: str | None = None,
@@ -39,7 +34,6 @@ def ray_session(
         ray.init(address=address, **kwargs)
         where = f"Ray cluster at {address}"
     else:
-        _prepare_local_env()
         # address="local" always starts a fresh instance; a bare init() would join
         # whatever cluster Ray's temp dir last recorded, even a dead one.
         ray.init(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+from urllib.parse import urlsplit
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -132,6 +133,9 @@ def commit(run: str, out: ShardOutput) -> dict[str, Any]:
 
 
 def _relative(run: str, path: str) -> str:
+    """``path`` relative to ``run``; a URI's query string (endpoint options) belongs to neither."""
+    if "://" in run:
+        run, path = urlsplit(run).path, urlsplit(path).path
     return path[len(run.rstrip("/")) + 1 :]
 
 
