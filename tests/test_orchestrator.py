@@ -214,3 +214,15 @@ def test_exports(reference_run, tmp_path):
     assert np.load(tmp_path / "syn.npz")["images"].shape == (20, 1, 8, 8)
     assert run_cli("export", str(reference_run), "--format", "png", "--to", str(tmp_path / "png")) == 0
     assert len(list((tmp_path / "png").glob("*/*.png"))) == 20
+
+
+def test_evaluate_reruns_the_evaluation_stage_only(reference_run, tmp_path, capsys):
+    run = tmp_path / "reeval"
+    shutil.copytree(reference_run, run)
+    before = shard_bytes(run)
+    assert run_cli("evaluate", str(run), "--set", "evaluate.num_models=1", "--set", "evaluate.baselines=[random]") == 0
+    rows = pq.read_table(run / "eval" / "results.parquet").to_pylist()
+    assert sorted(r["method"] for r in rows) == ["dm", "random"]
+    assert shard_bytes(run) == before
+    assert run_cli("evaluate", str(run), "--set", "condense.ipc=3") == 2
+    assert "only evaluate.* overrides" in capsys.readouterr().out

@@ -1,0 +1,58 @@
+"""Planning and configuration: stable shard ids, strict keys, overrides, hashes."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.config import ConfigError, config_hash, differing_keys, identity, load_config
+from orchestrator.plan import PlanError, make_plan, shard_seed
+
+from .conftest import REPO
+
+
+def test_shards_and_seeds_do_not_depend_on_the_class_count():
+    first = make_plan(range(20), 8, run_seed=0)
+    assert [s.class_ids for s in first] == [tuple(range(8)), tuple(range(8, 16)), tuple(range(16, 20))]
+    grown = make_plan(range(35), 8, run_seed=0, existing=first)
+    assert grown[:3] == first  # committed shards keep their ids, classes and seeds
+    assert [s.shard_id for s in grown] == [0, 1, 2, 3, 4]
+    assert grown[3].class_ids == tuple(range(20, 28)) and grown[4].class_ids == tuple(range(28, 35))
+    assert grown[3].seed == shard_seed(0, 3) != shard_seed(1, 3)
+    with pytest.raises(PlanError, match="can only grow"):
+        make_plan(range(10), 8, run_seed=0, existing=first)
+    with pytest.raises(PlanError, match="larger than the 5 classes"):
+        make_plan(range(5), 8, run_seed=0)
+
+
+def test_unknown_keys_name_the_nearest_valid_key():
+    with pytest.raises(ConfigError, match=r"plan.clases_per_shard: unknown key; did you mean 'classes_per_shard'"):
+        load_config(None, ["plan.clases_per_shard=4"])
+    with pytest.raises(ConfigError, match=r"condense.ipc: Input should be greater than 0"):
+        load_config(None, ["condense.ipc=0"])
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        load_config(None, ["condense.ipc"])
+    with pytest.raises(ConfigError, match="not found"):
+        load_config("/nonexistent.yaml")
+
+
+def test_overrides_are_read_as_yaml_and_defaults_follow_the_paper():
+    cfg = load_config(REPO / "configs" / "digits.yaml", ["evaluate.models=[ConvNet,AlexNet]"])
+    assert cfg.evaluate.models == ["ConvNet", "AlexNet"]
+    assert load_config(None, ["condense.ipc=100"]).condense.effective_lr_img == 10.0  # lr 10 above 50 ipc
+    assert load_config(None).condense.effective_lr_img == 1.0
+    d = load_config(None)
+    assert (d.condense.iterations, d.condense.batch_real, d.condense.momentum) == (20000, 256, 0.5)
+    assert (d.evaluate.epochs, d.evaluate.lr, d.evaluate.batch) == (1000, 0.01, 256)
+
+
+def test_hash_covers_what_changes_the_images_only():
+    a = load_config(None)
+    b = load_config(None, ["evaluate.num_models=3", "resources.gpus_per_shard=0", "output=elsewhere"])
+    c = load_config(None, ["condense.ipc=3"])
+    assert config_hash(a) == config_hash(b) != config_hash(c)
+    assert differing_keys(identity(a), identity(c)) == ["condense.ipc"]
+
+
+def test_every_shipped_config_validates():
+    for path in sorted((REPO / "configs").glob("*.yaml")):
+        load_config(path)
