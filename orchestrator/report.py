@@ -115,7 +115,10 @@ def loss_png(manifests: list[dict[str, Any]]) -> bytes:
     for m in manifests:
         curve = m.get("loss_curve") or []
         if curve:
-            ax.plot([p[0] for p in curve], [p[1] for p in curve], linewidth=0.8, label=f"shard {m['shard_id']}")
+            its, vals = [p[0] for p in curve], [p[1] for p in curve]
+            line, = ax.plot(its, vals, linewidth=0.6, alpha=0.3)  # raw: one random network per point
+            ax.plot(its, _moving_average(vals, max(1, len(vals) // 20)), linewidth=1.2, color=line.get_color(),
+                    label=f"shard {m['shard_id']}")
     ax.set_xlabel("iteration")
     ax.set_ylabel("DM loss")
     ax.set_yscale("log")
@@ -123,6 +126,16 @@ def loss_png(manifests: list[dict[str, Any]]) -> bytes:
         ax.legend(fontsize=6)
     ax.set_title("distribution matching loss per shard")
     return _png(fig)
+
+
+def _moving_average(values: list[float], window: int) -> list[float]:
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
 
 
 def _png(fig: plt.Figure) -> bytes:
