@@ -1,0 +1,81 @@
+"""`dmcondense bench`: the measured comparison and the GPU cost model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from workers.bench import embed_cost, main
+from workers.dm import DMSettings
+
+TINY = ["--shape", "1,8,8", "--classes", "2", "--ipc", "1", "--batch-real", "4", "--model", "ConvNetW32",
+        "--iterations", "1"]
+
+
+def run_json(capsys, argv: list[str]) -> dict:
+    assert main(argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_measurement_reports_both_loops_and_they_agree(capsys):
+    r = run_json(capsys, [*TINY, "--json", "--variants", "chunk=0,chunk=3+channels_last=off"])
+    for key in ("it_per_s", "reference_it_per_s", "speedup", "peak_mem_mb", "device", "settings", "variants"):
+        assert key in r
+    assert r["it_per_s"] > 0 and r["reference_it_per_s"] > 0 and r["speedup"] > 0
+    assert r["speedup"] == pytest.approx(r["it_per_s"] / r["reference_it_per_s"])
+    assert r["device"] == "cpu" and r["peak_mem_mb"] > 0
+    assert r["settings"]["embed_chunk"] == DMSettings(ipc=1, iterations=1).embed_chunk  # the defaults
+    assert r["max_abs_diff_vs_reference"] < 1e-4  # same draws: same images
+    assert set(r["variants"]) == {"chunk=0", "chunk=3+channels_last=off"}
+    for v in r["variants"].values():
+        assert v["it_per_s"] > 0 and v["speedup"] > 0 and v["max_abs_diff_vs_reference"] < 1e-4
+
+
+def test_table_without_json(capsys):
+    assert main(TINY) == 0
+    out = capsys.readouterr().out
+    assert "reference (per class)" in out and "ours (defaults)" in out
+
+
+def test_conv_macs_of_convnet_by_hand():
+    macs, elems = embed_cost("ConvNet", (3, 32, 32))
+    by_hand = 32 * 32 * 128 * 3 * 9 + 16 * 16 * 128 * 128 * 9 + 8 * 8 * 128 * 128 * 9
+    assert macs == by_hand and elems > 0
+
+
+def test_gpu_estimate_scales_with_gpus_and_work(capsys):
+    e = run_json(capsys, ["--estimate", "gpu", "--json"])
+    assert e["label"].startswith("ESTIMATE")
+    by_name = {s["scenario"]: s for s in e["scenarios"]}
+    assert {"CIFAR-10 ipc50", "ImageNet-1K ipc10", "ImageNet-1K ipc50"} <= set(by_name)
+    for s in e["scenarios"]:
+        assert s["flops_per_iteration"] > 0
+        assert all(r["gpu_hours"] > 0 and r["wall_h"] > 0 for r in s["runs"])
+    inet10, inet50 = by_name["ImageNet-1K ipc10"], by_name["ImageNet-1K ipc50"]
+    assert inet50["flops_per_iteration"] > inet10["flops_per_iteration"]
+    for precision in ("bf16", "fp32"):
+        wall = {r["gpus"]: r["wall_h"] for r in inet10["runs"] if r["precision"] == precision}
+        assert wall[64] / wall[8] == pytest.approx(1 / 8, rel=0.15)
+    cifar = by_name["CIFAR-10 ipc50"]["runs"]
+    assert max(r["gpus_used"] for r in cifar) == 10  # no more GPUs than classes
+
+
+def test_estimate_as_text(capsys):
+    assert main(["--estimate", "gpu"]) == 0
+    out = capsys.readouterr().out
+    assert "ESTIMATE" in out and "ImageNet-1K ipc50" in out and "989" in out
+
+
+@pytest.mark.parametrize("shape", ["3,32", "3,x,32", "3,0,32"])
+def test_bad_shape_is_named(capsys, shape):
+    with pytest.raises(SystemExit) as exc:
+        main(["--shape", shape])
+    assert exc.value.code == 2
+    assert "--shape must be three positive integers C,H,W" in capsys.readouterr().err
+
+
+def test_bad_variant_is_named(capsys):
+    with pytest.raises(SystemExit):
+        main([*TINY, "--variants", "chunky=3"])
+    assert "unknown variant 'chunky=3'" in capsys.readouterr().err

@@ -1,0 +1,432 @@
+"""`dmcondense bench`: time the grouped DM loop against the per-class reference.
+
+Both loops run in one process on the same random uint8 data and take the same
+random draws, so they end on the same images (the run checks it) and their
+speed ratio is measured under the same machine load: steps of every
+configuration are interleaved, and each rate is the median of its timed steps.
+``--estimate gpu`` prints a cost model instead (no measurement).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from workers.data.types import DatasetInfo, ImageSet
+from workers.devices import Precision, resolve_device
+from workers.dm import DMCondenser, DMSettings
+from workers.networks import build_network
+from workers.reference_dm import ReferenceDM
+
+# Each is one change to the defaults (chunk 32, channels_last off, compile off, bf16 off: the "ours" row).
+ALL_VARIANTS = "chunk=0,chunk=16,chunk=64,chunk=128,channels_last=on,compile=on,bf16=on,bf16=on+compile=on"
+_ON = {"1", "on", "true", "yes"}
+_OFF = {"0", "off", "false", "no"}
+
+
+# ------------------------------------------------------------------ arguments
+def parse_shape(text: str) -> tuple[int, int, int]:
+    parts = text.split(",")
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(
+            f"--shape must be three positive integers C,H,W (e.g. 3,32,32), got {text!r}")
+    return shape  # type: ignore[return-value]
+
+
+def _switch(key: str, value: str) -> bool:
+    if value.lower() in _ON:
+        return True
+    if value.lower() in _OFF:
+        return False
+    raise argparse.ArgumentTypeError(f"variant {key}={value!r}: use on or off")
+
+
+def variant_settings(base: DMSettings, spec: str) -> DMSettings:
+    """``base`` with the overrides of ``spec``: ``key=value`` pairs joined by '+'."""
+    s = base
+    for item in spec.split("+"):
+        key, _, value = item.partition("=")
+        if key == "chunk" and value.isdigit():
+            s = dataclasses.replace(s, embed_chunk=int(value))
+        elif key == "compile":
+            s = dataclasses.replace(s, compile=_switch(key, value))
+        elif key in ("channels_last", "bf16", "tf32"):
+            s = dataclasses.replace(s, precision=dataclasses.replace(s.precision, **{key: _switch(key, value)}))
+        else:
+            raise argparse.ArgumentTypeError(
+                f"unknown variant {item!r}; use chunk=N, channels_last=on|off, compile=on|off, "
+                "bf16=on|off or tf32=on|off, joined by '+' (e.g. chunk=32+compile=on), or 'all'")
+    return s
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="dmcondense bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shape", type=parse_shape, default=(3, 32, 32), help="C,H,W of the images (default 3,32,32)")
+    p.add_argument("--classes", type=int, default=10)
+    p.add_argument("--ipc", type=int, default=10)
+    p.add_argument("--batch-real", type=int, default=256)
+    p.add_argument("--model", default="ConvNet")
+    p.add_argument("--iterations", type=int, default=3, help="timed iterations per configuration")
+    p.add_argument("--warmup", type=int, default=2, help="untimed iterations first (compilation happens here)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--variants", default="",
+                   help=f"comma-separated overrides of our settings to time as well, or 'all' ({ALL_VARIANTS})")
+    p.add_argument("--estimate", choices=["gpu"], help="print the GPU cost model instead of measuring")
+    p.add_argument("--efficiency", type=float, default=0.4, help="achievable fraction of GPU peak (estimate)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    args = p.parse_args(argv)
+    for name in ("classes", "ipc", "batch_real", "iterations"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.warmup < 0 or not 0 < args.efficiency <= 1:
+        p.error("--warmup must be >= 0 and --efficiency in (0, 1]")
+    args.variants = ALL_VARIANTS if args.variants == "all" else args.variants
+    for spec in filter(None, args.variants.split(",")):
+        try:
+            variant_settings(DMSettings(ipc=1, iterations=1), spec)
+        except argparse.ArgumentTypeError as e:
+            p.error(str(e))
+    return args
+
+
+# ------------------------------------------------------------------ memory
+class PeakMemory:
+    """Peak memory of a stretch of work: VmHWM on the CPU (reset via clear_refs), allocator peak on CUDA."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.before: float | None = None
+
+    def reset(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.before = torch.cuda.memory_allocated(self.device) / 2**20
+            return
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # resets VmHWM to the current RSS
+        except OSError:
+            pass  # not Linux or not allowed: the peak then covers the whole process
+        self.before = _proc_status_mb("VmRSS:")
+
+    def peak_mb(self) -> float | None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        return _proc_status_mb("VmHWM:")
+
+    def record(self, cfg: Timed) -> None:
+        cfg.peak_mem_mb = self.peak_mb()
+        if cfg.peak_mem_mb is not None and self.before is not None:
+            cfg.step_mem_mb = cfg.peak_mem_mb - self.before
+
+
+def _proc_status_mb(key: str) -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+# ------------------------------------------------------------------ measurement
+def random_dataset(shape: tuple[int, int, int], classes: int, per_class: int, seed: int) -> tuple[ImageSet, DatasetInfo]:
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (classes * per_class, *shape), generator=gen, dtype=torch.uint8)
+    labels = torch.arange(classes).repeat_interleave(per_class)
+    c = shape[0]
+    info = DatasetInfo("random", [str(i) for i in range(classes)], c, shape[1:], (0.5,) * c, (0.25,) * c)
+    return ImageSet(images, labels), info
+
+
+@dataclass
+class Timed:
+    """One configuration under measurement."""
+
+    name: str
+    condenser: DMCondenser
+    warmup_s: list[float] = field(default_factory=list)
+    step_s: list[float] = field(default_factory=list)
+    peak_mem_mb: float | None = None  # process peak (CPU) or allocator peak (CUDA) during one step
+    step_mem_mb: float | None = None  # that peak minus what was in use just before the step
+
+    @property
+    def it_per_s(self) -> float:
+        return 1.0 / statistics.median(self.step_s)
+
+    @property
+    def best_it_per_s(self) -> float:  # other load only ever slows a step down
+        return 1.0 / min(self.step_s)
+
+
+def _timed_step(c: DMCondenser, device: torch.device) -> float:
+    start = time.perf_counter()
+    float(c.step())  # the host read waits for the device
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def measure(configs: list[Timed], warmup: int, iterations: int, device: torch.device,
+            log: Callable[[str], None]) -> None:
+    """Warm every configuration up (peak memory on its last warm-up step), then interleave timed steps."""
+    probe = PeakMemory(device)
+    for cfg in configs:
+        for i in range(warmup):
+            if i == warmup - 1:
+                probe.reset()
+            cfg.warmup_s.append(_timed_step(cfg.condenser, device))
+            log(f"{cfg.name}: warm-up {i + 1}/{warmup} {cfg.warmup_s[-1]:.2f} s")
+        if warmup:
+            probe.record(cfg)
+    for i in range(iterations):
+        for cfg in configs:
+            if not warmup and i == 0:
+                probe.reset()
+            cfg.step_s.append(_timed_step(cfg.condenser, device))
+            if not warmup and i == 0:
+                probe.record(cfg)
+        log(f"round {i + 1}/{iterations}: " + ", ".join(f"{c.name} {c.step_s[-1]:.2f} s" for c in configs))
+
+
+def run_benchmark(args: argparse.Namespace, device: torch.device, log: Callable[[str], None]) -> dict[str, Any]:
+    real, info = random_dataset(args.shape, args.classes, max(args.batch_real, args.ipc), args.seed)
+    classes = list(range(args.classes))
+    ours = DMSettings(ipc=args.ipc, iterations=args.warmup + args.iterations, batch_real=args.batch_real,
+                      model=args.model)
+    plain = dataclasses.replace(ours, precision=Precision(), compile=False)  # as the paper's code runs
+    specs = [v for v in args.variants.split(",") if v]
+    variant_cfgs = {v: variant_settings(ours, v) for v in specs}
+    log(f"bench on {device}: shape {args.shape}, {args.classes} classes, ipc {args.ipc}, "
+        f"batch {args.batch_real}, {args.model}")
+    configs = [Timed("ours", DMCondenser(real, info, classes, ours, args.seed, device)),
+               Timed("reference", ReferenceDM(real, info, classes, plain, args.seed, device))]
+    configs += [Timed(v, DMCondenser(real, info, classes, s, args.seed, device)) for v, s in variant_cfgs.items()]
+    measure(configs, args.warmup, args.iterations, device, log)
+    return _result(args, device, ours, configs)
+
+
+def _diff(a: DMCondenser, b: DMCondenser) -> float:
+    return float((a.syn.detach() - b.syn.detach()).abs().max())
+
+
+def _summary(cfg: Timed, ref: Timed) -> dict[str, Any]:
+    first = cfg.warmup_s[0] if cfg.warmup_s else None
+    compiled = cfg.condenser.settings.compile and first is not None
+    return {
+        "it_per_s": cfg.it_per_s, "best_it_per_s": cfg.best_it_per_s,
+        "speedup": cfg.it_per_s / ref.it_per_s, "speedup_best": cfg.best_it_per_s / ref.best_it_per_s,
+        "max_abs_diff_vs_reference": _diff(cfg.condenser, ref.condenser),
+        "peak_mem_mb": cfg.peak_mem_mb, "step_mem_mb": cfg.step_mem_mb,
+        "first_step_s": first,
+        "compile_s": max(first - 1 / cfg.it_per_s, 0.0) if compiled else None,
+    }
+
+
+def _result(args: argparse.Namespace, device: torch.device, ours: DMSettings, configs: list[Timed]) -> dict[str, Any]:
+    mine, ref, variants = configs[0], configs[1], configs[2:]
+    return {
+        "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "shape": list(args.shape), "classes": args.classes, "ipc": args.ipc, "batch_real": args.batch_real,
+        "model": args.model, "iterations": args.iterations, "warmup": args.warmup,
+        "settings": dataclasses.asdict(ours),
+        **_summary(mine, ref),
+        "reference_it_per_s": ref.it_per_s, "reference_best_it_per_s": ref.best_it_per_s,
+        "reference_peak_mem_mb": ref.peak_mem_mb, "reference_step_mem_mb": ref.step_mem_mb,
+        "variants": {v.name: _summary(v, ref) for v in variants},
+        "method": f"rates from the median (best: the fastest) of {args.iterations} interleaved steps after "
+                  f"{args.warmup} warm-up steps; memory over the last warm-up step: peak_mem_mb is the "
+                  "process peak RSS on CPU (allocator peak on CUDA), step_mem_mb that peak minus the use "
+                  "just before the step",
+    }
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def print_table(r: dict[str, Any]) -> None:
+    print(f"DM iteration, {r['model']} on {'x'.join(map(str, r['shape']))}, {r['classes']} classes, "
+          f"ipc {r['ipc']}, real batch {r['batch_real']}/class, {r['device']} ({r['threads']} threads)")
+    ref = {"it_per_s": r["reference_it_per_s"], "speedup": 1.0, "speedup_best": 1.0,
+           "max_abs_diff_vs_reference": 0.0, "peak_mem_mb": r["reference_peak_mem_mb"],
+           "step_mem_mb": r["reference_step_mem_mb"], "compile_s": None}
+    rows = [("ours (defaults)", r), ("reference (per class)", ref)]
+    rows += [(f"  {name}", v) for name, v in r["variants"].items()]
+    print(f"{'configuration':<30}{'s/it':>7}{'it/s':>8}{'speedup':>9}{'best':>7}{'max|diff|':>10}"
+          f"{'peak MB':>9}{'step MB':>9}{'compile s':>10}")
+    for name, v in rows:
+        print(f"{name:<30}{1 / v['it_per_s']:>7.2f}{v['it_per_s']:>8.3f}{v['speedup']:>8.2f}x"
+              f"{v['speedup_best']:>6.2f}x{v['max_abs_diff_vs_reference']:>10.1e}{_fmt(v['peak_mem_mb'], '.0f'):>9}"
+              f"{_fmt(v['step_mem_mb'], '.0f'):>9}{_fmt(v['compile_s'], '.1f'):>10}")
+    print(f"({r['method']})")
+
+
+# ------------------------------------------------------------------ GPU cost model
+@dataclass(frozen=True)
+class GPUSpec:
+    name: str = "H100 SXM"
+    bf16_tflops: float = 989.0  # dense tensor core
+    fp32_tflops: float = 67.0  # non-tensor-core FP32
+    hbm_tb_s: float = 3.35  # HBM3
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    shape: tuple[int, int, int]
+    model: str
+    classes: int
+    ipc: int
+    iterations: int
+    batch_real: int = 256
+
+
+SCENARIOS = (
+    Scenario("CIFAR-10 ipc50", (3, 32, 32), "ConvNet", 10, 50, 20_000),
+    Scenario("ImageNet-1K ipc10", (3, 64, 64), "ConvNetD4", 1000, 10, 10_000),
+    Scenario("ImageNet-1K ipc50", (3, 64, 64), "ConvNetD4", 1000, 50, 10_000),
+)
+GPU_COUNTS = (8, 64)
+SYN_FACTOR = 3.0  # synthetic forward + backward ~ 3x a forward
+OVERHEAD_MS = 2.0  # per iteration and GPU: ~200 kernel launches, a few host syncs
+
+
+def embed_cost(model: str, shape: tuple[int, int, int]) -> tuple[int, int]:
+    """(multiply-adds, activation elements read + written) of one image through ``embed``."""
+    net = build_network(model, shape[0], 10, shape[1:])
+    macs, elems = 0, 0
+
+    def hook(m: nn.Module, inputs: tuple, out: torch.Tensor) -> None:
+        nonlocal macs, elems
+        elems += inputs[0].numel() + out.numel()
+        if isinstance(m, nn.Conv2d):
+            macs += out.numel() * m.in_channels // m.groups * math.prod(m.kernel_size)
+        elif isinstance(m, nn.Linear):
+            macs += out.numel() * m.in_features
+
+    leaves = [m for m in net.modules() if not list(m.children()) and m is not getattr(net, "classifier", None)]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    with torch.no_grad():
+        net.embed(torch.zeros(1, *shape))
+    for h in handles:
+        h.remove()
+    return macs, elems
+
+
+def estimate_scenario(sc: Scenario, gpu: GPUSpec, efficiency: float) -> dict[str, Any]:
+    macs, elems = embed_cost(sc.model, sc.shape)
+    images = sc.batch_real + SYN_FACTOR * sc.ipc  # forward-equivalents per class and iteration
+    flops = 2 * macs * images
+    out: dict[str, Any] = {"scenario": sc.name, "inputs": dataclasses.asdict(sc),
+                           "macs_per_image": macs, "flops_per_class_iteration": flops,
+                           "flops_per_iteration": flops * sc.classes, "runs": []}
+    for precision, tflops, elem_bytes in (("bf16", gpu.bf16_tflops, 2), ("fp32", gpu.fp32_tflops, 4)):
+        bytes_ = elems * elem_bytes * images
+        t_compute = flops / (tflops * 1e12 * efficiency)
+        t_memory = bytes_ / (gpu.hbm_tb_s * 1e12 * efficiency)
+        per_class = max(t_compute, t_memory)
+        for gpus in GPU_COUNTS:
+            used = min(gpus, sc.classes)
+            wall = sc.iterations * (math.ceil(sc.classes / used) * per_class + OVERHEAD_MS / 1000)
+            out["runs"].append({
+                "precision": precision, "gpus": gpus, "gpus_used": used,
+                "bytes_per_class_iteration": bytes_, "bound": "compute" if t_compute >= t_memory else "memory",
+                "seconds_per_class_iteration": per_class,
+                "wall_s": wall, "wall_h": wall / 3600, "gpu_hours": used * wall / 3600,
+            })
+    return out
+
+
+def estimate(efficiency: float) -> dict[str, Any]:
+    gpu = GPUSpec()
+    return {
+        "label": "ESTIMATE (cost model, nothing measured)",
+        "gpu": dataclasses.asdict(gpu), "efficiency": efficiency,
+        "assumptions": [
+            f"time per class-iteration = max(FLOPs / (peak x {efficiency:g}), bytes / (HBM x {efficiency:g}))",
+            "FLOPs = 2 x conv/linear MACs of embed x (real batch + 3 x ipc): real forward, synthetic "
+            "forward and backward",
+            "bytes = (input + output elements of every layer) x element size, same image count; "
+            "weights and uint8 reads neglected",
+            "classes are split evenly over the GPUs in whole classes, each GPU runs its classes as one "
+            "grouped loop; GPUs beyond the class count are not used",
+            f"plus {OVERHEAD_MS:g} ms per iteration and GPU (kernel launches, host syncs); no data-loading, "
+            "checkpoint, evaluation or scheduling time",
+            "bf16: activations stored in bf16 (autocast); fp32: no TF32",
+        ],
+        "scenarios": [estimate_scenario(sc, gpu, efficiency) for sc in SCENARIOS],
+    }
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
+
+
+def print_estimate(e: dict[str, Any]) -> None:
+    g = e["gpu"]
+    print(f"{e['label']}: {g['name']}, bf16 {g['bf16_tflops']:g} TFLOP/s dense, fp32 {g['fp32_tflops']:g} "
+          f"TFLOP/s, HBM {g['hbm_tb_s']:g} TB/s, achievable fraction {e['efficiency']:g}")
+    for a in e["assumptions"]:
+        print(f"  - {a}")
+    print(f"{'scenario':<20}{'TFLOP/it':>9}{'prec':>6}{'GPUs':>6}{'used':>6}{'bound':>9}{'wall':>10}{'GPU-h':>9}")
+    for sc in e["scenarios"]:
+        tflop = sc["flops_per_iteration"] / 1e12
+        for r in sc["runs"]:
+            print(f"{sc['scenario']:<20}{tflop:>9.3g}{r['precision']:>6}{r['gpus']:>6}{r['gpus_used']:>6}"
+                  f"{r['bound']:>9}{_duration(r['wall_s']):>10}{r['gpu_hours']:>9.3g}")
+    for s in e["scenarios"]:
+        i = s["inputs"]
+        print(f"  {s['scenario']}: {i['model']} on {'x'.join(map(str, i['shape']))}, {i['classes']} classes, "
+              f"ipc {i['ipc']}, real batch {i['batch_real']}/class, {i['iterations']} iterations, "
+              f"{s['macs_per_image'] / 1e6:.1f}M MACs per image")
+
+
+# ------------------------------------------------------------------ entry point
+def main(argv: list[str]) -> int:
+    args = parse_args(argv[1:] if argv[:1] == ["--"] else argv)
+    if args.estimate:
+        e = estimate(args.efficiency)
+        if args.json:
+            print(json.dumps(e))
+        else:
+            print_estimate(e)
+        return 0
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+
+    def log(msg: str) -> None:
+        print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+    try:
+        device = resolve_device(args.device)
+        result = run_benchmark(args, device, log)
+    except (ValueError, RuntimeError) as e:  # bad model name, sizes, or no CUDA: named by the callee
+        print(f"dmcondense bench: error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print_table(result)
+    return 0
