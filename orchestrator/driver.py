@@ -12,7 +12,7 @@ import os
 import platform
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import ray
 from rich.console import Console

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
-import os
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -14,7 +12,7 @@ from orchestrator import shards, storage
 from orchestrator.cli import main
 from orchestrator.driver import load_run, plan_of
 
-from .conftest import REPO, start_local_ray
+from .conftest import REPO, moto_s3, start_local_ray
 
 pytestmark = pytest.mark.ray
 
@@ -23,8 +21,6 @@ CONFIG = str(REPO / "configs" / "digits.yaml")
 SETS = ["condense.iterations=40", "condense.checkpoint_every=20", "condense.ipc=2", "condense.batch_real=8",
         "condense.model=ConvNetW32", "plan.classes_per_shard=4", "resources.gpus_per_shard=0",
         "evaluate.num_models=0", "evaluate.baselines=[random]"]
-AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_EC2_METADATA_DISABLED": "true"}  # never ask a metadata service off the loopback
 BUCKET = "dmc-runs"
 
 
@@ -34,23 +30,9 @@ def _sets() -> list[str]:
 
 @pytest.fixture(scope="module")
 def s3_endpoint():
-    """A moto S3 server on 127.0.0.1 with one bucket; AWS_* set before Ray starts so workers inherit them."""
-    boto3 = pytest.importorskip("boto3")
-    server_mod = pytest.importorskip("moto.server")
-    saved = {k: os.environ.get(k) for k in AWS_ENV}
-    os.environ.update(AWS_ENV)
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one log line per request otherwise
-    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    boto3.client("s3", endpoint_url=f"http://{host}:{port}").create_bucket(Bucket=BUCKET)
-    yield f"{host}:{port}"
-    server.stop()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    """A moto S3 server; AWS_* set before Ray starts so workers inherit them."""
+    with moto_s3(BUCKET) as endpoint:
+        yield endpoint
 
 
 @pytest.fixture(scope="module")

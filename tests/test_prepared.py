@@ -19,6 +19,7 @@ import torch
 
 from orchestrator import storage
 from orchestrator.prepare import PrepareFailed, run_prepare
+from tests.conftest import moto_s3
 from workers.data import DatasetError, PreparedReader, open_dataset
 from workers.data import sources as sources_mod
 from workers.data.arrays import ArraySource
@@ -229,19 +230,8 @@ def test_per_class_read_touches_only_its_ranges(imagenet_like, capsys):
 # ------------------------------------------------------------------ a prepared dataset on S3
 @pytest.fixture(scope="module")
 def s3_out():
-    boto3 = pytest.importorskip("boto3")
-    server_mod = pytest.importorskip("moto.server")
-    mp = pytest.MonkeyPatch()
-    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        mp.setenv(key, "testing")
-    mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    boto3.client("s3", endpoint_url=f"http://{host}:{port}").create_bucket(Bucket="prepared")
-    yield f"s3://prepared/digits?endpoint_override={host}:{port}&scheme=http"
-    server.stop()
-    mp.undo()
+    with moto_s3("prepared") as endpoint:
+        yield f"s3://prepared/digits?endpoint_override={endpoint}&scheme=http"
 
 
 def test_prepare_to_and_read_from_s3(s3_out):

@@ -15,6 +15,8 @@ import pytest
 
 from orchestrator import storage
 
+from .conftest import moto_s3
+
 
 def _table(n_groups: int = 3) -> pa.Table:
     ids = [g for g in range(n_groups) for _ in range(4)]
@@ -149,22 +151,8 @@ def test_killed_write_never_shows_a_partial_final_file(tmp_path):
 # ------------------------------------------------------------------ S3 (moto)
 @pytest.fixture(scope="module")
 def s3_base():
-    boto3 = pytest.importorskip("boto3")
-    server_mod = pytest.importorskip("moto.server")
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    boto3.client("s3", endpoint_url=f"http://{host}:{port}").create_bucket(Bucket="dmc-test")
-    yield f"s3://dmc-test/base?endpoint_override={host}:{port}&scheme=http"
-    server.stop()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with moto_s3("dmc-test") as endpoint:
+        yield f"s3://dmc-test/base?endpoint_override={endpoint}&scheme=http"
 
 
 def test_s3_roundtrip(s3_base):
