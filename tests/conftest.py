@@ -14,7 +14,11 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep Ray on 1
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+# The read-only real datasets live in shared/ beside the checkout (CI clones next to it too).
+SHARED_DATA = next(
+    (p for p in (REPO.parent / "shared" / "data", Path("/work/shared/data")) if p.is_dir()),
+    REPO.parent / "shared" / "data",
+)
 
 
 def start_local_ray(num_cpus: int, num_gpus: int = 0) -> None:

@@ -23,7 +23,9 @@ from workers.data import (
 from workers.data.arrays import ArraySource
 from workers.data.types import ChannelStats
 
-MNIST_RAW = "/work/shared/data/mnist/MNIST/raw"
+from tests.conftest import SHARED_DATA
+
+MNIST_RAW = str(SHARED_DATA / "mnist" / "MNIST" / "raw")
 needs_mnist = pytest.mark.skipif(not os.path.isdir(MNIST_RAW), reason=f"the MNIST files are not at {MNIST_RAW}")
 RES = 16
 
