@@ -6,7 +6,7 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from workers.train_eval import TrainSettings, train_and_score, train_and_score_many, train_many
+from workers.train_eval import TrainSettings, should_vectorize, train_and_score, train_and_score_many, train_many
 
 NET = "ConvNetW32"  # the paper's ConvNet, narrower so the tests stay fast
 DIGITS = dict(channels=1, num_classes=10, im_size=(8, 8))
@@ -145,3 +145,10 @@ def test_vectorised_models_are_trained_in_chunks_that_bound_memory(digits, monke
     assert seen == {0, 1, 2}
     for a, b in zip(whole, chunked):
         assert _max_gap(a, b) < 1e-4
+
+
+def test_auto_path_vectorises_several_models_on_cuda_only():
+    # bench_eval: on the CPU the looped path is faster at 1, 10 and 50 images per class
+    assert should_vectorize(5, torch.device("cuda"))
+    assert not should_vectorize(1, torch.device("cuda"))
+    assert not should_vectorize(5, torch.device("cpu"))
