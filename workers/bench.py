@@ -10,6 +10,7 @@ configuration are interleaved, and each rate is the median of its timed steps.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import dataclasses
 import json
 import math
@@ -82,7 +83,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--batch-real", type=int, default=256)
     p.add_argument("--model", default="ConvNet")
     p.add_argument("--iterations", type=int, default=3, help="timed iterations per configuration")
-    p.add_argument("--warmup", type=int, default=2, help="untimed iterations first (compilation happens here)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed iterations first (compilation happens here)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--variants", default="",
@@ -108,7 +109,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 # ------------------------------------------------------------------ memory
 class PeakMemory:
-    """Peak memory of a stretch of work: VmHWM on the CPU (reset via clear_refs), allocator peak on CUDA."""
+    """Peak memory of one step: allocator peak on CUDA; on the CPU the peak RSS (VmHWM, reset
+    through clear_refs) after handing the C heap's free pages back, so that memory freed by
+    earlier configurations does not hide this one's allocations."""
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -121,10 +124,11 @@ class PeakMemory:
             self.before = torch.cuda.memory_allocated(self.device) / 2**20
             return
         try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")  # resets VmHWM to the current RSS
-        except OSError:
-            pass  # not Linux or not allowed: the peak then covers the whole process
+        except (OSError, AttributeError):
+            pass  # not Linux/glibc: the peak then covers the whole process
         self.before = _proc_status_mb("VmRSS:")
 
     def peak_mb(self) -> float | None:
@@ -190,24 +194,20 @@ def _timed_step(c: DMCondenser, device: torch.device) -> float:
 
 def measure(configs: list[Timed], warmup: int, iterations: int, device: torch.device,
             log: Callable[[str], None]) -> None:
-    """Warm every configuration up (peak memory on its last warm-up step), then interleave timed steps."""
-    probe = PeakMemory(device)
+    """Warm every configuration up, interleave the timed steps, then one untimed step each for memory."""
     for cfg in configs:
         for i in range(warmup):
-            if i == warmup - 1:
-                probe.reset()
             cfg.warmup_s.append(_timed_step(cfg.condenser, device))
             log(f"{cfg.name}: warm-up {i + 1}/{warmup} {cfg.warmup_s[-1]:.2f} s")
-        if warmup:
-            probe.record(cfg)
     for i in range(iterations):
         for cfg in configs:
-            if not warmup and i == 0:
-                probe.reset()
             cfg.step_s.append(_timed_step(cfg.condenser, device))
-            if not warmup and i == 0:
-                probe.record(cfg)
         log(f"round {i + 1}/{iterations}: " + ", ".join(f"{c.name} {c.step_s[-1]:.2f} s" for c in configs))
+    probe = PeakMemory(device)
+    for cfg in configs:
+        probe.reset()
+        _timed_step(cfg.condenser, device)
+        probe.record(cfg)
 
 
 def run_benchmark(args: argparse.Namespace, device: torch.device, log: Callable[[str], None]) -> dict[str, Any]:
@@ -256,9 +256,9 @@ def _result(args: argparse.Namespace, device: torch.device, ours: DMSettings, co
         "reference_peak_mem_mb": ref.peak_mem_mb, "reference_step_mem_mb": ref.step_mem_mb,
         "variants": {v.name: _summary(v, ref) for v in variants},
         "method": f"rates from the median (best: the fastest) of {args.iterations} interleaved steps after "
-                  f"{args.warmup} warm-up steps; memory over the last warm-up step: peak_mem_mb is the "
-                  "process peak RSS on CPU (allocator peak on CUDA), step_mem_mb that peak minus the use "
-                  "just before the step",
+                  f"{args.warmup} warm-up steps; memory over one more step: peak_mem_mb is the process "
+                  "peak RSS on CPU (allocator peak on CUDA), step_mem_mb that peak minus the use just "
+                  "before the step",
     }
 
 

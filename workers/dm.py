@@ -38,9 +38,10 @@ class DMSettings:
     model: str = "ConvNet"
     dsa_strategy: str = DEFAULT_STRATEGY
     # Real images are embedded in chunks of this many (0 = one pass). Chunks keep
-    # first-layer activations in cache on the CPU; results do not depend on it
-    # (instance norm is per image). BatchNorm models always use one pass.
-    embed_chunk: int = 64
+    # first-layer activations in cache on the CPU (32 images of ConvNet at 32x32:
+    # 16 MiB, inside a 32 MiB L3; 64 spill, up to 1.4x slower); results do not
+    # depend on it (instance norm is per image). BatchNorm models use one pass.
+    embed_chunk: int = 32
     precision: Precision = field(default_factory=Precision)
     compile: bool = False
     loss_every: int = 1  # read the loss back to the host every N iterations
@@ -123,13 +124,6 @@ class Draw:
     params: DSAParams
 
 
-def class_means(emb: torch.Tensor, groups: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """Per-class mean of embeddings given each row's class slot (a segment mean)."""
-    sums = torch.zeros(counts.shape[0], emb.shape[1], dtype=emb.dtype, device=emb.device)
-    sums.index_add_(0, groups, emb)
-    return sums / counts[:, None].to(emb.dtype)
-
-
 class DMCondenser:
     """Condenses the classes ``class_ids`` of ``real`` into ``ipc`` images each."""
 
@@ -190,23 +184,40 @@ class DMCondenser:
 
     # ------------------------------------------------------------------ loop
     def _real_means(self, batch: RealBatch, params: DSAParams) -> torch.Tensor:
-        chunk = 0 if self.batchnorm else self.settings.embed_chunk
-        step = batch.index.shape[0] if chunk <= 0 else chunk
-        parts = []
+        # No autograd here: the real side is a constant of the loss. Class sums are
+        # accumulated chunk by chunk, so only one chunk's activations are ever alive.
+        n = batch.index.shape[0]
+        chunk = n if self.batchnorm or self.settings.embed_chunk <= 0 else min(self.settings.embed_chunk, n)
+        sums = None
         with torch.no_grad(), self.settings.precision.autocast(self.device):
-            for start in range(0, batch.index.shape[0], step):
-                idx = batch.index[start : start + step]
-                groups = batch.groups[start : start + step]
+            for start in range(0, n, chunk):
+                idx = batch.index[start : start + chunk]
+                groups = batch.groups[start : start + chunk]
+                keep = len(idx)
+                if self.settings.compile and keep < chunk:  # one input shape: no recompilation
+                    idx, groups = (torch.cat([t, t[-1:].expand(chunk - keep)]) for t in (idx, groups))
                 x = apply_dsa(self._normalize(self.bank.images[idx]), groups, params)
-                parts.append(self._embed(x).float())
-        return class_means(torch.cat(parts), batch.groups, batch.counts)
+                emb = self._embed(x)[:keep].float()
+                if sums is None:
+                    sums = emb.new_zeros(batch.counts.shape[0], emb.shape[1])
+                sums.index_add_(0, groups[:keep], emb)
+        return sums / batch.counts[:, None]
 
     def _syn_means(self, params: DSAParams) -> torch.Tensor:
+        # Forward in chunks of whole classes, all of one size (a divisor of the class
+        # count): a smaller working set (1.35x faster at 50 images per class on the CPU)
+        # and one shape for a compiled embedding. BatchNorm models use one pass.
         x = self.syn.contiguous(memory_format=self.settings.precision.memory_format())
         x = apply_dsa(x, self.syn_groups, params)
+        k, ipc = self.bank.num_classes, self.settings.ipc
+        fits = k if self.batchnorm or self.settings.embed_chunk <= 0 else max(1, self.settings.embed_chunk // ipc)
+        per = max(d for d in range(1, min(fits, k) + 1) if k % d == 0)
+        means = []
         with self.settings.precision.autocast(self.device):
-            emb = self._embed(x).float()
-        return emb.view(self.bank.num_classes, self.settings.ipc, -1).mean(dim=1)
+            for start in range(0, k * ipc, per * ipc):
+                emb = self._embed(x[start : start + per * ipc]).float()
+                means.append(emb.view(per, ipc, -1).mean(dim=1))
+        return torch.cat(means)
 
     def draw(self) -> Draw:
         """This iteration's random network, real batch and augmentation draws."""
