@@ -45,7 +45,7 @@ class CondenseConfig(_Strict):
     model: str = "ConvNet"
     dsa_strategy: str = DEFAULT_STRATEGY
     checkpoint_every: int = Field(default=500, ge=0)
-    embed_chunk: int = Field(default=64, ge=0)
+    embed_chunk: int = Field(default=32, ge=0, description="real images per CPU forward chunk; 0 = one pass (GPU)")
     bf16: bool = False
     tf32: bool = True
     channels_last: bool = False
