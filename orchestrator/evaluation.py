@@ -25,7 +25,6 @@ from workers.data import open_dataset
 from workers.seeding import derive_seed
 from workers.train_eval import TrainSettings, train_and_score_many
 
-RESULTS_COLUMNS = ("method", "model", "seed", "accuracy", "ipc", "train_seconds", "device")
 
 
 def results_path(run: str) -> str:
