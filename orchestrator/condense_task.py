@@ -20,7 +20,7 @@ from orchestrator import shards, storage
 from orchestrator.config import RunConfig, from_dict
 from orchestrator.plan import ShardSpec
 from workers.coreset import embed_features, select_coreset
-from workers.data import open_dataset
+from workers.data import normalize, open_dataset
 from workers.data.types import DatasetInfo, ImageSet
 from workers.devices import Precision
 from workers.dm import DMCondenser, DMSettings, Progress
@@ -152,9 +152,7 @@ def _baselines(
     methods = cfg.evaluate.baselines
     if not methods:
         return {}
-    mean = torch.tensor(info.mean).view(1, -1, 1, 1)
-    std = torch.tensor(info.std).view(1, -1, 1, 1)
-    x = (real.images.float() / 255.0 - mean) / std
+    x = normalize(real.images, info.mean, info.std)
     features = None
     if any(m != "random" for m in methods):
         # Labels remapped to 0..K-1: the feature network only sees this shard's classes.

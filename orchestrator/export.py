@@ -11,6 +11,7 @@ from PIL import Image
 
 from orchestrator import shards
 from orchestrator.plan import ShardSpec
+from workers.data import denormalize
 
 FORMATS = ("pt", "npz", "png")
 
@@ -39,9 +40,7 @@ def export_run(run: str, record: dict[str, Any], fmt: str, to: str) -> str:
 def _export_png(images: torch.Tensor, labels: torch.Tensor, names: list[str], mean: list[float],
                 std: list[float], target: Path) -> str:
     """One folder per class (ImageFolder layout), images in pixel space."""
-    m = torch.tensor(mean).view(1, -1, 1, 1)
-    s = torch.tensor(std).view(1, -1, 1, 1)
-    pixels = ((images * s + m).clamp(0, 1) * 255).round().to(torch.uint8)
+    pixels = (denormalize(images, mean, std) * 255).round().to(torch.uint8)
     counts: dict[int, int] = {}
     for img, c in zip(pixels, labels.tolist()):
         folder = target / f"{c:05d}_{_safe(names[c])}"

@@ -15,6 +15,7 @@ from orchestrator import shards, storage  # noqa: E402
 from orchestrator.config import RunConfig  # noqa: E402
 from orchestrator.evaluation import summarize  # noqa: E402
 from orchestrator.plan import ShardSpec  # noqa: E402
+from workers.data import denormalize  # noqa: E402
 
 # Table 1 of the paper, ConvNet, mean accuracy (%): dataset -> method -> ipc -> accuracy.
 PAPER_TABLE1: dict[str, dict[str, dict[int, float]]] = {
@@ -92,9 +93,7 @@ def write_report(run: str, record: dict[str, Any], rows: list[dict[str, Any]]) -
 def grid_png(images: torch.Tensor, labels: torch.Tensor, mean: Sequence[float], std: Sequence[float],
              ipc: int, max_classes: int = 100) -> bytes:
     """Classes as rows, their ipc images as columns, in pixel space."""
-    m = torch.tensor(mean).view(1, -1, 1, 1)
-    s = torch.tensor(std).view(1, -1, 1, 1)
-    pixels = (images * s + m).clamp(0, 1)
+    pixels = denormalize(images, mean, std)
     classes = torch.unique(labels)[:max_classes]
     cols = min(ipc, 20)
     fig, axes = plt.subplots(len(classes), cols, figsize=(cols * 0.9, len(classes) * 0.9), squeeze=False)
