@@ -46,7 +46,7 @@ def dm_settings(cfg: RunConfig) -> DMSettings:
         dsa_strategy=c.dsa_strategy,
         embed_chunk=c.embed_chunk,
         precision=Precision(bf16=c.bf16, tf32=c.tf32, channels_last=c.channels_last),
-        compile=c.compile,
+        compile=c.effective_compile,
         loss_every=c.loss_every,
     )
 

@@ -39,8 +39,11 @@ def test_grouped_loss_and_gradients_equal_per_class(model):
         grad_g, = torch.autograd.grad(loss_g, grouped.syn)
         grad_r, = torch.autograd.grad(loss_r, per_class.syn)
         torch.testing.assert_close(loss_g, loss_r, rtol=1e-5, atol=0)
-        torch.testing.assert_close(grad_g, grad_r, rtol=1e-5, atol=1e-7)
-        assert grad_g.abs().sum() > 0
+        # channels_last (ours) vs contiguous (reference) sum in other orders: float noise
+        # is relative to the largest gradient, not to each element
+        scale = float(grad_r.abs().max())
+        assert scale > 0
+        torch.testing.assert_close(grad_g, grad_r, rtol=1e-5, atol=1e-5 * scale)
         grouped.step()
         per_class.step()
         torch.testing.assert_close(grouped.syn, per_class.syn, rtol=1e-5, atol=1e-6)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from workers.networks import NETWORK_NAMES, build_network, init_parameters_, uses_batchnorm
+from workers.networks import NETWORK_NAMES, InstanceNorm2d, build_network, init_parameters_, uses_batchnorm
 
 SIZES = [(1, (28, 28)), (3, (32, 32))]
 
@@ -40,8 +41,8 @@ def test_convnet_defaults_follow_the_paper() -> None:
     net = build_network("ConvNet", 3, 10, (32, 32))
     convs = _convs(net)
     assert len(convs) == 3 and all(c.out_channels == 128 for c in convs)
-    assert [type(m) for m in net.features[:4]] == [nn.Conv2d, nn.GroupNorm, nn.ReLU, nn.AvgPool2d]
-    assert net.features[1].num_groups == 128  # instance norm
+    assert [type(m) for m in net.features[:4]] == [nn.Conv2d, InstanceNorm2d, nn.ReLU, nn.AvgPool2d]
+    assert isinstance(net.features[1], nn.GroupNorm) and net.features[1].num_groups == 128  # instance norm
     assert net.classifier.in_features == 128 * 4 * 4
     assert len(_convs(build_network("ConvNet", 3, 10, (64, 64)))) == 4
     # grey 28x28 is padded to 32x32 by the first convolution, as in the DC code
@@ -159,3 +160,38 @@ def test_init_refuses_unknown_parameterised_modules() -> None:
     net = nn.Sequential(nn.Linear(3, 3), nn.PReLU())
     with pytest.raises(TypeError, match="does not know"):
         init_parameters_(net, torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("name,channels,im_size", [("ConvNet", 3, (32, 32)), ("ConvNet", 1, (28, 28)),
+                                                   ("ConvNetBN", 3, (16, 16)), ("AlexNet", 3, (32, 32))])
+def test_channels_last_draws_the_same_network_and_embeds_the_same(name, channels, im_size) -> None:
+    nchw = build_network(name, channels, 10, im_size)
+    nhwc = build_network(name, channels, 10, im_size).to(memory_format=torch.channels_last)
+    init_parameters_(nchw, torch.Generator().manual_seed(3))
+    init_parameters_(nhwc, torch.Generator().manual_seed(3))
+    for a, b in zip(nchw.parameters(), nhwc.parameters()):
+        assert torch.equal(a, b)  # drawn in logical order, not memory order
+    x = torch.randn(6, channels, *im_size, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():  # the in-place inference path
+        expected = nchw.embed(x)
+        got = nhwc.embed(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    if name == "AlexNet":  # max pooling: a 1e-6 change may move the argmax, and the gradient with it
+        return
+    xa, xb = x.clone().requires_grad_(), x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    nchw.embed(xa).pow(2).sum().backward()
+    nhwc.embed(xb).pow(2).sum().backward()
+    torch.testing.assert_close(xb.grad, xa.grad, rtol=1e-5, atol=1e-5 * float(xa.grad.abs().max()))
+
+
+def test_instance_norm_channels_last_is_instance_norm_under_bf16_autocast() -> None:
+    norm = InstanceNorm2d(8)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-1, 1)
+    x = torch.randn(3, 8, 5, 7).to(torch.bfloat16)
+    expected = F.group_norm(x.float(), 8, norm.weight, norm.bias, norm.eps)
+    with torch.no_grad():
+        got = norm(x.contiguous(memory_format=torch.channels_last))
+    assert got.dtype == torch.float32  # statistics in fp32, as GroupNorm under autocast
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)

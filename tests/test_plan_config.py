@@ -56,3 +56,17 @@ def test_hash_covers_what_changes_the_images_only():
 def test_every_shipped_config_validates():
     for path in sorted((REPO / "configs").glob("*.yaml")):
         load_config(path)
+
+
+def test_compile_auto_pays_off_only_on_long_runs(monkeypatch):
+    import orchestrator.config as config
+
+    monkeypatch.setattr(config, "compiler_available", lambda: True)
+    long = load_config(None, [f"condense.iterations={config.COMPILE_FROM_ITERATIONS}"]).condense
+    short = load_config(None, [f"condense.iterations={config.COMPILE_FROM_ITERATIONS - 1}"]).condense
+    assert long.compile == "auto" and long.effective_compile and not short.effective_compile
+    assert load_config(None, ["condense.iterations=10", "condense.compile=true"]).condense.effective_compile
+    monkeypatch.setattr(config, "compiler_available", lambda: False)  # no C++ compiler: eager
+    assert not long.effective_compile
+    with pytest.raises(ConfigError, match="compile"):
+        load_config(None, ["condense.compile=sometimes"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -22,13 +23,19 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
     return device
 
 
+def compiler_available() -> bool:
+    """torch.compile's CPU and GPU backends build C++ at run time: is a compiler on PATH?"""
+    return any(shutil.which(cc) for cc in ("g++", "c++", "clang++"))
+
+
 @dataclass(frozen=True)
 class Precision:
-    """Numerics switches. fp32 everywhere by default; each one is opt-in."""
+    """Numerics and layout switches: fp32 everywhere by default (bf16 and TF32 are opt-in),
+    NHWC activations by default (faster convolutions and pooling on CPU and GPU)."""
 
     bf16: bool = False  # autocast matmuls/convs to bfloat16
     tf32: bool = False  # TF32 tensor cores for fp32 matmuls (CUDA only)
-    channels_last: bool = False  # NHWC memory format for convolutions
+    channels_last: bool = True  # NHWC memory format for convolutions
 
     def apply_global(self, device: torch.device) -> None:
         if device.type == "cuda":

@@ -27,6 +27,10 @@ from workers.networks import build_network, init_parameters_, uses_batchnorm
 from workers.seeding import derive_seed, generator
 
 
+# Real images normalised and augmented per call of apply_dsa (fp32 3x32x32: 12 MiB).
+_AUGMENT_BLOCK = 1024
+
+
 @dataclass(frozen=True)
 class DMSettings:
     ipc: int
@@ -184,24 +188,32 @@ class DMCondenser:
 
     # ------------------------------------------------------------------ loop
     def _real_means(self, batch: RealBatch, params: DSAParams) -> torch.Tensor:
-        # No autograd here: the real side is a constant of the loss. Class sums are
-        # accumulated chunk by chunk, so only one chunk's activations are ever alive.
+        # No autograd here: the real side is a constant of the loss. Images are
+        # normalised and augmented a block at a time (few large ops instead of many
+        # small ones), then embedded chunk by chunk with class sums accumulated per
+        # chunk, so only one chunk's activations are ever alive.
         n = batch.index.shape[0]
         chunk = n if self.batchnorm or self.settings.embed_chunk <= 0 else min(self.settings.embed_chunk, n)
+        block = max(chunk, _AUGMENT_BLOCK // chunk * chunk)
         sums = None
         with torch.no_grad(), self.settings.precision.autocast(self.device):
-            for start in range(0, n, chunk):
-                idx = batch.index[start : start + chunk]
-                groups = batch.groups[start : start + chunk]
-                keep = len(idx)
-                if self.settings.compile and keep < chunk:  # one input shape: no recompilation
-                    idx, groups = (torch.cat([t, t[-1:].expand(chunk - keep)]) for t in (idx, groups))
+            for first in range(0, n, block):
+                idx, groups = batch.index[first : first + block], batch.groups[first : first + block]
                 x = apply_dsa(self._normalize(self.bank.images[idx]), groups, params)
-                emb = self._embed(x)[:keep].float()
-                if sums is None:
-                    sums = emb.new_zeros(batch.counts.shape[0], emb.shape[1])
-                sums.index_add_(0, groups[:keep], emb)
+                for start in range(0, len(idx), chunk):
+                    emb = self._embed_fixed(x[start : start + chunk], chunk)
+                    if sums is None:
+                        sums = emb.new_zeros(batch.counts.shape[0], emb.shape[1])
+                    sums.index_add_(0, groups[start : start + chunk], emb)
         return sums / batch.counts[:, None]
+
+    def _embed_fixed(self, x: torch.Tensor, size: int) -> torch.Tensor:
+        """Embeddings (fp32) of ``x``; compiled, a short last chunk is padded to ``size``
+        so that one input shape serves every call (no recompilation)."""
+        keep = x.shape[0]
+        if self.settings.compile and keep < size:
+            x = torch.cat([x, x[-1:].expand(size - keep, *x.shape[1:])])
+        return self._embed(x)[:keep].float()
 
     def _syn_means(self, params: DSAParams) -> torch.Tensor:
         # Forward in chunks of whole classes, all of one size (a divisor of the class

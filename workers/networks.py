@@ -50,7 +50,7 @@ def _norm2d(kind: str, channels: int, size: Size, where: str) -> nn.Module:
             "use larger images, a shallower network or a BN variant"
         )
     if kind == "instancenorm":
-        return nn.GroupNorm(channels, channels, affine=True)
+        return InstanceNorm2d(channels)
     if kind == "batchnorm":
         return nn.BatchNorm2d(channels)
     if kind == "layernorm":  # normalises over (C, H, W) like LayerNorm, size-agnostic
@@ -58,6 +58,35 @@ def _norm2d(kind: str, channels: int, size: Size, where: str) -> nn.Module:
     if kind == "groupnorm":
         return nn.GroupNorm(4, channels, affine=True)
     return nn.Identity()
+
+
+class InstanceNorm2d(nn.GroupNorm):
+    """``GroupNorm(C, C)`` (same parameters, same init) with a fast channels_last path.
+
+    PyTorch's CPU GroupNorm is up to 20x slower on channels_last tensors than on
+    contiguous ones, and its avg_pool2d is 10x slower on contiguous ones; this
+    path computes the per-(image, channel) statistics on the NHWC view, so a
+    whole ConvNet runs channels_last (its first 3-channel convolution is 4x
+    faster so). Without autograd it normalises in place (overwriting its input,
+    the convolution's output): no fresh activation buffers. Statistics are fp32 under bf16 autocast, as GroupNorm's are.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(channels, channels, affine=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
+            return super().forward(x)
+        n, c, h, w = x.shape
+        v = x.permute(0, 2, 3, 1).reshape(n, h * w, c)  # a view of the NHWC memory
+        if v.dtype != torch.float32:
+            v = v.float()
+        mean = v.mean(1, keepdim=True)
+        inplace = not torch.is_grad_enabled()  # overwrites x, as ReLU(inplace=True) does
+        centred = v.sub_(mean) if inplace else v - mean
+        scale = self.weight * torch.rsqrt(centred.pow(2).mean(1, keepdim=True) + self.eps)
+        out = centred.mul_(scale).add_(self.bias) if inplace else centred * scale + self.bias
+        return out.view(n, h, w, c).permute(0, 3, 1, 2)
 
 
 class _Net(nn.Module):
@@ -344,6 +373,17 @@ _AFFINE = (nn.modules.conv._ConvNd, nn.Linear)
 _NORM = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
+def _draw(param: torch.Tensor, fill: Callable[[torch.Tensor], object]) -> None:
+    """Fill ``param`` in its logical (contiguous) order whatever its memory format, so a
+    channels_last network draws the same weights as a contiguous one."""
+    if param.is_contiguous():
+        fill(param)
+    else:
+        staged = torch.empty(param.shape, dtype=param.dtype, device=param.device)
+        fill(staged)
+        param.copy_(staged)
+
+
 @torch.no_grad()
 def init_parameters_(net: nn.Module, generator: torch.Generator) -> None:
     """Redraw every parameter as the layers' default ``reset_parameters``, from ``generator`` only.
@@ -360,7 +400,7 @@ def init_parameters_(net: nn.Module, generator: torch.Generator) -> None:
     covered: set[int] = set()
     for m in net.modules():
         if isinstance(m, _AFFINE):
-            nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5), generator=generator)
+            _draw(m.weight, lambda w: nn.init.kaiming_uniform_(w, a=math.sqrt(5), generator=generator))
             if m.bias is not None:
                 fan_in, _ = nn.init._calculate_fan_in_and_fan_out(m.weight)
                 bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
