@@ -80,6 +80,11 @@ def condense_shard(
         buf = io.BytesIO()
         torch.save(st, buf)
         storage.write_bytes_atomic(shards.checkpoint_path(run, spec.name), buf.getvalue())
+        if cfg.condense.keep_checkpoints:
+            snap = {k: st[k] for k in ("iteration", "class_ids", "images")}
+            buf = io.BytesIO()
+            torch.save(snap, buf)
+            storage.write_bytes_atomic(shards.snapshot_path(run, spec.name, st["iteration"]), buf.getvalue())
         reporter.checkpointed(st["iteration"])
         _maybe_fault(run, spec, "checkpoint")
 

@@ -50,6 +50,9 @@ class CondenseConfig(_Strict):
     model: str = "ConvNet"
     dsa_strategy: str = DEFAULT_STRATEGY
     checkpoint_every: int = Field(default=500, ge=0)
+    keep_checkpoints: bool = Field(
+        default=False, description="also keep the images of every checkpoint under RUN/snapshots/ "
+        "(for an iteration sweep from one run: benchmarks/iteration_sweep.py)")
     embed_chunk: int = Field(default=32, ge=0, description="real images per CPU forward chunk; 0 = one pass (GPU)")
     bf16: bool = False
     tf32: bool = True

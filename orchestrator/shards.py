@@ -42,6 +42,10 @@ def checkpoint_path(run: str, spec_name: str) -> str:
     return storage.join(run, "checkpoints", spec_name, "state.pt")
 
 
+def snapshot_path(run: str, spec_name: str, iteration: int) -> str:
+    return storage.join(run, "snapshots", spec_name, f"it-{iteration:07d}.pt")
+
+
 def failure_path(run: str, spec_name: str) -> str:
     return storage.join(run, "failed", f"{spec_name}.json")
 
