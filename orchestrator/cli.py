@@ -61,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="(re)run the evaluation stage of a committed run")
     ev.add_argument("run")
+    ev.add_argument("--snapshots", action="store_true",
+                    help="score only the kept checkpoints (condense.keep_checkpoints) as dm@<iteration>, "
+                         "keeping the other results: an iteration sweep from one run")
     _add_set(ev, "evaluate.* overrides")
     _add_address(ev)
     ev.set_defaults(func=cmd_evaluate)
@@ -160,7 +163,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise ConfigError(f"evaluate takes only evaluate.* overrides, got {bad}")
     cfg = from_dict(apply_overrides(record["config"], args.overrides))
     record["config"] = cfg.model_dump(mode="json")
-    return _execute(args.run, record, args.address, condense=False)
+    methods = None
+    if args.snapshots:
+        from orchestrator.evaluation import snapshot_methods
+
+        methods = snapshot_methods(args.run, record["plan"]["shards"])
+        if not methods:
+            raise ConfigError(f"{args.run} kept no checkpoints of every shard; run with "
+                              "--set condense.keep_checkpoints=true to keep them")
+    return _execute(args.run, record, args.address, condense=False, methods=methods)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -181,7 +192,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------- execution
-def _execute(run: str, record: dict[str, Any], address: str | None, condense: bool = True) -> int:
+def _execute(run: str, record: dict[str, Any], address: str | None, condense: bool = True,
+             methods: list[str] | None = None) -> int:
     from orchestrator.evaluation import evaluate_run
     from orchestrator.local_ray import ray_session
     from orchestrator.report import results_table, write_report
@@ -197,7 +209,7 @@ def _execute(run: str, record: dict[str, Any], address: str | None, condense: bo
                 console.print(f"{len(outcome.failed)} shards failed; the others are committed. "
                               f"Finish with: dmcondense resume {run}")
                 return EXIT_FAILED_SHARDS
-        rows = evaluate_run(run, cfg, record["plan"]["shards"], console)
+        rows = evaluate_run(run, cfg, record["plan"]["shards"], console, methods)
     write_report(run, record, rows)
     _print_results(results_table(rows, record["dataset"]["name"], cfg.condense.ipc))
     console.print(f"report: {run}/report.md (grid.png, loss.png)")

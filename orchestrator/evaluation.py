@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import ray
 import torch
 from ray.util import ActorPool
@@ -25,6 +26,15 @@ from workers.data import open_dataset
 from workers.seeding import derive_seed
 from workers.train_eval import TrainSettings, train_and_score_many
 
+
+
+SNAPSHOT_PREFIX = "dm@"
+
+
+def snapshot_methods(run: str, plan: list[dict]) -> list[str]:
+    """``dm@<iteration>`` for every kept checkpoint of the run (condense.keep_checkpoints)."""
+    specs = [ShardSpec.from_dict(d) for d in plan]
+    return [f"{SNAPSHOT_PREFIX}{it}" for it in shards.snapshot_iterations(run, specs)]
 
 
 def results_path(run: str) -> str:
@@ -47,7 +57,11 @@ class EvalWorker:
 
     def _training_set(self, method: str) -> tuple[torch.Tensor, torch.Tensor]:
         if method not in self._sets:
-            self._sets[method] = shards.load_method(self.run, self.plan, method)
+            if method.startswith(SNAPSHOT_PREFIX):  # dm@<iteration>: a kept checkpoint
+                iteration = int(method[len(SNAPSHOT_PREFIX):])
+                self._sets[method] = shards.load_snapshot(self.run, self.plan, iteration)
+            else:
+                self._sets[method] = shards.load_method(self.run, self.plan, method)
         return self._sets[method]
 
     def score(self, job: dict[str, Any]) -> list[dict[str, Any]]:
@@ -69,11 +83,11 @@ class EvalWorker:
         ]
 
 
-def make_jobs(cfg: RunConfig, n_actors: int) -> list[dict[str, Any]]:
+def make_jobs(cfg: RunConfig, n_actors: int, methods: list[str] | None = None) -> list[dict[str, Any]]:
     """(method, model, seed chunk) jobs; the same seeds for every method, so comparisons are paired."""
     e = cfg.evaluate
     jobs = []
-    methods = ["dm", *e.baselines]
+    methods = methods or ["dm", *e.baselines]
     groups = len(methods) * len(e.models)
     chunks = max(1, math.ceil(n_actors / max(groups, 1)))
     chunk = max(1, math.ceil(e.num_models / chunks))
@@ -98,11 +112,14 @@ def _pool(cfg: RunConfig, run: str, plan: list[dict], n_jobs: int) -> list[Any]:
     return [actor.remote(run, cfg.model_dump(mode="json"), plan, False, 1) for _ in range(n)]
 
 
-def evaluate_run(run: str, cfg: RunConfig, plan: list[dict], console: Console) -> list[dict[str, Any]]:
-    """Score DM and the baselines; writes RUN/eval/results.parquet and returns its rows."""
+def evaluate_run(run: str, cfg: RunConfig, plan: list[dict], console: Console,
+                 methods: list[str] | None = None) -> list[dict[str, Any]]:
+    """Score DM and the baselines (or only ``methods``, keeping the other methods' earlier
+    rows); writes RUN/eval/results.parquet and returns its rows."""
     if cfg.evaluate.num_models == 0:
         return []
-    jobs = make_jobs(cfg, n_actors=int(ray.cluster_resources().get("CPU", 1)))
+    kept = [r for r in read_results(run) if r["method"] not in methods] if methods else []
+    jobs = make_jobs(cfg, n_actors=int(ray.cluster_resources().get("CPU", 1)), methods=methods)
     actors = _pool(cfg, run, plan, len(jobs))
     rows: list[dict[str, Any]] = []
     pool = ActorPool(actors)
@@ -119,10 +136,25 @@ def evaluate_run(run: str, cfg: RunConfig, plan: list[dict], console: Console) -
                               f"{time.monotonic() - started:.0f} s elapsed", highlight=False)
     for a in actors:
         ray.kill(a)
-    rows.sort(key=lambda r: (r["method"], r["model"], r["seed"]))
+    rows = kept + rows
+    rows.sort(key=lambda r: (*_method_key(r["method"]), r["model"], r["seed"]))
     table = pa.Table.from_pylist(rows)
     storage.write_parquet_atomic(results_path(run), table)
     return rows
+
+
+def _method_key(method: str) -> tuple[str, int]:
+    """dm@200 before dm@1000: snapshots in iteration order after their method."""
+    name, _, it = method.partition("@")
+    return name, int(it) if it.isdigit() else -1
+
+
+def read_results(run: str) -> list[dict[str, Any]]:
+    """The rows of RUN/eval/results.parquet ([] before any evaluation)."""
+    path = results_path(run)
+    if not storage.exists(path):
+        return []
+    return pq.read_table(pa.BufferReader(storage.read_bytes(path))).to_pylist()
 
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

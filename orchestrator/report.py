@@ -13,7 +13,7 @@ import torch  # noqa: E402
 
 from orchestrator import shards, storage  # noqa: E402
 from orchestrator.config import RunConfig  # noqa: E402
-from orchestrator.evaluation import summarize  # noqa: E402
+from orchestrator.evaluation import SNAPSHOT_PREFIX, summarize  # noqa: E402
 from orchestrator.plan import ShardSpec  # noqa: E402
 from workers.data import denormalize  # noqa: E402
 
@@ -84,6 +84,11 @@ def write_report(run: str, record: dict[str, Any], rows: list[dict[str, Any]]) -
         per = sum(r["train_seconds"] for r in rows) / len(rows)
         text.append(f"- evaluation: {len(rows)} networks, {per:.2f} s of training each")
     text += ["", "![synthetic images](grid.png)", "", "![loss per shard](loss.png)", ""]
+    sweep = sweep_points(table, cfg.condense.iterations)
+    if sweep:
+        text += ["## Iteration sweep", "", "Images of the kept checkpoints (`condense.keep_checkpoints`), "
+                 "scored with the protocol above.", "", "![accuracy per iteration](sweep.png)", ""]
+        storage.write_bytes_atomic(storage.join(run, "sweep.png"), sweep_png(sweep, table))
     storage.write_bytes_atomic(storage.join(run, "report.md"), "\n".join(text).encode())
     x, y = shards.load_method(run, plan, "dm")
     storage.write_bytes_atomic(storage.join(run, "grid.png"), grid_png(x, y, ds["mean"], ds["std"], cfg.condense.ipc))
@@ -106,6 +111,37 @@ def grid_png(images: torch.Tensor, labels: torch.Tensor, mean: Sequence[float], 
                 img = rows[k].permute(1, 2, 0).numpy()
                 ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
         axes[r][0].set_title(str(c), fontsize=6, loc="left")
+    return _png(fig)
+
+
+def sweep_points(table: list[dict[str, Any]], iterations: int) -> list[tuple[int, str, float, float]]:
+    """(iteration, model, mean, std) of dm@<it> rows and of the final dm row; [] without snapshots."""
+    points = []
+    for r in table:
+        if r["method"].startswith(SNAPSHOT_PREFIX):
+            points.append((int(r["method"][len(SNAPSHOT_PREFIX):]), r["model"], r["mean"], r["std"]))
+    if not points:
+        return []
+    points += [(iterations, r["model"], r["mean"], r["std"]) for r in table if r["method"] == "dm"]
+    return sorted(points)
+
+
+def sweep_png(points: list[tuple[int, str, float, float]], table: list[dict[str, Any]]) -> bytes:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for model in sorted({p[1] for p in points}):
+        its, means, stds = zip(*[(p[0], p[2], p[3]) for p in points if p[1] == model])
+        ax.errorbar(its, means, yerr=stds, marker="o", capsize=3, label=f"DM, {model}")
+        for r in table:  # baselines as flat lines for scale
+            if r["model"] == model and r["method"] in ("random", "herding", "k_center"):
+                ax.axhline(r["mean"], linestyle="--", linewidth=0.8, color="grey")
+                ax.annotate(r["method"], (its[0], r["mean"]), fontsize=7, color="grey")
+            if r["model"] == model and r["method"] == "dm" and r.get("paper") is not None:
+                ax.axhline(r["paper"], linestyle=":", color="black", linewidth=0.8)
+                ax.annotate("paper (20,000 it)", (its[0], r["paper"]), fontsize=7)
+    ax.set_xlabel("DM iteration")
+    ax.set_ylabel("test accuracy (%)")
+    ax.legend(fontsize=7)
+    ax.set_title("accuracy of the synthetic set along the run")
     return _png(fig)
 
 

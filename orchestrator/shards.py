@@ -209,3 +209,28 @@ def load_method(run: str, shards: Sequence[ShardSpec], method: str = "dm") -> tu
     x, y = torch.cat(images), torch.cat(labels)
     order = torch.argsort(y, stable=True)
     return x[order], y[order]
+
+
+# ------------------------------------------------------------------ snapshots
+def snapshot_iterations(run: str, specs: Sequence[ShardSpec]) -> list[int]:
+    """Iterations whose kept checkpoint (condense.keep_checkpoints) exists for every shard."""
+    common: set[int] | None = None
+    for spec in specs:
+        names = storage.list_names(storage.join(run, "snapshots", spec.name))
+        its = {int(n[3:-3]) for n in names if n.startswith("it-") and n.endswith(".pt")}
+        common = its if common is None else common & its
+    return sorted(common or ())
+
+
+def load_snapshot(run: str, specs: Sequence[ShardSpec], iteration: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every shard's synthetic images at ``iteration``, sorted by class (as load_method)."""
+    images, labels = [], []
+    for spec in specs:
+        state = torch.load(io.BytesIO(storage.read_bytes(snapshot_path(run, spec.name, iteration))),
+                           map_location="cpu", weights_only=True)
+        ipc = state["images"].shape[0] // len(state["class_ids"])
+        images.append(state["images"])
+        labels.append(torch.tensor(state["class_ids"], dtype=torch.int64).repeat_interleave(ipc))
+    x, y = torch.cat(images), torch.cat(labels)
+    order = torch.argsort(y, stable=True)
+    return x[order], y[order]

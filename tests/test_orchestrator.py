@@ -226,3 +226,28 @@ def test_evaluate_reruns_the_evaluation_stage_only(reference_run, tmp_path, caps
     assert shard_bytes(run) == before
     assert run_cli("evaluate", str(run), "--set", "condense.ipc=3") == 2
     assert "only evaluate.* overrides" in capsys.readouterr().out
+
+
+def test_kept_checkpoints_give_an_iteration_sweep_from_one_run(local_ray, tmp_path, capsys):
+    import torch
+
+    one_shard = ["plan.classes_per_shard=10", "condense.checkpoint_every=20"]
+    long, short = tmp_path / "long", tmp_path / "short"
+    assert run_cli("run", CONFIG, "--out", str(long), *sets(*one_shard, "condense.iterations=40",
+                                                            "condense.keep_checkpoints=true")) == 0
+    assert run_cli("run", CONFIG, "--out", str(short), *sets(*one_shard, "condense.iterations=20", *NO_EVAL)) == 0
+    specs = plan_of(load_run(str(long)))
+    assert shards.snapshot_iterations(str(long), specs) == [20]  # the last iteration is the shard itself
+    x20, y20 = shards.load_snapshot(str(long), specs, 20)
+    x, y = shards.load_method(str(short), plan_of(load_run(str(short))), "dm")
+    assert torch.equal(y20, y) and torch.equal(x20, x)  # the images as they were at iteration 20
+    before = pq.read_table(long / "eval" / "results.parquet").to_pylist()
+
+    assert run_cli("evaluate", str(long), "--snapshots") == 0
+    rows = pq.read_table(long / "eval" / "results.parquet").to_pylist()
+    assert [r for r in rows if r["method"] != "dm@20"] == before  # earlier results kept, not recomputed
+    assert len([r for r in rows if r["method"] == "dm@20"]) == 2
+    assert (long / "sweep.png").stat().st_size > 0 and "Iteration sweep" in (long / "report.md").read_text()
+
+    assert run_cli("evaluate", str(short), "--snapshots") == 2
+    assert "keep_checkpoints" in capsys.readouterr().out
