@@ -29,6 +29,7 @@ from workers.train_eval import TrainSettings, train_and_score_many
 
 
 SNAPSHOT_PREFIX = "dm@"
+JOBS_PER_ACTOR = 4
 
 
 def snapshot_methods(run: str, plan: list[dict]) -> list[str]:
@@ -89,7 +90,9 @@ def make_jobs(cfg: RunConfig, n_actors: int, methods: list[str] | None = None) -
     jobs = []
     methods = methods or ["dm", *e.baselines]
     groups = len(methods) * len(e.models)
-    chunks = max(1, math.ceil(n_actors / max(groups, 1)))
+    # Several jobs per actor, so that the last jobs do not leave most actors idle; the
+    # seeds of one job are trained together where that pays (vmap on a GPU).
+    chunks = max(1, math.ceil(JOBS_PER_ACTOR * n_actors / max(groups, 1)))
     chunk = max(1, math.ceil(e.num_models / chunks))
     for model in e.models:
         seeds = [derive_seed(cfg.seed, "eval", model, i) for i in range(e.num_models)]

@@ -70,3 +70,21 @@ def test_compile_auto_pays_off_only_on_long_runs(monkeypatch):
     assert not long.effective_compile
     with pytest.raises(ConfigError, match="compile"):
         load_config(None, ["condense.compile=sometimes"])
+
+
+@pytest.mark.parametrize("models,methods,actors", [(3, 3, 2), (20, 3, 4), (5, 1, 8)])
+def test_evaluation_jobs_cover_every_seed_once_and_keep_actors_busy(models, methods, actors):
+    from orchestrator.evaluation import make_jobs
+
+    baselines = ["random", "herding"][: methods - 1]
+    cfg = load_config(None, [f"evaluate.num_models={models}", f"evaluate.baselines={baselines}"])
+    jobs = make_jobs(cfg, n_actors=actors)
+    per_method: dict[str, list[int]] = {}
+    for job in jobs:
+        per_method.setdefault(job["method"], []).extend(job["seeds"])
+    assert sorted(per_method) == sorted(["dm", *baselines])
+    seeds = per_method["dm"]
+    assert len(seeds) == len(set(seeds)) == models
+    assert all(sorted(v) == sorted(seeds) for v in per_method.values())  # paired across methods
+    # the largest job is a small share of the work: no actor waits on one long straggler
+    assert max(len(j["seeds"]) for j in jobs) <= max(1, models * methods // (2 * actors))
