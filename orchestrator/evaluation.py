@@ -102,17 +102,26 @@ def make_jobs(cfg: RunConfig, n_actors: int, methods: list[str] | None = None) -
     return jobs
 
 
-def _pool(cfg: RunConfig, run: str, plan: list[dict], n_jobs: int) -> list[Any]:
-    e, resources = cfg.evaluate, ray.cluster_resources()
+def pool_capacity(cfg: RunConfig, resources: dict[str, float]) -> tuple[int, bool]:
+    """(how many evaluation actors the cluster can host at once, whether they use GPUs).
+
+    Every actor takes one CPU (and a fraction of a GPU on GPU clusters): a pool larger
+    than that would hand jobs to actors that never start."""
+    e = cfg.evaluate
+    cpus = max(1, int(resources.get("CPU", 1)))
     gpus = int(resources.get("GPU", 0)) if e.gpus else 0
     if gpus > 0:
-        n = max(1, min(gpus * e.actors_per_gpu, n_jobs))
-        actor = ray.remote(num_gpus=1.0 / e.actors_per_gpu, num_cpus=1)(EvalWorker)
-        return [actor.remote(run, cfg.model_dump(mode="json"), plan, True, 1) for _ in range(n)]
-    cpus = int(resources.get("CPU", 1))
-    n = max(1, min(e.num_actors or min(4, cpus), n_jobs, cpus))
-    actor = ray.remote(num_cpus=1)(EvalWorker)
-    return [actor.remote(run, cfg.model_dump(mode="json"), plan, False, 1) for _ in range(n)]
+        return max(1, min(gpus * e.actors_per_gpu, cpus)), True
+    return max(1, min(e.num_actors or min(4, cpus), cpus)), False
+
+
+def _pool(cfg: RunConfig, run: str, plan: list[dict], n: int, use_gpu: bool) -> list[Any]:
+    config = cfg.model_dump(mode="json")
+    if use_gpu:
+        actor = ray.remote(num_gpus=1.0 / cfg.evaluate.actors_per_gpu, num_cpus=1)(EvalWorker)
+    else:
+        actor = ray.remote(num_cpus=1)(EvalWorker)
+    return [actor.remote(run, config, plan, use_gpu, 1) for _ in range(n)]
 
 
 def evaluate_run(run: str, cfg: RunConfig, plan: list[dict], console: Console,
@@ -122,8 +131,9 @@ def evaluate_run(run: str, cfg: RunConfig, plan: list[dict], console: Console,
     if cfg.evaluate.num_models == 0:
         return []
     kept = [r for r in read_results(run) if r["method"] not in methods] if methods else []
-    jobs = make_jobs(cfg, n_actors=int(ray.cluster_resources().get("CPU", 1)), methods=methods)
-    actors = _pool(cfg, run, plan, len(jobs))
+    capacity, use_gpu = pool_capacity(cfg, ray.cluster_resources())
+    jobs = make_jobs(cfg, n_actors=capacity, methods=methods)
+    actors = _pool(cfg, run, plan, min(capacity, len(jobs)), use_gpu)
     rows: list[dict[str, Any]] = []
     pool = ActorPool(actors)
     total = sum(len(j["seeds"]) for j in jobs)

@@ -88,3 +88,17 @@ def test_evaluation_jobs_cover_every_seed_once_and_keep_actors_busy(models, meth
     assert all(sorted(v) == sorted(seeds) for v in per_method.values())  # paired across methods
     # the largest job is a small share of the work: no actor waits on one long straggler
     assert max(len(j["seeds"]) for j in jobs) <= max(1, models * methods // (2 * actors))
+
+
+@pytest.mark.parametrize("resources,num_actors,expected", [
+    ({"CPU": 3, "GPU": 2}, None, (3, True)),  # 8 GPU slots, but each actor takes a CPU too
+    ({"CPU": 16, "GPU": 2}, None, (8, True)),  # 4 actors per GPU
+    ({"CPU": 2}, None, (2, False)),
+    ({"CPU": 16}, None, (4, False)),
+    ({"CPU": 2}, 6, (2, False)),
+])
+def test_evaluation_pool_never_exceeds_what_the_cluster_hosts(resources, num_actors, expected):
+    from orchestrator.evaluation import pool_capacity
+
+    sets = [f"evaluate.num_actors={num_actors}"] if num_actors else []
+    assert pool_capacity(load_config(None, sets), resources) == expected
