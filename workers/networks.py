@@ -60,6 +60,14 @@ def _norm2d(kind: str, channels: int, size: Size, where: str) -> nn.Module:
     return nn.Identity()
 
 
+def _channels_last(x: torch.Tensor) -> bool:
+    """NHWC in memory (and not also NCHW, as 1x1 maps are)?"""
+    try:
+        return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    except RuntimeError:  # vmap's batched tensors cannot answer: take the generic path
+        return False
+
+
 class InstanceNorm2d(nn.GroupNorm):
     """``GroupNorm(C, C)`` (same parameters, same init) with a fast channels_last path.
 
@@ -75,7 +83,7 @@ class InstanceNorm2d(nn.GroupNorm):
         super().__init__(channels, channels, affine=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
+        if x.dim() != 4 or not _channels_last(x):
             return super().forward(x)
         n, c, h, w = x.shape
         v = x.permute(0, 2, 3, 1).reshape(n, h * w, c)  # a view of the NHWC memory
