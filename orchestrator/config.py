@@ -52,7 +52,7 @@ class CondenseConfig(_Strict):
     checkpoint_every: int = Field(default=500, ge=0)
     keep_checkpoints: bool = Field(
         default=False, description="also keep the images of every checkpoint under RUN/snapshots/ "
-        "(for an iteration sweep from one run: benchmarks/iteration_sweep.py)")
+        "(an iteration sweep from one run: dmcondense evaluate RUN --snapshots)")
     embed_chunk: int = Field(default=32, ge=0, description="real images per CPU forward chunk; 0 = one pass (GPU)")
     bf16: bool = False
     tf32: bool = True

@@ -26,10 +26,14 @@ from workers.data import open_dataset
 from workers.seeding import derive_seed
 from workers.train_eval import TrainSettings, train_and_score_many
 
-
-
 SNAPSHOT_PREFIX = "dm@"
 JOBS_PER_ACTOR = 4
+
+
+def snapshot_iteration(method: str) -> int | None:
+    """The iteration of a ``dm@<iteration>`` method (a kept checkpoint); None for any other."""
+    rest = method[len(SNAPSHOT_PREFIX):] if method.startswith(SNAPSHOT_PREFIX) else ""
+    return int(rest) if rest.isdigit() else None
 
 
 def snapshot_methods(run: str, plan: list[dict]) -> list[str]:
@@ -58,8 +62,8 @@ class EvalWorker:
 
     def _training_set(self, method: str) -> tuple[torch.Tensor, torch.Tensor]:
         if method not in self._sets:
-            if method.startswith(SNAPSHOT_PREFIX):  # dm@<iteration>: a kept checkpoint
-                iteration = int(method[len(SNAPSHOT_PREFIX):])
+            iteration = snapshot_iteration(method)
+            if iteration is not None:
                 self._sets[method] = shards.load_snapshot(self.run, self.plan, iteration)
             else:
                 self._sets[method] = shards.load_method(self.run, self.plan, method)
@@ -158,8 +162,8 @@ def evaluate_run(run: str, cfg: RunConfig, plan: list[dict], console: Console,
 
 def _method_key(method: str) -> tuple[str, int]:
     """dm@200 before dm@1000: snapshots in iteration order after their method."""
-    name, _, it = method.partition("@")
-    return name, int(it) if it.isdigit() else -1
+    iteration = snapshot_iteration(method)
+    return (method, -1) if iteration is None else ("dm", iteration)
 
 
 def read_results(run: str) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ import torch  # noqa: E402
 
 from orchestrator import shards, storage  # noqa: E402
 from orchestrator.config import RunConfig  # noqa: E402
-from orchestrator.evaluation import SNAPSHOT_PREFIX, summarize  # noqa: E402
+from orchestrator.evaluation import snapshot_iteration, summarize  # noqa: E402
 from orchestrator.plan import ShardSpec  # noqa: E402
 from workers.data import denormalize  # noqa: E402
 
@@ -116,10 +116,8 @@ def grid_png(images: torch.Tensor, labels: torch.Tensor, mean: Sequence[float], 
 
 def sweep_points(table: list[dict[str, Any]], iterations: int) -> list[tuple[int, str, float, float]]:
     """(iteration, model, mean, std) of dm@<it> rows and of the final dm row; [] without snapshots."""
-    points = []
-    for r in table:
-        if r["method"].startswith(SNAPSHOT_PREFIX):
-            points.append((int(r["method"][len(SNAPSHOT_PREFIX):]), r["model"], r["mean"], r["std"]))
+    points = [(it, r["model"], r["mean"], r["std"]) for r in table
+              if (it := snapshot_iteration(r["method"])) is not None]
     if not points:
         return []
     points += [(iterations, r["model"], r["mean"], r["std"]) for r in table if r["method"] == "dm"]

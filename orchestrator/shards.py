@@ -206,9 +206,7 @@ def load_method(run: str, shards: Sequence[ShardSpec], method: str = "dm") -> tu
         x, y, _ = read_images(storage.read_bytes(storage.join(run, entry["path"])))
         images.append(x)
         labels.append(y)
-    x, y = torch.cat(images), torch.cat(labels)
-    order = torch.argsort(y, stable=True)
-    return x[order], y[order]
+    return _by_class(torch.cat(images), torch.cat(labels))
 
 
 # ------------------------------------------------------------------ snapshots
@@ -231,6 +229,9 @@ def load_snapshot(run: str, specs: Sequence[ShardSpec], iteration: int) -> tuple
         ipc = state["images"].shape[0] // len(state["class_ids"])
         images.append(state["images"])
         labels.append(torch.tensor(state["class_ids"], dtype=torch.int64).repeat_interleave(ipc))
-    x, y = torch.cat(images), torch.cat(labels)
+    return _by_class(torch.cat(images), torch.cat(labels))
+
+
+def _by_class(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     order = torch.argsort(y, stable=True)
     return x[order], y[order]

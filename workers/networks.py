@@ -76,7 +76,8 @@ class InstanceNorm2d(nn.GroupNorm):
     path computes the per-(image, channel) statistics on the NHWC view, so a
     whole ConvNet runs channels_last (its first 3-channel convolution is 4x
     faster so). Without autograd it normalises in place (overwriting its input,
-    the convolution's output): no fresh activation buffers. Statistics are fp32 under bf16 autocast, as GroupNorm's are.
+    the convolution's output): no fresh activation buffers. Statistics are fp32
+    under bf16 autocast, as GroupNorm's are.
     """
 
     def __init__(self, channels: int) -> None:
