@@ -167,8 +167,10 @@ def _task_options(cfg: RunConfig) -> dict[str, Any]:
         "scheduling_strategy": "SPREAD",  # one shard per node first: every node's GPUs get work
     }
     faults = os.environ.get(FAULTS_ENV)
-    if faults:  # failure tests inject faults into the workers through the driver's environment
-        options["runtime_env"] = {"env_vars": {FAULTS_ENV: faults}}
+    # failure tests inject faults into the workers through the driver's environment
+    runtime_env = cfg.resources.runtime_env(**({FAULTS_ENV: faults} if faults else {}))
+    if runtime_env:
+        options["runtime_env"] = runtime_env
     return options
 
 

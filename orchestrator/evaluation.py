@@ -119,12 +119,19 @@ def pool_capacity(cfg: RunConfig, resources: dict[str, float]) -> tuple[int, boo
     return max(1, min(e.num_actors or min(4, cpus), cpus)), False
 
 
+def actor_options(cfg: RunConfig, use_gpu: bool) -> dict[str, Any]:
+    options: dict[str, Any] = {"num_cpus": 1}
+    if use_gpu:
+        options["num_gpus"] = 1.0 / cfg.evaluate.actors_per_gpu
+    runtime_env = cfg.resources.runtime_env()
+    if runtime_env:
+        options["runtime_env"] = runtime_env
+    return options
+
+
 def _pool(cfg: RunConfig, run: str, plan: list[dict], n: int, use_gpu: bool) -> list[Any]:
     config = cfg.model_dump(mode="json")
-    if use_gpu:
-        actor = ray.remote(num_gpus=1.0 / cfg.evaluate.actors_per_gpu, num_cpus=1)(EvalWorker)
-    else:
-        actor = ray.remote(num_cpus=1)(EvalWorker)
+    actor = ray.remote(**actor_options(cfg, use_gpu))(EvalWorker)
     return [actor.remote(run, config, plan, use_gpu, 1) for _ in range(n)]
 
 

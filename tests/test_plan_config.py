@@ -33,6 +33,19 @@ def test_unknown_keys_name_the_nearest_valid_key():
         load_config(None, ["condense.ipc"])
     with pytest.raises(ConfigError, match="not found"):
         load_config("/nonexistent.yaml")
+    with pytest.raises(ConfigError, match=r"resources.worker_env: .*not environment variable names: \['1X'\]"):
+        load_config(None, ["resources.worker_env={1X: '1'}"])
+
+
+def test_worker_env_adds_to_the_allocator_settings_which_reuse_memory_switches():
+    from orchestrator.config import ALLOCATOR_ENV
+
+    assert load_config(None).resources.runtime_env() == {"env_vars": ALLOCATOR_ENV}
+    assert load_config(None, ["resources.worker_env.OMP_PROC_BIND=close"]).resources.runtime_env() == {
+        "env_vars": {**ALLOCATOR_ENV, "OMP_PROC_BIND": "close"}}
+    cleared = load_config(None, ["resources.reuse_memory=false"]).resources
+    assert cleared.runtime_env() == {}
+    assert cleared.runtime_env(EXTRA="1") == {"env_vars": {"EXTRA": "1"}}
 
 
 def test_overrides_are_read_as_yaml_and_defaults_follow_the_paper():
