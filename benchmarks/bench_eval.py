@@ -13,6 +13,10 @@ device (as long as a batched convolution is no faster per FLOP).
 
     .venv/bin/python benchmarks/bench_eval.py --models 5 --ipc 1 10 50 --epochs 20 --threads 1
 
+Both paths run under the allocator settings of the evaluation actors
+(``resources.reuse_memory``; the script re-executes itself with them), or
+under glibc's defaults with ``--allocator plain``.
+
 ``loop_conv_gflops`` counts 3x the forward FLOPs of the convolutions per image
 step (forward, weight gradient, input gradient), a slight overestimate since
 the first layer needs no input gradient.
@@ -22,11 +26,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from orchestrator.config import ALLOCATOR_ENV
 from workers.train_eval import TrainSettings, train_many
 
 CLASSES, SHAPE = 10, (1, 28, 28)
@@ -119,12 +126,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--allocator", choices=("workers", "plain"), default="workers",
+                        help="workers: the evaluation actors' malloc settings (ALLOCATOR_ENV); plain: glibc defaults")
     args = parser.parse_args()
+    env = {k: v for k, v in os.environ.items() if k not in ALLOCATOR_ENV}
+    if args.allocator == "workers":
+        env.update(ALLOCATOR_ENV)
+    if env != dict(os.environ):  # glibc reads its settings at start-up only
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     print(f"{args.model}, {args.models} models, {CLASSES} classes of {SHAPE}, device {device}, "
-          f"{torch.get_num_threads()} threads; ratio = looped / vmapped (> 1: vmap faster)")
+          f"{torch.get_num_threads()} threads, {args.allocator} allocator; ratio = looped / vmapped (> 1: vmap faster)")
     header = ("ipc", "epochs", "loop_s", "vmap_s", "ratio", "loop_cpu_s", "vmap_cpu_s", "cpu_ratio",
               "loop_conv_share", "vmap_bound", "loop_conv_gflops")
     print(" ".join(f"{h:>16}" for h in header))
@@ -134,7 +148,7 @@ def main() -> None:
         rows.append(row)
         print(" ".join(f"{row[h]:>16}" for h in header), flush=True)
     print(json.dumps({"benchmark": "bench_eval", "model": args.model, "device": str(device),
-                      "threads": torch.get_num_threads(), "rows": rows}))
+                      "threads": torch.get_num_threads(), "allocator": args.allocator, "rows": rows}))
 
 
 if __name__ == "__main__":
