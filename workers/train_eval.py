@@ -191,9 +191,10 @@ def should_vectorize(n_models: int, device: torch.device) -> bool:
 
     On CUDA, one model's small batches leave the GPU waiting on kernel launches, and
     vmap launches each kernel once for all models. On the CPU the looped path is
-    already bound by convolution arithmetic (63-73% of its time at 84-100 GFLOP/s per
+    already bound by convolution arithmetic (66-73% of its time at about 100 GFLOP/s per
     core for ConvNet), which vmap cannot remove, while vmap adds grouped convolutions
-    and a costlier batched GroupNorm: measured 0.5-0.8x the looped speed, so the CPU loops.
+    and a costlier batched GroupNorm: measured 0.78-0.92x the looped speed on one
+    thread (as evaluation actors run), so the CPU loops.
     """
     return device.type == "cuda" and n_models > 1
 
