@@ -33,7 +33,7 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from orchestrator.config import ALLOCATOR_ENV
+from orchestrator.config import allocator_environ
 from workers.train_eval import TrainSettings, train_many
 
 CLASSES, SHAPE = 10, (1, 28, 28)
@@ -129,9 +129,7 @@ def main() -> None:
     parser.add_argument("--allocator", choices=("workers", "plain"), default="workers",
                         help="workers: the evaluation actors' malloc settings (ALLOCATOR_ENV); plain: glibc defaults")
     args = parser.parse_args()
-    env = {k: v for k, v in os.environ.items() if k not in ALLOCATOR_ENV}
-    if args.allocator == "workers":
-        env.update(ALLOCATOR_ENV)
+    env = allocator_environ(dict(os.environ), reuse_memory=args.allocator == "workers")
     if env != dict(os.environ):  # glibc reads its settings at start-up only
         os.execve(sys.executable, [sys.executable, *sys.argv], env)
     if args.threads:

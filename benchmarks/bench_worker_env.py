@@ -1,9 +1,9 @@
-"""What the default ``resources.worker_env`` (glibc malloc settings) buys an evaluation actor.
+"""What ``resources.reuse_memory`` (glibc malloc settings, on by default) buys an evaluation actor.
 
 Trains one evaluation ConvNet on MNIST-shaped random data (10 classes, 1x28x28,
 one thread, as an evaluation actor does) in two fresh processes per setting:
-one with the workers' default environment (``ALLOCATOR_ENV``), one with it
-cleared, and prints seconds per training step, page faults per step, peak
+one with the workers' allocator settings (``ALLOCATOR_ENV``), one with glibc's
+defaults, and prints seconds per training step, page faults per step, peak
 resident memory, and the ratio (cleared / default: > 1 means the settings help).
 
     .venv/bin/python benchmarks/bench_worker_env.py --ipc 1 10 50 --epochs 4
@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 
-from orchestrator.config import ALLOCATOR_ENV
+from orchestrator.config import allocator_environ
 
 CLASSES, SHAPE = 10, (1, 28, 28)
 
@@ -51,10 +51,8 @@ def child(ipc: int, epochs: int) -> dict[str, float]:
     }
 
 
-def measure(ipc: int, epochs: int, tuned: bool) -> dict[str, float]:
-    env = {k: v for k, v in os.environ.items() if k not in ALLOCATOR_ENV}
-    if tuned:
-        env.update(ALLOCATOR_ENV)
+def measure(ipc: int, epochs: int, reuse_memory: bool) -> dict[str, float]:
+    env = allocator_environ(dict(os.environ), reuse_memory)
     cmd = [sys.executable, __file__, "--child", "--ipc", str(ipc), "--epochs", str(epochs)]
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -71,11 +69,11 @@ def main() -> None:
         return
     print(f"{'ipc':>4} {'env':>8} {'s/step':>8} {'faults/step':>12} {'peak RSS MB':>12}")
     for ipc in args.ipc:
-        rows = {name: measure(ipc, args.epochs, tuned) for name, tuned in (("default", True), ("cleared", False))}
+        rows = {name: measure(ipc, args.epochs, reuse) for name, reuse in (("default", True), ("cleared", False))}
         for name, r in rows.items():
             print(f"{ipc:>4} {name:>8} {r['s_per_step']:>8.3f} {r['faults_per_step']:>12.0f} {r['peak_rss_mb']:>12.0f}")
         ratio = rows["cleared"]["s_per_step"] / rows["default"]["s_per_step"]
-        print(f"{ipc:>4} speed-up of the default worker_env: {ratio:.2f}x")
+        print(f"{ipc:>4} speed-up of resources.reuse_memory: {ratio:.2f}x")
 
 
 if __name__ == "__main__":

@@ -36,6 +36,12 @@ ALLOCATOR_ENV = {
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
+def allocator_environ(environ: dict[str, str], reuse_memory: bool) -> dict[str, str]:
+    """``environ`` with the ALLOCATOR_ENV settings set (reuse_memory) or removed (glibc's defaults)."""
+    env = {k: v for k, v in environ.items() if k not in ALLOCATOR_ENV}
+    return {**env, **ALLOCATOR_ENV} if reuse_memory else env
+
+
 class ConfigError(ValueError):
     """A configuration problem, worded for the person who wrote the config."""
 

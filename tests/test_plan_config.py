@@ -48,6 +48,14 @@ def test_worker_env_adds_to_the_allocator_settings_which_reuse_memory_switches()
     assert cleared.runtime_env(EXTRA="1") == {"env_vars": {"EXTRA": "1"}}
 
 
+def test_allocator_environ_sets_or_removes_only_the_allocator_settings():
+    from orchestrator.config import ALLOCATOR_ENV, allocator_environ
+
+    shell = {"PATH": "/bin", "MALLOC_TOP_PAD_": "1"}
+    assert allocator_environ(shell, reuse_memory=True) == {"PATH": "/bin", **ALLOCATOR_ENV}
+    assert allocator_environ(shell, reuse_memory=False) == {"PATH": "/bin"}
+
+
 def test_overrides_are_read_as_yaml_and_defaults_follow_the_paper():
     cfg = load_config(REPO / "configs" / "digits.yaml", ["evaluate.models=[ConvNet,AlexNet]"])
     assert cfg.evaluate.models == ["ConvNet", "AlexNet"]
