@@ -21,6 +21,30 @@ SHARED_DATA = next(
 )
 
 
+_EXIT_STATUS: list[int] = []
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    _EXIT_STATUS.append(int(exitstatus))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Leave without interpreter finalisation once pytest has reported everything.
+
+    The suite starts and stops Ray many times in one process; Ray's native
+    worker threads can then crash while Python finalises (seen once in CI as a
+    segfault after "306 passed"; ray-project/ray#31145 is the same class).
+    Results and the exit status are already final here, so skip that stage.
+    """
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(_EXIT_STATUS[-1] if _EXIT_STATUS else 0)
+
+
 def start_local_ray(num_cpus: int, num_gpus: int = 0) -> None:
     import ray
 
