@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -37,8 +38,6 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     segfault after "306 passed"; ray-project/ray#31145 is the same class).
     Results and the exit status are already final here, so skip that stage.
     """
-    import sys
-
     sys.stdout.flush()
     sys.stderr.flush()
     logging.shutdown()
