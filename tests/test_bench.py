@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
-from workers.bench import embed_cost, main
+from workers.bench import embed_cost, iteration_flops, main
 from workers.dm import DMSettings
 
 TINY = ["--shape", "1,8,8", "--classes", "2", "--ipc", "1", "--batch-real", "4", "--model", "ConvNetW32",
@@ -27,6 +28,9 @@ def test_measurement_reports_both_loops_and_they_agree(capsys):
     assert r["device"] == "cpu" and r["peak_mem_mb"] > 0
     assert r["settings"]["embed_chunk"] == DMSettings(ipc=1, iterations=1).embed_chunk  # the defaults
     assert r["max_abs_diff_vs_reference"] < 1e-4  # same draws: same images
+    assert r["gflop_per_it"] == pytest.approx(iteration_flops("ConvNetW32", (1, 8, 8), 2, 1, 4) / 1e9)
+    assert r["gflop_s"] == pytest.approx(r["gflop_per_it"] * r["it_per_s"])
+    assert r["reference_gflop_s"] == pytest.approx(r["gflop_per_it"] * r["reference_it_per_s"])
     assert set(r["variants"]) == {"chunk=0", "chunk=3+channels_last=off"}
     for v in r["variants"].values():
         assert v["it_per_s"] > 0 and v["speedup"] > 0 and v["max_abs_diff_vs_reference"] < 1e-4
@@ -42,6 +46,8 @@ def test_conv_macs_of_convnet_by_hand():
     macs, elems = embed_cost("ConvNet", (3, 32, 32))
     by_hand = 32 * 32 * 128 * 3 * 9 + 16 * 16 * 128 * 128 * 9 + 8 * 8 * 128 * 128 * 9
     assert macs == by_hand and elems > 0
+    # 10 classes: 256 real images forward, 10 synthetic forward and backward to the pixels
+    assert iteration_flops("ConvNet", (3, 32, 32), 10, 10, 256) == 2 * by_hand * 10 * (256 + 2 * 10)
 
 
 def test_gpu_estimate_scales_with_gpus_and_work(capsys):
@@ -79,3 +85,18 @@ def test_bad_variant_is_named(capsys):
     with pytest.raises(SystemExit):
         main([*TINY, "--variants", "chunky=3"])
     assert "unknown variant 'chunky=3'" in capsys.readouterr().err
+
+
+def test_cpu_peak_floor_is_the_iteration_flops_over_the_best_fp32_rate(capsys):
+    from benchmarks.cpu_peak import main as cpu_peak
+
+    if not (shutil.which("cc") or shutil.which("gcc")):
+        pytest.skip("the probe is compiled with the system C compiler, and there is none")
+    cpu_peak(["--shape", "1,8,8", "--model", "ConvNetW32", "--classes", "2", "--ipc", "1", "--batch-real", "4",
+              "--reference-s", "2.0", "--seconds", "0.02", "--json"])
+    r = json.loads(capsys.readouterr().out)
+    fp32 = [by_threads[str(r["threads"])] for name, by_threads in r["peak_gflop_s"].items() if "fp32" in name]
+    assert fp32 and min(fp32) > 0
+    assert r["gflop_per_it"] == pytest.approx(iteration_flops("ConvNetW32", (1, 8, 8), 2, 1, 4) / 1e9)
+    assert r["fp32_floor_s"] == pytest.approx(r["gflop_per_it"] / max(fp32))
+    assert r["max_fp32_speedup"] == pytest.approx(2.0 / r["fp32_floor_s"])

@@ -233,11 +233,11 @@ def _diff(a: DMCondenser, b: DMCondenser) -> float:
     return float((a.syn.detach() - b.syn.detach()).abs().max())
 
 
-def _summary(cfg: Timed, ref: Timed) -> dict[str, Any]:
+def _summary(cfg: Timed, ref: Timed, gflop_per_it: float) -> dict[str, Any]:
     first = cfg.warmup_s[0] if cfg.warmup_s else None
     compiled = cfg.condenser.settings.compile and first is not None
     return {
-        "it_per_s": cfg.it_per_s, "best_it_per_s": cfg.best_it_per_s,
+        "it_per_s": cfg.it_per_s, "best_it_per_s": cfg.best_it_per_s, "gflop_s": gflop_per_it * cfg.it_per_s,
         "speedup": cfg.it_per_s / ref.it_per_s, "speedup_best": cfg.best_it_per_s / ref.best_it_per_s,
         "max_abs_diff_vs_reference": _diff(cfg.condenser, ref.condenser),
         "peak_mem_mb": cfg.peak_mem_mb, "step_mem_mb": cfg.step_mem_mb,
@@ -248,15 +248,17 @@ def _summary(cfg: Timed, ref: Timed) -> dict[str, Any]:
 
 def _result(args: argparse.Namespace, device: torch.device, ours: DMSettings, configs: list[Timed]) -> dict[str, Any]:
     mine, ref, variants = configs[0], configs[1], configs[2:]
+    gflop = iteration_flops(args.model, args.shape, args.classes, args.ipc, args.batch_real) / 1e9
     return {
         "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
         "shape": list(args.shape), "classes": args.classes, "ipc": args.ipc, "batch_real": args.batch_real,
         "model": args.model, "iterations": args.iterations, "warmup": args.warmup,
-        "settings": dataclasses.asdict(ours),
-        **_summary(mine, ref),
+        "settings": dataclasses.asdict(ours), "gflop_per_it": gflop,
+        **_summary(mine, ref, gflop),
         "reference_it_per_s": ref.it_per_s, "reference_best_it_per_s": ref.best_it_per_s,
+        "reference_gflop_s": gflop * ref.it_per_s,
         "reference_peak_mem_mb": ref.peak_mem_mb, "reference_step_mem_mb": ref.step_mem_mb,
-        "variants": {v.name: _summary(v, ref) for v in variants},
+        "variants": {v.name: _summary(v, ref, gflop) for v in variants},
         "method": f"rates from the median (best: the fastest) of {args.iterations} interleaved steps after "
                   f"{args.warmup} warm-up steps; memory over one more step: peak_mem_mb is the process "
                   "peak RSS on CPU (allocator peak on CUDA), step_mem_mb that peak minus the use just "
@@ -270,16 +272,17 @@ def _fmt(v: float | None, spec: str) -> str:
 
 def print_table(r: dict[str, Any]) -> None:
     print(f"DM iteration, {r['model']} on {'x'.join(map(str, r['shape']))}, {r['classes']} classes, "
-          f"ipc {r['ipc']}, real batch {r['batch_real']}/class, {r['device']} ({r['threads']} threads)")
-    ref = {"it_per_s": r["reference_it_per_s"], "speedup": 1.0, "speedup_best": 1.0,
+          f"ipc {r['ipc']}, real batch {r['batch_real']}/class, {r['device']} ({r['threads']} threads), "
+          f"{r['gflop_per_it']:.1f} GFLOP of convolutions and linear layers per iteration")
+    ref = {"it_per_s": r["reference_it_per_s"], "gflop_s": r["reference_gflop_s"], "speedup": 1.0, "speedup_best": 1.0,
            "max_abs_diff_vs_reference": 0.0, "peak_mem_mb": r["reference_peak_mem_mb"],
            "step_mem_mb": r["reference_step_mem_mb"], "compile_s": None}
     rows = [("ours (defaults)", r), ("reference (per class)", ref)]
     rows += [(f"  {name}", v) for name, v in r["variants"].items()]
-    print(f"{'configuration':<30}{'s/it':>7}{'it/s':>8}{'speedup':>9}{'best':>7}{'max|diff|':>10}"
+    print(f"{'configuration':<30}{'s/it':>7}{'it/s':>8}{'GFLOP/s':>8}{'speedup':>9}{'best':>7}{'max|diff|':>10}"
           f"{'peak MB':>9}{'step MB':>9}{'compile s':>10}")
     for name, v in rows:
-        print(f"{name:<30}{1 / v['it_per_s']:>7.2f}{v['it_per_s']:>8.3f}{v['speedup']:>8.2f}x"
+        print(f"{name:<30}{1 / v['it_per_s']:>7.2f}{v['it_per_s']:>8.3f}{v['gflop_s']:>8.0f}{v['speedup']:>8.2f}x"
               f"{v['speedup_best']:>6.2f}x{v['max_abs_diff_vs_reference']:>10.1e}{_fmt(v['peak_mem_mb'], '.0f'):>9}"
               f"{_fmt(v['step_mem_mb'], '.0f'):>9}{_fmt(v['compile_s'], '.1f'):>10}")
     print(f"({r['method']})")
@@ -335,6 +338,15 @@ def embed_cost(model: str, shape: tuple[int, int, int]) -> tuple[int, int]:
     for h in handles:
         h.remove()
     return macs, elems
+
+
+def iteration_flops(model: str, shape: tuple[int, int, int], classes: int, ipc: int, batch_real: int) -> int:
+    """FLOPs (2 per multiply-add) of the convolutions and linear layers of one DM iteration on
+    ``classes`` classes: the real batch forward, and the synthetic forward plus the backward to
+    the images (as many MACs again; DM needs no weight gradients). The floor of an iteration
+    on a device is this over the device's peak rate."""
+    macs, _ = embed_cost(model, shape)
+    return 2 * macs * classes * (batch_real + 2 * ipc)
 
 
 def estimate_scenario(sc: Scenario, gpu: GPUSpec, efficiency: float) -> dict[str, Any]:
