@@ -55,7 +55,7 @@ import pyarrow.parquet as pq  # noqa: E402
 import ray  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-FAULTS_ENV = "DMCONDENSE_FAULTS"  # orchestrator.condense_task.FAULTS_ENV, which the driver forwards to tasks
+FAULTS_ENV = "DMCONDENSE_FAULTS"  # orchestrator.faults.FAULTS_ENV, which the driver forwards to tasks
 SECONDS_ENV = "DMCONDENSE_REHEARSAL_TASK_SECONDS"  # the stand-in's work, inherited by the nodes
 KILL_STAGES = ("kill-at-start", "kill-after-file", "kill-after-manifest")
 IMAGE_SHAPE = (3, 8, 8)

@@ -16,7 +16,7 @@ from orchestrator.config import ConfigError, apply_overrides, differing_keys, fr
 
 console = Console(soft_wrap=True)  # long paths and errors stay on one line
 
-EXIT_OK, EXIT_FAILED_SHARDS, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED_SHARDS, EXIT_USAGE, EXIT_FAILED_EVALUATION = 0, 1, 2, 3
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -194,7 +194,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------- execution
 def _execute(run: str, record: dict[str, Any], address: str | None, condense: bool = True,
              methods: list[str] | None = None) -> int:
-    from orchestrator.evaluation import evaluate_run
+    from orchestrator.evaluation import EvaluationError, evaluate_run
     from orchestrator.local_ray import ray_session
     from orchestrator.report import results_table, write_report
 
@@ -209,7 +209,13 @@ def _execute(run: str, record: dict[str, Any], address: str | None, condense: bo
                 console.print(f"{len(outcome.failed)} shards failed; the others are committed. "
                               f"Finish with: dmcondense resume {run}")
                 return EXIT_FAILED_SHARDS
-        rows = evaluate_run(run, cfg, record["plan"]["shards"], console, methods)
+        try:
+            rows = evaluate_run(run, cfg, record["plan"]["shards"], console, methods)
+        except EvaluationError as exc:
+            console.print(f"[red]evaluation failed:[/] {exc}", highlight=False)
+            again = f"dmcondense resume {run}" if condense else "the same dmcondense evaluate command"
+            console.print(f"The networks scored so far are kept: {again} trains only the others.", highlight=False)
+            return EXIT_FAILED_EVALUATION
     write_report(run, record, rows)
     _print_results(results_table(rows, record["dataset"]["name"], cfg.condense.ipc))
     console.print(f"report: {run}/report.md (grid.png, loss.png)")

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import io
 import os
-import signal
 import socket
 import time
 from typing import Any, Callable
 
 import torch
 
-from orchestrator import shards, storage
+from orchestrator import faults, shards, storage
 from orchestrator.config import RunConfig, from_dict
 from orchestrator.plan import ShardSpec
 from workers.coreset import embed_features, select_coreset
@@ -27,10 +26,8 @@ from workers.dm import DMCondenser, DMSettings, Progress
 
 ProgressSink = Callable[[dict[str, Any]], None]
 
-# Fault injection for failure tests: DMCONDENSE_FAULTS="shard-00001=kill-after-checkpoint,shard-00002=raise"
-# kill-after-checkpoint: SIGKILL this worker after its first checkpoint (once per run, marked in RUN/faults/)
-# raise / raise-once: an exception at the start of the shard (always / on the first attempt only)
-FAULTS_ENV = "DMCONDENSE_FAULTS"
+# Shard faults (orchestrator.faults): kill-after-checkpoint SIGKILLs the worker after its first
+# checkpoint (once per run); raise / raise-once raise at the start of the shard (always / first attempt).
 
 
 def dm_settings(cfg: RunConfig) -> DMSettings:
@@ -217,17 +214,12 @@ class _Reporter:
 
 
 def _maybe_fault(run: str, spec: ShardSpec, stage: str) -> None:
-    spec_env = os.environ.get(FAULTS_ENV, "")
-    faults = dict(item.split("=", 1) for item in spec_env.split(",") if "=" in item)
-    fault = faults.get(spec.name)
+    fault = faults.fault_for(spec.name)
     if fault is None:
         return
-    marker = storage.join(run, "faults", f"{spec.name}.{fault}")
     if stage == "start" and fault == "raise":
         raise RuntimeError(f"injected fault in {spec.name}")
-    if stage == "start" and fault == "raise-once" and not storage.exists(marker):
-        storage.write_bytes_atomic(marker, b"1")
+    if stage == "start" and fault == "raise-once" and faults.first_time(run, spec.name, fault):
         raise RuntimeError(f"injected fault in {spec.name} (first attempt)")
-    if stage == "checkpoint" and fault == "kill-after-checkpoint" and not storage.exists(marker):
-        storage.write_bytes_atomic(marker, b"1")
-        os.kill(os.getpid(), signal.SIGKILL)
+    if stage == "checkpoint" and fault == "kill-after-checkpoint" and faults.first_time(run, spec.name, fault):
+        faults.kill_this_process()

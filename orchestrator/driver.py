@@ -18,8 +18,8 @@ import ray
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from orchestrator import shards, storage
-from orchestrator.condense_task import FAULTS_ENV, condense_shard
+from orchestrator import faults, shards, storage
+from orchestrator.condense_task import condense_shard
 from orchestrator.config import RunConfig, config_hash, differing_keys, from_dict, identity, to_dict
 from orchestrator.plan import PlanError, ShardSpec, estimate_work, make_plan
 from workers.data import open_dataset
@@ -166,9 +166,8 @@ def _task_options(cfg: RunConfig) -> dict[str, Any]:
         "retry_exceptions": False,  # exceptions are retried by the driver, with their own budget
         "scheduling_strategy": "SPREAD",  # one shard per node first: every node's GPUs get work
     }
-    faults = os.environ.get(FAULTS_ENV)
     # failure tests inject faults into the workers through the driver's environment
-    runtime_env = cfg.resources.runtime_env(**({FAULTS_ENV: faults} if faults else {}))
+    runtime_env = cfg.resources.runtime_env(**faults.worker_env())
     if runtime_env:
         options["runtime_env"] = runtime_env
     return options

@@ -3,23 +3,32 @@
 Each actor loads the real test split once, reads the synthetic (and baseline)
 sets straight from the run directory, and runs (method, architecture, seeds)
 jobs; the seeds of one job are trained together when that is faster.
+
+An actor that dies (a lost node, an OOM kill, an unreachable process) is
+replaced and its job runs again, up to ``resources.max_retries`` times. Every
+finished job's scores are written at once under RUN/eval/partial/, so an
+evaluation that stops for any reason resumes, on the next ``evaluate`` or
+``resume``, with only the networks that were not scored yet.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
-from typing import Any
+from collections import deque
+from typing import Any, Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 import torch
-from ray.util import ActorPool
+from ray.exceptions import RayActorError, RayTaskError
 from rich.console import Console
 from rich.progress import Progress
 
-from orchestrator import shards, storage
+from orchestrator import faults, shards, storage
 from orchestrator.config import RunConfig
 from orchestrator.plan import ShardSpec
 from workers.data import open_dataset
@@ -42,8 +51,37 @@ def snapshot_methods(run: str, plan: list[dict]) -> list[str]:
     return [f"{SNAPSHOT_PREFIX}{it}" for it in shards.snapshot_iterations(run, specs)]
 
 
+class EvaluationError(RuntimeError):
+    """The evaluation stage stopped; the networks it scored are kept for the next attempt."""
+
+
 def results_path(run: str) -> str:
     return storage.join(run, "eval", "results.parquet")
+
+
+def partial_dir(run: str, cfg: RunConfig) -> str:
+    """Where an unfinished evaluation keeps its scores, keyed by every setting that shapes a
+    score, so that a later evaluation under other settings never reuses them."""
+    e = cfg.evaluate
+    shaping = {"epochs": e.epochs, "batch": e.batch, "lr": e.lr, "vectorized": e.vectorized,
+               "dsa_strategy": cfg.condense.dsa_strategy}
+    key = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
+    return storage.join(run, "eval", "partial", key)
+
+
+def read_partial(folder: str) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for name in storage.list_names(folder):
+        if name.endswith(".parquet"):
+            rows += pq.read_table(pa.BufferReader(storage.read_bytes(storage.join(folder, name)))).to_pylist()
+    return rows
+
+
+def write_partial(folder: str, rows: list[dict[str, Any]]) -> None:
+    """One file per finished job, named by its networks (a rerun of the job rewrites it)."""
+    first = rows[0]
+    name = hashlib.sha256(f"{first['method']}|{first['model']}|{first['seed']}".encode()).hexdigest()[:16]
+    storage.write_parquet_atomic(storage.join(folder, f"{name}.parquet"), pa.Table.from_pylist(rows))
 
 
 class EvalWorker:
@@ -70,6 +108,7 @@ class EvalWorker:
         return self._sets[method]
 
     def score(self, job: dict[str, Any]) -> list[dict[str, Any]]:
+        self._maybe_fault(job["method"])
         x, y = self._training_set(job["method"])
         e = self.cfg.evaluate
         settings = TrainSettings(epochs=e.epochs, lr=e.lr, batch=e.batch, dsa_strategy=self.cfg.condense.dsa_strategy)
@@ -88,8 +127,19 @@ class EvalWorker:
         ]
 
 
-def make_jobs(cfg: RunConfig, n_actors: int, methods: list[str] | None = None) -> list[dict[str, Any]]:
-    """(method, model, seed chunk) jobs; the same seeds for every method, so comparisons are paired."""
+    def _maybe_fault(self, method: str) -> None:
+        target = f"eval-{method}"
+        fault = faults.fault_for(target)
+        if fault == "raise":
+            raise RuntimeError(f"injected fault in {target}")
+        if fault == "kill-once" and faults.first_time(self.run, target, fault):
+            faults.kill_this_process()
+
+
+def make_jobs(cfg: RunConfig, n_actors: int, methods: list[str] | None = None,
+              done: set[tuple[str, str, int]] = frozenset()) -> list[dict[str, Any]]:
+    """(method, model, seed chunk) jobs; the same seeds for every method, so comparisons are
+    paired. Networks in ``done`` ((method, model, seed) already scored) get no job."""
     e = cfg.evaluate
     jobs = []
     methods = methods or ["dm", *e.baselines]
@@ -101,8 +151,9 @@ def make_jobs(cfg: RunConfig, n_actors: int, methods: list[str] | None = None) -
     for model in e.models:
         seeds = [derive_seed(cfg.seed, "eval", model, i) for i in range(e.num_models)]
         for method in methods:
-            for i in range(0, len(seeds), chunk):
-                jobs.append({"method": method, "model": model, "seeds": seeds[i : i + chunk]})
+            todo = [s for s in seeds if (method, model, s) not in done]
+            for i in range(0, len(todo), chunk):
+                jobs.append({"method": method, "model": model, "seeds": todo[i : i + chunk]})
     return jobs
 
 
@@ -123,47 +174,99 @@ def actor_options(cfg: RunConfig, use_gpu: bool) -> dict[str, Any]:
     options: dict[str, Any] = {"num_cpus": 1}
     if use_gpu:
         options["num_gpus"] = 1.0 / cfg.evaluate.actors_per_gpu
-    runtime_env = cfg.resources.runtime_env()
+    runtime_env = cfg.resources.runtime_env(**faults.worker_env())
     if runtime_env:
         options["runtime_env"] = runtime_env
     return options
 
 
-def _pool(cfg: RunConfig, run: str, plan: list[dict], n: int, use_gpu: bool) -> list[Any]:
+def _spawner(cfg: RunConfig, run: str, plan: list[dict], use_gpu: bool) -> Callable[[], Any]:
     config = cfg.model_dump(mode="json")
     actor = ray.remote(**actor_options(cfg, use_gpu))(EvalWorker)
-    return [actor.remote(run, config, plan, use_gpu, 1) for _ in range(n)]
+    return lambda: actor.remote(run, config, plan, use_gpu, 1)
+
+
+def run_jobs(jobs: list[dict[str, Any]], spawn: Callable[[], Any], n_actors: int, retries: int,
+             on_rows: Callable[[list[dict[str, Any]]], None], console: Console) -> None:
+    """Run ``jobs`` on up to ``n_actors`` actors made by ``spawn``, one job per actor at a time.
+
+    A job whose actor dies goes to a fresh actor, up to ``retries`` times; an exception
+    raised by the job itself is not retried (bad input or a bug does not heal)."""
+    queue = deque((job, 0) for job in jobs)
+    idle = [spawn() for _ in range(min(n_actors, len(jobs)))]
+    running: dict[Any, tuple[Any, dict[str, Any], int]] = {}
+    try:
+        while queue or running:
+            while queue and idle:
+                job, attempt = queue.popleft()
+                actor = idle.pop()
+                running[actor.score.remote(job)] = (actor, job, attempt)
+            [ref], _ = ray.wait(list(running), num_returns=1)
+            actor, job, attempt = running.pop(ref)
+            what = f"{job['method']} / {job['model']}, {len(job['seeds'])} network(s)"
+            try:
+                rows = ray.get(ref)
+            except RayActorError as exc:
+                _kill(actor)
+                if attempt >= retries:
+                    raise EvaluationError(f"{what}: its actor was lost {attempt + 1} times "
+                                          f"(resources.max_retries={retries}): {exc}") from exc
+                console.print(f"[yellow]evaluate: lost the actor of {what}; retry {attempt + 1} of {retries} "
+                              "on a fresh actor[/]", highlight=False)
+                idle.append(spawn())
+                queue.append((job, attempt + 1))
+                continue
+            except RayTaskError as exc:
+                raise EvaluationError(f"{what}: {exc.cause if exc.cause is not None else exc}") from exc
+            idle.append(actor)
+            on_rows(rows)
+    finally:
+        for actor in idle + [a for a, _, _ in running.values()]:
+            _kill(actor)
+
+
+def _kill(actor: Any) -> None:
+    try:
+        ray.kill(actor)
+    except Exception:  # noqa: BLE001 - already gone is fine
+        pass
 
 
 def evaluate_run(run: str, cfg: RunConfig, plan: list[dict], console: Console,
                  methods: list[str] | None = None) -> list[dict[str, Any]]:
     """Score DM and the baselines (or only ``methods``, keeping the other methods' earlier
-    rows); writes RUN/eval/results.parquet and returns its rows."""
+    rows); writes RUN/eval/results.parquet and returns its rows. Networks scored by an
+    earlier, unfinished evaluation under the same settings are not trained again."""
     if cfg.evaluate.num_models == 0:
         return []
     kept = [r for r in read_results(run) if r["method"] not in methods] if methods else []
+    folder = partial_dir(run, cfg)
+    wanted = set(methods or ["dm", *cfg.evaluate.baselines])
+    rows = [r for r in read_partial(folder) if r["method"] in wanted]
     capacity, use_gpu = pool_capacity(cfg, ray.cluster_resources())
-    jobs = make_jobs(cfg, n_actors=capacity, methods=methods)
-    actors = _pool(cfg, run, plan, min(capacity, len(jobs)), use_gpu)
-    rows: list[dict[str, Any]] = []
-    pool = ActorPool(actors)
-    total = sum(len(j["seeds"]) for j in jobs)
+    jobs = make_jobs(cfg, n_actors=capacity, methods=methods, done={(r["method"], r["model"], r["seed"]) for r in rows})
+    total = len(rows) + sum(len(j["seeds"]) for j in jobs)
+    if rows:
+        console.print(f"evaluate: {len(rows)} of {total} networks were scored by an earlier attempt; "
+                      f"training the other {total - len(rows)}", highlight=False)
     started = time.monotonic()
     with Progress(console=console, disable=not console.is_terminal) as bar:
-        task = bar.add_task(f"evaluate ({len(actors)} actors)", total=total)
-        for result in pool.map_unordered(lambda a, job: a.score.remote(job), jobs):
+        task = bar.add_task(f"evaluate ({min(capacity, len(jobs))} actors)", total=total, completed=len(rows))
+
+        def finished(result: list[dict[str, Any]]) -> None:
+            write_partial(folder, result)
             rows.extend(result)
             bar.advance(task, len(result))
             if not console.is_terminal:  # logs get one line per finished job
                 console.print(f"evaluate: {len(rows)}/{total} networks scored "
                               f"({result[0]['method']}, {result[0]['model']}), "
                               f"{time.monotonic() - started:.0f} s elapsed", highlight=False)
-    for a in actors:
-        ray.kill(a)
+
+        run_jobs(jobs, _spawner(cfg, run, plan, use_gpu), capacity, cfg.resources.max_retries, finished, console)
     rows = kept + rows
     rows.sort(key=lambda r: (*_method_key(r["method"]), r["model"], r["seed"]))
-    table = pa.Table.from_pylist(rows)
-    storage.write_parquet_atomic(results_path(run), table)
+    storage.write_parquet_atomic(results_path(run), pa.Table.from_pylist(rows))
+    storage.remove(folder, recursive=True)
     return rows
 
 

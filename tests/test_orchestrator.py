@@ -228,6 +228,47 @@ def test_evaluate_reruns_the_evaluation_stage_only(reference_run, tmp_path, caps
     assert "only evaluate.* overrides" in capsys.readouterr().out
 
 
+def scores(run: Path) -> dict[tuple[str, str, int], dict]:
+    return {(r["method"], r["model"], r["seed"]): r for r in pq.read_table(run / "eval" / "results.parquet").to_pylist()}
+
+
+def test_evaluation_actor_killed_mid_job_is_replaced_and_the_job_rerun(reference_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("DMCONDENSE_FAULTS", "eval-dm=kill-once")
+    run = tmp_path / "eval-killed"
+    shutil.copytree(reference_run, run)
+    assert run_cli("evaluate", str(run)) == 0
+    assert (run / "faults" / "eval-dm.kill-once").exists()  # an actor did die
+    got, want = scores(run), scores(reference_run)
+    assert got.keys() == want.keys()  # every network scored once, none lost or doubled
+    assert all(got[k]["accuracy"] == want[k]["accuracy"] for k in want)  # same seeds, same scores
+    assert not (run / "eval" / "partial").exists() or not any((run / "eval" / "partial").iterdir())
+
+
+def test_failed_evaluation_keeps_its_scores_and_the_next_attempt_trains_only_the_rest(
+        reference_run, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DMCONDENSE_FAULTS", "eval-random=raise")
+    run = tmp_path / "eval-failed"
+    shutil.copytree(reference_run, run)
+    (run / "eval" / "results.parquet").unlink()
+    one_actor = ["--set", "evaluate.gpus=false", "--set", "evaluate.num_actors=1"]  # jobs in order: dm first
+    assert run_cli("evaluate", str(run), *one_actor) == 3
+    out = capsys.readouterr().out
+    assert "evaluation failed" in out and "injected fault in eval-random" in out
+    partial = [r for f in (run / "eval" / "partial").rglob("*.parquet") for r in pq.read_table(f).to_pylist()]
+    assert partial and not any(r["method"] == "random" for r in partial)
+    assert not (run / "eval" / "results.parquet").exists()
+
+    monkeypatch.delenv("DMCONDENSE_FAULTS")
+    assert run_cli("evaluate", str(run)) == 0
+    assert f"{len(partial)} of 6 networks were scored by an earlier attempt" in capsys.readouterr().out
+    got, want = scores(run), scores(reference_run)
+    assert got.keys() == want.keys()
+    assert all(got[k]["accuracy"] == want[k]["accuracy"] for k in want)
+    for r in partial:  # reused, not trained again: even the timing is the first attempt's
+        assert got[(r["method"], r["model"], r["seed"])]["train_seconds"] == r["train_seconds"]
+    assert not any((run / "eval" / "partial").rglob("*.parquet"))
+
+
 def test_kept_checkpoints_give_an_iteration_sweep_from_one_run(local_ray, tmp_path, capsys):
     import torch
 
