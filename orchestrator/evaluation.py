@@ -241,8 +241,8 @@ def evaluate_run(run: str, cfg: RunConfig, plan: list[dict], console: Console,
         return []
     kept = [r for r in read_results(run) if r["method"] not in methods] if methods else []
     folder = partial_dir(run, cfg)
-    wanted = set(methods or ["dm", *cfg.evaluate.baselines])
-    rows = [r for r in read_partial(folder) if r["method"] in wanted]
+    planned = {(j["method"], j["model"], s) for j in make_jobs(cfg, 1, methods) for s in j["seeds"]}
+    rows = [r for r in read_partial(folder) if (r["method"], r["model"], r["seed"]) in planned]
     capacity, use_gpu = pool_capacity(cfg, ray.cluster_resources())
     jobs = make_jobs(cfg, n_actors=capacity, methods=methods, done={(r["method"], r["model"], r["seed"]) for r in rows})
     total = len(rows) + sum(len(j["seeds"]) for j in jobs)
