@@ -59,6 +59,10 @@ def results_path(run: str) -> str:
     return storage.join(run, "eval", "results.parquet")
 
 
+def partial_root(run: str) -> str:
+    return storage.join(run, "eval", "partial")
+
+
 def partial_dir(run: str, cfg: RunConfig) -> str:
     """Where an unfinished evaluation keeps its scores, keyed by every setting that shapes a
     score, so that a later evaluation under other settings never reuses them."""
@@ -66,7 +70,7 @@ def partial_dir(run: str, cfg: RunConfig) -> str:
     shaping = {"epochs": e.epochs, "batch": e.batch, "lr": e.lr, "vectorized": e.vectorized,
                "dsa_strategy": cfg.condense.dsa_strategy}
     key = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
-    return storage.join(run, "eval", "partial", key)
+    return storage.join(partial_root(run), key)
 
 
 def read_partial(folder: str) -> list[dict[str, Any]]:
@@ -267,6 +271,8 @@ def evaluate_run(run: str, cfg: RunConfig, plan: list[dict], console: Console,
     rows.sort(key=lambda r: (*_method_key(r["method"]), r["model"], r["seed"]))
     storage.write_parquet_atomic(results_path(run), pa.Table.from_pylist(rows))
     storage.remove(folder, recursive=True)
+    if not storage.list_names(partial_root(run)):  # no other settings' scores wait there
+        storage.remove(partial_root(run))
     return rows
 
 
