@@ -133,6 +133,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from orchestrator import shards
+    from orchestrator.evaluation import evaluation_state
 
     record = driver.load_run(args.run)
     rows = []
@@ -140,8 +141,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         st = shards.verify(args.run, spec)
         rows.append({"shard": spec.name, "state": st.state, "classes": list(spec.class_ids), "detail": st.detail,
                      "rows": (st.manifest or {}).get("rows"), "wall_time_s": (st.manifest or {}).get("wall_time_s")})
+    evaluation = evaluation_state(args.run)
     if args.json:
-        print(json.dumps({"run": args.run, "config_hash": record["config_hash"], "shards": rows}, indent=2))
+        print(json.dumps({"run": args.run, "config_hash": record["config_hash"], "shards": rows,
+                          "evaluation": evaluation}, indent=2))
     else:
         table = Table(title=f"{args.run}")
         for col in ("shard", "state", "classes", "rows", "detail"):
@@ -153,6 +156,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         console.print(table)
         counts = {s: sum(r["state"] == s for r in rows) for s in ("committed", "in_progress", "failed", "corrupt", "pending")}
         console.print(", ".join(f"{v} {k}" for k, v in counts.items() if v))
+        more = (f"; `dmcondense evaluate {args.run}` with the same evaluate.* settings finishes it"
+                if evaluation["state"] == "unfinished" else "")
+        console.print(f"evaluation: {evaluation['state']}, {evaluation['networks_scored']} networks scored{more}",
+                      highlight=False)
     return EXIT_OK if all(r["state"] == "committed" for r in rows) else EXIT_FAILED_SHARDS
 
 

@@ -290,6 +290,17 @@ def read_results(run: str) -> list[dict[str, Any]]:
     return pq.read_table(pa.BufferReader(storage.read_bytes(path))).to_pylist()
 
 
+def evaluation_state(run: str) -> dict[str, Any]:
+    """What the run directory says of the evaluation stage: "unfinished" while scores of a
+    stopped attempt wait under eval/partial/, else "done" or "not run"."""
+    root = partial_root(run)
+    waiting = sum(len(read_partial(storage.join(root, key))) for key in storage.list_names(root))
+    if waiting:
+        return {"state": "unfinished", "networks_scored": waiting}
+    done = len(read_results(run))
+    return {"state": "done" if done else "not run", "networks_scored": done}
+
+
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """mean +- std (percent) per (method, model), in the order methods first appear."""
     groups: dict[tuple[str, str], list[float]] = {}

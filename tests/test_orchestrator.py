@@ -257,10 +257,14 @@ def test_failed_evaluation_keeps_its_scores_and_the_next_attempt_trains_only_the
     partial = [r for f in (run / "eval" / "partial").rglob("*.parquet") for r in pq.read_table(f).to_pylist()]
     assert partial and not any(r["method"] == "random" for r in partial)
     assert not (run / "eval" / "results.parquet").exists()
+    assert run_cli("status", str(run), "--json") == 0  # every shard is committed
+    assert json.loads(capsys.readouterr().out)["evaluation"] == {"state": "unfinished", "networks_scored": len(partial)}
 
     monkeypatch.delenv("DMCONDENSE_FAULTS")
     assert run_cli("evaluate", str(run)) == 0
     assert f"{len(partial)} of 6 networks were scored by an earlier attempt" in capsys.readouterr().out
+    assert run_cli("status", str(run), "--json") == 0
+    assert json.loads(capsys.readouterr().out)["evaluation"] == {"state": "done", "networks_scored": 6}
     got, want = scores(run), scores(reference_run)
     assert got.keys() == want.keys()
     assert all(got[k]["accuracy"] == want[k]["accuracy"] for k in want)
