@@ -31,6 +31,9 @@ def test_measurement_reports_both_loops_and_they_agree(capsys):
     assert r["gflop_per_it"] == pytest.approx(iteration_flops("ConvNetW32", (1, 8, 8), 2, 1, 4) / 1e9)
     assert r["gflop_s"] == pytest.approx(r["gflop_per_it"] * r["it_per_s"])
     assert r["reference_gflop_s"] == pytest.approx(r["gflop_per_it"] * r["reference_it_per_s"])
+    for share, faults in ((r["kernel_share"], r["faults_per_step"]),
+                          (r["reference_kernel_share"], r["reference_faults_per_step"])):
+        assert 0 <= share <= 1 and faults >= 0
     assert set(r["variants"]) == {"chunk=0", "chunk=3+channels_last=off"}
     for v in r["variants"].values():
         assert v["it_per_s"] > 0 and v["speedup"] > 0 and v["max_abs_diff_vs_reference"] < 1e-4

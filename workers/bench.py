@@ -14,6 +14,7 @@ import ctypes
 import dataclasses
 import json
 import math
+import resource
 import statistics
 import sys
 import time
@@ -173,6 +174,8 @@ class Timed:
     condenser: DMCondenser
     warmup_s: list[float] = field(default_factory=list)
     step_s: list[float] = field(default_factory=list)
+    kernel_share: list[float] = field(default_factory=list)  # of each timed step's CPU time
+    faults: list[int] = field(default_factory=list)  # page faults of each timed step
     peak_mem_mb: float | None = None  # process peak (CPU) or allocator peak (CUDA) during one step
     step_mem_mb: float | None = None  # that peak minus what was in use just before the step
 
@@ -185,12 +188,22 @@ class Timed:
         return 1.0 / min(self.step_s)
 
 
-def _timed_step(c: DMCondenser, device: torch.device) -> float:
-    start = time.perf_counter()
+@dataclass(frozen=True)
+class StepCost:
+    wall_s: float
+    kernel_share: float  # system time / (user + system) of the process over the step
+    faults: int  # minor + major page faults over the step
+
+
+def _timed_step(c: DMCondenser, device: torch.device) -> StepCost:
+    before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     float(c.step())  # the host read waits for the device
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return time.perf_counter() - start
+    wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
+    user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
+    faults = after.ru_minflt - before.ru_minflt + after.ru_majflt - before.ru_majflt
+    return StepCost(wall, system / max(user + system, 1e-9), faults)
 
 
 def measure(configs: list[Timed], warmup: int, iterations: int, device: torch.device,
@@ -198,11 +211,14 @@ def measure(configs: list[Timed], warmup: int, iterations: int, device: torch.de
     """Warm every configuration up, interleave the timed steps, then one untimed step each for memory."""
     for cfg in configs:
         for i in range(warmup):
-            cfg.warmup_s.append(_timed_step(cfg.condenser, device))
+            cfg.warmup_s.append(_timed_step(cfg.condenser, device).wall_s)
             log(f"{cfg.name}: warm-up {i + 1}/{warmup} {cfg.warmup_s[-1]:.2f} s")
     for i in range(iterations):
         for cfg in configs:
-            cfg.step_s.append(_timed_step(cfg.condenser, device))
+            cost = _timed_step(cfg.condenser, device)
+            cfg.step_s.append(cost.wall_s)
+            cfg.kernel_share.append(cost.kernel_share)
+            cfg.faults.append(cost.faults)
         log(f"round {i + 1}/{iterations}: " + ", ".join(f"{c.name} {c.step_s[-1]:.2f} s" for c in configs))
     probe = PeakMemory(device)
     for cfg in configs:
@@ -242,6 +258,8 @@ def _summary(cfg: Timed, ref: Timed, gflop_per_it: float) -> dict[str, Any]:
         "max_abs_diff_vs_reference": _diff(cfg.condenser, ref.condenser),
         "peak_mem_mb": cfg.peak_mem_mb, "step_mem_mb": cfg.step_mem_mb,
         "first_step_s": first,
+        # time in the kernel is mostly zeroing fresh pages: what makes a loop's speed swing
+        "kernel_share": statistics.median(cfg.kernel_share), "faults_per_step": statistics.median(cfg.faults),
         "compile_s": max(first - 1 / cfg.it_per_s, 0.0) if compiled else None,
     }
 
@@ -258,11 +276,14 @@ def _result(args: argparse.Namespace, device: torch.device, ours: DMSettings, co
         "reference_it_per_s": ref.it_per_s, "reference_best_it_per_s": ref.best_it_per_s,
         "reference_gflop_s": gflop * ref.it_per_s,
         "reference_peak_mem_mb": ref.peak_mem_mb, "reference_step_mem_mb": ref.step_mem_mb,
+        "reference_kernel_share": statistics.median(ref.kernel_share),
+        "reference_faults_per_step": statistics.median(ref.faults),
         "variants": {v.name: _summary(v, ref, gflop) for v in variants},
         "method": f"rates from the median (best: the fastest) of {args.iterations} interleaved steps after "
                   f"{args.warmup} warm-up steps; memory over one more step: peak_mem_mb is the process "
                   "peak RSS on CPU (allocator peak on CUDA), step_mem_mb that peak minus the use just "
-                  "before the step",
+                  "before the step; kernel % (kernel_share) is the share of a step's process CPU time spent "
+                  "in the kernel and faults the page faults of a step (medians): fresh pages to zero",
     }
 
 
@@ -276,15 +297,17 @@ def print_table(r: dict[str, Any]) -> None:
           f"{r['gflop_per_it']:.1f} GFLOP of convolutions and linear layers per iteration")
     ref = {"it_per_s": r["reference_it_per_s"], "gflop_s": r["reference_gflop_s"], "speedup": 1.0, "speedup_best": 1.0,
            "max_abs_diff_vs_reference": 0.0, "peak_mem_mb": r["reference_peak_mem_mb"],
-           "step_mem_mb": r["reference_step_mem_mb"], "compile_s": None}
+           "step_mem_mb": r["reference_step_mem_mb"], "compile_s": None,
+           "kernel_share": r["reference_kernel_share"], "faults_per_step": r["reference_faults_per_step"]}
     rows = [("ours (defaults)", r), ("reference (per class)", ref)]
     rows += [(f"  {name}", v) for name, v in r["variants"].items()]
     print(f"{'configuration':<30}{'s/it':>7}{'it/s':>8}{'GFLOP/s':>8}{'speedup':>9}{'best':>7}{'max|diff|':>10}"
-          f"{'peak MB':>9}{'step MB':>9}{'compile s':>10}")
+          f"{'peak MB':>9}{'step MB':>9}{'compile s':>10}{'kernel %':>9}{'faults':>9}")
     for name, v in rows:
         print(f"{name:<30}{1 / v['it_per_s']:>7.2f}{v['it_per_s']:>8.3f}{v['gflop_s']:>8.0f}{v['speedup']:>8.2f}x"
               f"{v['speedup_best']:>6.2f}x{v['max_abs_diff_vs_reference']:>10.1e}{_fmt(v['peak_mem_mb'], '.0f'):>9}"
-              f"{_fmt(v['step_mem_mb'], '.0f'):>9}{_fmt(v['compile_s'], '.1f'):>10}")
+              f"{_fmt(v['step_mem_mb'], '.0f'):>9}{_fmt(v['compile_s'], '.1f'):>10}"
+              f"{100 * v['kernel_share']:>9.0f}{v['faults_per_step']:>9.0f}")
     print(f"({r['method']})")
 
 
