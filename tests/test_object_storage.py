@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import pytest
 
 from orchestrator import shards, storage
@@ -84,3 +86,20 @@ def test_s3_run_survives_a_kill_and_a_failure_then_resumes_to_local_bytes(
         for entry in manifest["files"].values():
             local = (local_reference / entry["path"]).read_bytes()
             assert storage.read_bytes(storage.join(run, entry["path"])) == local, entry["path"]
+
+    # the evaluation stage on S3: a failed attempt keeps its scores there, the next one finishes
+    ev = [arg for s in ("evaluate.num_models=2", "evaluate.epochs=2", "evaluate.models=[ConvNetW32]",
+                        "evaluate.gpus=false", "evaluate.num_actors=1") for arg in ("--set", s)]
+    monkeypatch.setenv("DMCONDENSE_FAULTS", "eval-random=raise")
+    assert main(["evaluate", run, *ev]) == 3
+    partial = [k for k in _keys(run) if k.startswith("eval/partial/")]
+    assert partial  # dm's two networks, scored before random's job failed
+    capsys.readouterr()
+    assert main(["status", run, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["evaluation"] == {"state": "unfinished", "networks_scored": 2}
+    monkeypatch.delenv("DMCONDENSE_FAULTS")
+    assert main(["evaluate", run, *ev]) == 0
+    keys = _keys(run)
+    assert "eval/results.parquet" in keys and not [k for k in keys if k.startswith("eval/partial/")]
+    rows = pq.read_table(pa.BufferReader(storage.read_bytes(storage.join(run, "eval", "results.parquet")))).to_pylist()
+    assert sorted(r["method"] for r in rows) == ["dm", "dm", "random", "random"]
