@@ -26,9 +26,6 @@ from workers.dm import DMCondenser, DMSettings, Progress
 
 ProgressSink = Callable[[dict[str, Any]], None]
 
-# Shard faults (orchestrator.faults): kill-after-checkpoint SIGKILLs the worker after its first
-# checkpoint (once per run); raise / raise-once raise at the start of the shard (always / first attempt).
-
 
 def dm_settings(cfg: RunConfig) -> DMSettings:
     c = cfg.condense
@@ -214,6 +211,8 @@ class _Reporter:
 
 
 def _maybe_fault(run: str, spec: ShardSpec, stage: str) -> None:
+    """Injected shard faults (orchestrator.faults): kill-after-checkpoint SIGKILLs the worker after
+    its first checkpoint (once per run); raise / raise-once raise at the start (always / once)."""
     fault = faults.fault_for(spec.name)
     if fault is None:
         return

@@ -108,7 +108,7 @@ class PlanConfig(_Strict):
 class ResourcesConfig(_Strict):
     gpus_per_shard: float = Field(default=1.0, ge=0)
     cpus_per_shard: float = Field(default=1.0, gt=0)
-    max_retries: int = Field(default=3, ge=0, description="retries after a worker or node dies")
+    max_retries: int = Field(default=3, ge=0, description="retries after a worker or node dies (a shard task, or an evaluation job on a fresh actor)")
     retry_exceptions: int = Field(default=2, ge=0, description="retries after an exception in a shard")
     max_concurrent_shards: int | None = Field(default=None, gt=0, description="null: as many as the cluster fits")
     reuse_memory: bool = Field(
