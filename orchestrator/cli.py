@@ -133,7 +133,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from orchestrator import shards
-    from orchestrator.evaluation import evaluation_state
+    from orchestrator.eval_scores import evaluation_state
 
     record = driver.load_run(args.run)
     rows = []
@@ -201,7 +201,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------- execution
 def _execute(run: str, record: dict[str, Any], address: str | None, condense: bool = True,
              methods: list[str] | None = None) -> int:
-    from orchestrator.evaluation import EvaluationError, evaluate_run
+    from orchestrator.eval_pool import EvaluationError
+    from orchestrator.evaluation import evaluate_run
     from orchestrator.local_ray import ray_session
     from orchestrator.report import results_table, write_report
 

@@ -8,7 +8,6 @@ in RUN/failed/ while the others finish.
 
 from __future__ import annotations
 
-import os
 import platform
 import time
 from dataclasses import dataclass, field

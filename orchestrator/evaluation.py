@@ -5,87 +5,44 @@ sets straight from the run directory, and runs (method, architecture, seeds)
 jobs; the seeds of one job are trained together when that is faster.
 
 An actor that dies (a lost node, an OOM kill, an unreachable process) is
-replaced and its job runs again, up to ``resources.max_retries`` times. Every
-finished job's scores are written at once under RUN/eval/partial/, so an
-evaluation that stops for any reason resumes, on the next ``evaluate`` or
-``resume``, with only the networks that were not scored yet.
+replaced and its job runs again, up to ``resources.max_retries`` times
+(``orchestrator.eval_pool``). Every finished job's scores are written at once
+under RUN/eval/partial/ (``orchestrator.eval_scores``), so an evaluation that
+stops for any reason resumes, on the next ``evaluate`` or ``resume``, with
+only the networks that were not scored yet.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import time
-from collections import deque
 from typing import Any, Callable
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import ray
 import torch
-from ray.exceptions import RayActorError, RayTaskError
 from rich.console import Console
 from rich.progress import Progress
 
 from orchestrator import faults, shards, storage
 from orchestrator.config import RunConfig
+from orchestrator.eval_pool import run_jobs
+from orchestrator.eval_scores import (
+    SNAPSHOT_PREFIX, method_key, partial_dir, partial_root, read_partial, read_results, results_path,
+    snapshot_iteration, write_partial,
+)
 from orchestrator.plan import ShardSpec
 from workers.data import open_dataset
 from workers.seeding import derive_seed
 from workers.train_eval import TrainSettings, train_and_score_many
 
-SNAPSHOT_PREFIX = "dm@"
 JOBS_PER_ACTOR = 4
-
-
-def snapshot_iteration(method: str) -> int | None:
-    """The iteration of a ``dm@<iteration>`` method (a kept checkpoint); None for any other."""
-    rest = method[len(SNAPSHOT_PREFIX):] if method.startswith(SNAPSHOT_PREFIX) else ""
-    return int(rest) if rest.isdigit() else None
 
 
 def snapshot_methods(run: str, plan: list[dict]) -> list[str]:
     """``dm@<iteration>`` for every kept checkpoint of the run (condense.keep_checkpoints)."""
     specs = [ShardSpec.from_dict(d) for d in plan]
     return [f"{SNAPSHOT_PREFIX}{it}" for it in shards.snapshot_iterations(run, specs)]
-
-
-class EvaluationError(RuntimeError):
-    """The evaluation stage stopped; the networks it scored are kept for the next attempt."""
-
-
-def results_path(run: str) -> str:
-    return storage.join(run, "eval", "results.parquet")
-
-
-def partial_root(run: str) -> str:
-    return storage.join(run, "eval", "partial")
-
-
-def partial_dir(run: str, cfg: RunConfig) -> str:
-    """Where an unfinished evaluation keeps its scores, keyed by every setting that shapes a
-    score, so that a later evaluation under other settings never reuses them."""
-    e = cfg.evaluate
-    shaping = {"epochs": e.epochs, "batch": e.batch, "lr": e.lr, "vectorized": e.vectorized,
-               "dsa_strategy": cfg.condense.dsa_strategy}
-    key = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
-    return storage.join(partial_root(run), key)
-
-
-def read_partial(folder: str) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    for name in storage.list_names(folder):
-        if name.endswith(".parquet"):
-            rows += pq.read_table(pa.BufferReader(storage.read_bytes(storage.join(folder, name)))).to_pylist()
-    return rows
-
-
-def write_partial(folder: str, rows: list[dict[str, Any]]) -> None:
-    """One file per finished job, named by its networks (a rerun of the job rewrites it)."""
-    first = rows[0]
-    name = hashlib.sha256(f"{first['method']}|{first['model']}|{first['seed']}".encode()).hexdigest()[:16]
-    storage.write_parquet_atomic(storage.join(folder, f"{name}.parquet"), pa.Table.from_pylist(rows))
 
 
 class EvalWorker:
@@ -190,52 +147,6 @@ def _spawner(cfg: RunConfig, run: str, plan: list[dict], use_gpu: bool) -> Calla
     return lambda: actor.remote(run, config, plan, use_gpu, 1)
 
 
-def run_jobs(jobs: list[dict[str, Any]], spawn: Callable[[], Any], n_actors: int, retries: int,
-             on_rows: Callable[[list[dict[str, Any]]], None], console: Console) -> None:
-    """Run ``jobs`` on up to ``n_actors`` actors made by ``spawn``, one job per actor at a time.
-
-    A job whose actor dies goes to a fresh actor, up to ``retries`` times; an exception
-    raised by the job itself is not retried (bad input or a bug does not heal)."""
-    queue = deque((job, 0) for job in jobs)
-    idle = [spawn() for _ in range(min(n_actors, len(jobs)))]
-    running: dict[Any, tuple[Any, dict[str, Any], int]] = {}
-    try:
-        while queue or running:
-            while queue and idle:
-                job, attempt = queue.popleft()
-                actor = idle.pop()
-                running[actor.score.remote(job)] = (actor, job, attempt)
-            [ref], _ = ray.wait(list(running), num_returns=1)
-            actor, job, attempt = running.pop(ref)
-            what = f"{job['method']} / {job['model']}, {len(job['seeds'])} network(s)"
-            try:
-                rows = ray.get(ref)
-            except RayActorError as exc:
-                _kill(actor)
-                if attempt >= retries:
-                    raise EvaluationError(f"{what}: its actor was lost {attempt + 1} times "
-                                          f"(resources.max_retries={retries}): {exc}") from exc
-                console.print(f"[yellow]evaluate: lost the actor of {what}; retry {attempt + 1} of {retries} "
-                              "on a fresh actor[/]", highlight=False)
-                idle.append(spawn())
-                queue.append((job, attempt + 1))
-                continue
-            except RayTaskError as exc:
-                raise EvaluationError(f"{what}: {exc.cause if exc.cause is not None else exc}") from exc
-            idle.append(actor)
-            on_rows(rows)
-    finally:
-        for actor in idle + [a for a, _, _ in running.values()]:
-            _kill(actor)
-
-
-def _kill(actor: Any) -> None:
-    try:
-        ray.kill(actor)
-    except Exception:  # noqa: BLE001 - already gone is fine
-        pass
-
-
 def evaluate_run(run: str, cfg: RunConfig, plan: list[dict], console: Console,
                  methods: list[str] | None = None) -> list[dict[str, Any]]:
     """Score DM and the baselines (or only ``methods``, keeping the other methods' earlier
@@ -268,7 +179,7 @@ def evaluate_run(run: str, cfg: RunConfig, plan: list[dict], console: Console,
 
         run_jobs(jobs, _spawner(cfg, run, plan, use_gpu), capacity, cfg.resources.max_retries, finished, console)
     rows = kept + rows
-    rows.sort(key=lambda r: (*_method_key(r["method"]), r["model"], r["seed"]))
+    rows.sort(key=lambda r: (*method_key(r["method"]), r["model"], r["seed"]))
     storage.write_parquet_atomic(results_path(run), pa.Table.from_pylist(rows))
     storage.remove(folder, recursive=True)
     if not storage.list_names(partial_root(run)):  # no other settings' scores wait there
@@ -276,39 +187,3 @@ def evaluate_run(run: str, cfg: RunConfig, plan: list[dict], console: Console,
     return rows
 
 
-def _method_key(method: str) -> tuple[str, int]:
-    """dm@200 before dm@1000: snapshots in iteration order after their method."""
-    iteration = snapshot_iteration(method)
-    return (method, -1) if iteration is None else ("dm", iteration)
-
-
-def read_results(run: str) -> list[dict[str, Any]]:
-    """The rows of RUN/eval/results.parquet ([] before any evaluation)."""
-    path = results_path(run)
-    if not storage.exists(path):
-        return []
-    return pq.read_table(pa.BufferReader(storage.read_bytes(path))).to_pylist()
-
-
-def evaluation_state(run: str) -> dict[str, Any]:
-    """What the run directory says of the evaluation stage: "unfinished" while scores of a
-    stopped attempt wait under eval/partial/, else "done" or "not run"."""
-    root = partial_root(run)
-    waiting = sum(len(read_partial(storage.join(root, key))) for key in storage.list_names(root))
-    if waiting:
-        return {"state": "unfinished", "networks_scored": waiting}
-    done = len(read_results(run))
-    return {"state": "done" if done else "not run", "networks_scored": done}
-
-
-def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """mean +- std (percent) per (method, model), in the order methods first appear."""
-    groups: dict[tuple[str, str], list[float]] = {}
-    for r in rows:
-        groups.setdefault((r["method"], r["model"]), []).append(100.0 * r["accuracy"])
-    out = []
-    for (method, model), accs in groups.items():
-        t = torch.tensor(accs, dtype=torch.float64)
-        std = float(t.std(unbiased=False)) if len(accs) > 1 else 0.0
-        out.append({"method": method, "model": model, "n": len(accs), "mean": float(t.mean()), "std": std})
-    return out

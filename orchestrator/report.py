@@ -13,7 +13,7 @@ import torch  # noqa: E402
 
 from orchestrator import shards, storage  # noqa: E402
 from orchestrator.config import RunConfig  # noqa: E402
-from orchestrator.evaluation import snapshot_iteration, summarize  # noqa: E402
+from orchestrator.eval_scores import snapshot_iteration, summarize  # noqa: E402
 from orchestrator.plan import ShardSpec  # noqa: E402
 from workers.data import denormalize  # noqa: E402
 
