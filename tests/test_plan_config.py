@@ -111,6 +111,27 @@ def test_evaluation_jobs_cover_every_seed_once_and_keep_actors_busy(models, meth
     assert max(len(j["seeds"]) for j in jobs) <= max(1, models * methods // (2 * actors))
 
 
+def test_evaluation_jobs_leave_out_the_networks_already_scored():
+    from orchestrator.evaluation import make_jobs
+
+    cfg = load_config(None, ["evaluate.num_models=4", "evaluate.baselines=[random]"])
+    every = {(j["method"], j["model"], s) for j in make_jobs(cfg, n_actors=2) for s in j["seeds"]}
+    done = set(sorted(every)[:3])
+    left = {(j["method"], j["model"], s) for j in make_jobs(cfg, n_actors=2, done=done) for s in j["seeds"]}
+    assert left == every - done
+
+
+def test_partial_scores_are_kept_apart_by_the_settings_that_shape_a_score():
+    from orchestrator.eval_scores import partial_dir
+
+    base = partial_dir("runs/r", load_config(None, []))
+    # how the work is spread does not change a score; how a network is trained does
+    assert partial_dir("runs/r", load_config(None, ["evaluate.num_actors=1", "evaluate.num_models=3"])) == base
+    for changed in ("evaluate.epochs=7", "evaluate.lr=0.1", "evaluate.batch=64", "evaluate.vectorized=true",
+                    "condense.dsa_strategy=color_crop"):
+        assert partial_dir("runs/r", load_config(None, [changed])) != base, changed
+
+
 @pytest.mark.parametrize("resources,num_actors,expected", [
     ({"CPU": 3, "GPU": 2}, None, (3, True)),  # 8 GPU slots, but each actor takes a CPU too
     ({"CPU": 16, "GPU": 2}, None, (8, True)),  # 4 actors per GPU
