@@ -43,11 +43,15 @@ def partial_dir(run: str, cfg: RunConfig) -> str:
     return storage.join(partial_root(run), key)
 
 
+def _read_rows(uri: str) -> list[dict[str, Any]]:
+    return pq.read_table(pa.BufferReader(storage.read_bytes(uri))).to_pylist()
+
+
 def read_partial(folder: str) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for name in storage.list_names(folder):
         if name.endswith(".parquet"):
-            rows += pq.read_table(pa.BufferReader(storage.read_bytes(storage.join(folder, name)))).to_pylist()
+            rows += _read_rows(storage.join(folder, name))
     return rows
 
 
@@ -67,9 +71,7 @@ def method_key(method: str) -> tuple[str, int]:
 def read_results(run: str) -> list[dict[str, Any]]:
     """The rows of RUN/eval/results.parquet ([] before any evaluation)."""
     path = results_path(run)
-    if not storage.exists(path):
-        return []
-    return pq.read_table(pa.BufferReader(storage.read_bytes(path))).to_pylist()
+    return _read_rows(path) if storage.exists(path) else []
 
 
 def evaluation_state(run: str) -> dict[str, Any]:

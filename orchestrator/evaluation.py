@@ -97,10 +97,23 @@ class EvalWorker:
             faults.kill_this_process()
 
 
+Network = tuple[str, str, int]  # (method, model, seed): one evaluation network
+
+
+def _seeds(cfg: RunConfig, model: str) -> list[int]:
+    return [derive_seed(cfg.seed, "eval", model, i) for i in range(cfg.evaluate.num_models)]
+
+
+def planned_networks(cfg: RunConfig, methods: list[str] | None = None) -> set[Network]:
+    """Every network the evaluation settings ask for (the same seeds for every method)."""
+    methods = methods or ["dm", *cfg.evaluate.baselines]
+    return {(method, model, s) for model in cfg.evaluate.models for s in _seeds(cfg, model) for method in methods}
+
+
 def make_jobs(cfg: RunConfig, n_actors: int, methods: list[str] | None = None,
-              done: set[tuple[str, str, int]] = frozenset()) -> list[dict[str, Any]]:
+              done: set[Network] = frozenset()) -> list[dict[str, Any]]:
     """(method, model, seed chunk) jobs; the same seeds for every method, so comparisons are
-    paired. Networks in ``done`` ((method, model, seed) already scored) get no job."""
+    paired. Networks in ``done`` (already scored) get no job."""
     e = cfg.evaluate
     jobs = []
     methods = methods or ["dm", *e.baselines]
@@ -110,7 +123,7 @@ def make_jobs(cfg: RunConfig, n_actors: int, methods: list[str] | None = None,
     chunks = max(1, math.ceil(JOBS_PER_ACTOR * n_actors / max(groups, 1)))
     chunk = max(1, math.ceil(e.num_models / chunks))
     for model in e.models:
-        seeds = [derive_seed(cfg.seed, "eval", model, i) for i in range(e.num_models)]
+        seeds = _seeds(cfg, model)
         for method in methods:
             todo = [s for s in seeds if (method, model, s) not in done]
             for i in range(0, len(todo), chunk):
@@ -156,10 +169,11 @@ def evaluate_run(run: str, cfg: RunConfig, plan: list[dict], console: Console,
         return []
     kept = [r for r in read_results(run) if r["method"] not in methods] if methods else []
     folder = partial_dir(run, cfg)
-    planned = {(j["method"], j["model"], s) for j in make_jobs(cfg, 1, methods) for s in j["seeds"]}
+    planned = planned_networks(cfg, methods)
     rows = [r for r in read_partial(folder) if (r["method"], r["model"], r["seed"]) in planned]
+    done = {(r["method"], r["model"], r["seed"]) for r in rows}
     capacity, use_gpu = pool_capacity(cfg, ray.cluster_resources())
-    jobs = make_jobs(cfg, n_actors=capacity, methods=methods, done={(r["method"], r["model"], r["seed"]) for r in rows})
+    jobs = make_jobs(cfg, n_actors=capacity, methods=methods, done=done)
     total = len(rows) + sum(len(j["seeds"]) for j in jobs)
     if rows:
         console.print(f"evaluate: {len(rows)} of {total} networks were scored by an earlier attempt; "

@@ -112,10 +112,11 @@ def test_evaluation_jobs_cover_every_seed_once_and_keep_actors_busy(models, meth
 
 
 def test_evaluation_jobs_leave_out_the_networks_already_scored():
-    from orchestrator.evaluation import make_jobs
+    from orchestrator.evaluation import make_jobs, planned_networks
 
     cfg = load_config(None, ["evaluate.num_models=4", "evaluate.baselines=[random]"])
     every = {(j["method"], j["model"], s) for j in make_jobs(cfg, n_actors=2) for s in j["seeds"]}
+    assert every == planned_networks(cfg) and len(every) == 8
     done = set(sorted(every)[:3])
     left = {(j["method"], j["model"], s) for j in make_jobs(cfg, n_actors=2, done=done) for s in j["seeds"]}
     assert left == every - done
