@@ -5,7 +5,7 @@ Compiles a loop of independent fused multiply-adds with the system C compiler
 count, and prints GFLOP/s in fp32 (AVX-512 where the CPU has it, and AVX2)
 and, where the CPU has avx512_bf16, in bf16 dot products. Then, for the
 settings of `dmcondense bench`, the GFLOP of one iteration (convolutions and
-linear layers, ``workers.bench.iteration_flops``) over the best fp32 peak: the
+linear layers, ``benchmarks.gpu_cost_model.iteration_flops``) over the best fp32 peak: the
 time no fp32 loop can beat, and, given the reference's measured time, the
 largest speed-up any fp32 loop could show against it.
 
@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-from workers.bench import iteration_flops, parse_shape
+from benchmarks.dm_loop import parse_shape
+from benchmarks.gpu_cost_model import iteration_flops
 
 # 12 independent accumulators cover the FMA latency x throughput of current x86 cores.
 _SOURCE = r"""

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from workers.augment import DEFAULT_STRATEGY
 from workers.devices import compiler_available
+from workers.networks import check_network_name
 
 # condense.compile: auto compiles the embedding from this many iterations on: a cold
 # compile costs tens of seconds and saves about a quarter of every iteration.
@@ -80,6 +81,11 @@ class CondenseConfig(_Strict):
         "compilation, tens of seconds, is paid back) when a C++ compiler is on PATH")
     loss_every: int = Field(default=1, gt=0)
 
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, name: str) -> str:
+        return check_network_name(name)
+
     @property
     def effective_compile(self) -> bool:
         if self.compile == "auto":
@@ -108,8 +114,14 @@ class PlanConfig(_Strict):
 class ResourcesConfig(_Strict):
     gpus_per_shard: float = Field(default=1.0, ge=0)
     cpus_per_shard: float = Field(default=1.0, gt=0)
-    max_retries: int = Field(default=3, ge=0, description="retries after a worker or node dies (a shard task, or an evaluation job on a fresh actor)")
-    retry_exceptions: int = Field(default=2, ge=0, description="retries after an exception in a shard")
+    max_retries: int = Field(default=3, ge=0, description="retries of a task after its worker or node dies "
+                             "(and after an exception, with retry_exceptions); an evaluation actor that dies is "
+                             "restarted as often, and its job run again")
+    retry_exceptions: bool = Field(default=True, description="retry a task that raised (within max_retries)")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="where shard tasks and evaluation actors compute: auto = CUDA when the task "
+        "reserved a GPU (an error if CUDA is unusable there), else the CPU; cpu = the CPU whatever was reserved "
+        "(fake GPU resources in tests)")
     max_concurrent_shards: int | None = Field(default=None, gt=0, description="null: as many as the cluster fits")
     reuse_memory: bool = Field(
         default=True,
@@ -137,6 +149,12 @@ class ResourcesConfig(_Strict):
 
 class EvaluateConfig(_Strict):
     models: list[str] = Field(default_factory=lambda: ["ConvNet"])
+
+    @field_validator("models")
+    @classmethod
+    def _known_models(cls, names: list[str]) -> list[str]:
+        return [check_network_name(name) for name in names]
+
     num_models: int = Field(default=20, ge=0)
     epochs: int = Field(default=1000, gt=0)
     batch: int = Field(default=256, gt=0)
@@ -161,18 +179,6 @@ class RunConfig(_Strict):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     output: str = "runs/digits-ipc10"
 
-    @model_validator(mode="after")
-    def _known_models(self) -> "RunConfig":
-        from workers.networks import NETWORK_NAMES
-
-        for key, name in [("condense.model", self.condense.model)] + [
-            ("evaluate.models", m) for m in self.evaluate.models
-        ]:
-            if name not in NETWORK_NAMES:
-                near = difflib.get_close_matches(name, NETWORK_NAMES, n=1)
-                hint = f"; did you mean {near[0]!r}?" if near else ""
-                raise ValueError(f"{key}: unknown network {name!r}{hint}")
-        return self
 
 
 # Keys that may change between an interrupted run and its resumption: they do
@@ -188,12 +194,18 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         if not p.is_file():
             raise ConfigError(f"config file {p} not found; the shipped ones are in configs/")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            with p.open() as f:
+                data = yaml.safe_load(f) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: not valid YAML: {exc}") from exc
+            raise ConfigError(f"{p}{_yaml_where(exc)}: not valid YAML: {getattr(exc, 'problem', None) or exc}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: the top level must be a mapping of keys")
     return from_dict(apply_overrides(data, overrides or []))
+
+
+def _yaml_where(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    return f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -232,7 +244,8 @@ def _explain(exc: ValidationError) -> str:
         if err["type"] == "extra_forbidden":
             lines.append(f"  {loc}: unknown key{_nearest_hint(err['loc'])}")
         else:
-            lines.append(f"  {loc or '(top level)'}: {err['msg']} (got {err.get('input')!r})")
+            msg = str(err["ctx"]["error"]) if err["type"] == "value_error" else err["msg"]
+            lines.append(f"  {loc or '(top level)'}: {msg} (got {err.get('input')!r})")
     return "\n".join(lines)
 
 

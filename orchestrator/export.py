@@ -3,38 +3,36 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
 import numpy as np
 import torch
 from PIL import Image
 
-from orchestrator import shards
-from orchestrator.plan import ShardSpec
+from orchestrator.run_dir import RunDir
+from orchestrator.stages.training_sets import read_method
 from workers.data import denormalize
 
 FORMATS = ("pt", "npz", "png")
 
 
-def export_run(run: str, record: dict[str, Any], fmt: str, to: str) -> str:
+def export_run(run: RunDir, fmt: str, to: str) -> str:
     """Write the committed synthetic set of ``run`` to ``to``; returns what was written."""
     if fmt not in FORMATS:
         raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    plan = [ShardSpec.from_dict(d) for d in record["plan"]["shards"]]
-    images, labels = shards.load_method(run, plan, "dm")
-    ds, names = record["dataset"], record["plan"]["class_names"]
+    images, labels = read_method(run, "dm")
+    ds = run.dataset
+    mean, std, names = list(ds.mean), list(ds.std), list(ds.class_names)
     target = Path(to)
     if fmt == "pt":
         target.parent.mkdir(parents=True, exist_ok=True)
         # {'data': [[images, labels]]}: what the official DM code saves and loads.
-        torch.save({"data": [[images, labels]], "mean": ds["mean"], "std": ds["std"], "class_names": names}, target)
+        torch.save({"data": [[images, labels]], "mean": mean, "std": std, "class_names": names}, target)
         return f"{target} ({len(labels)} images)"
     if fmt == "npz":
         target.parent.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(target, images=images.numpy(), labels=labels.numpy(), class_names=np.array(names),
-                            mean=np.array(ds["mean"]), std=np.array(ds["std"]))
+                            mean=np.array(mean), std=np.array(std))
         return f"{target} ({len(labels)} images)"
-    return _export_png(images, labels, names, ds["mean"], ds["std"], target)
+    return _export_png(images, labels, names, mean, std, target)
 
 
 def _export_png(images: torch.Tensor, labels: torch.Tensor, names: list[str], mean: list[float],

@@ -12,6 +12,7 @@ import os
 import signal
 
 from orchestrator import storage
+from orchestrator.run_dir import RunDir
 
 FAULTS_ENV = "DMCONDENSE_FAULTS"
 
@@ -22,9 +23,9 @@ def fault_for(target: str) -> str | None:
     return dict(item.split("=", 1) for item in spec.split(",") if "=" in item).get(target)
 
 
-def first_time(run: str, target: str, fault: str) -> bool:
+def first_time(run: RunDir, target: str, fault: str) -> bool:
     """True the first time a run reaches this fault (and marks it reached)."""
-    marker = storage.join(run, "faults", f"{target}.{fault}")
+    marker = run.fault_marker(target, fault)
     if storage.exists(marker):
         return False
     storage.write_bytes_atomic(marker, b"1")

@@ -1,4 +1,5 @@
-"""Planning: classes -> shards, each with a seed derived from (run seed, shard id).
+"""Planning: classes -> shards, each with a seed derived from (run seed, shard id), and the
+checks of a config against what the dataset's info already knows, before any work starts.
 
 Shard ids never depend on the total class count: a plan that grows (classes
 added later) keeps every existing shard as it is and puts the new classes in
@@ -7,18 +8,25 @@ new shards with new ids.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
+from pydantic import BaseModel, ConfigDict
+
+from orchestrator.config import RunConfig
+from workers.data.types import DatasetInfo
+from workers.networks import build_network
 from workers.seeding import derive_seed
 
 
 class PlanError(ValueError):
-    pass
+    """The config asks for something the dataset cannot give; the message names the fix."""
 
 
-@dataclass(frozen=True)
-class ShardSpec:
+class ShardSpec(BaseModel):
+    """One shard of the plan: its classes and the seed of every random stream it draws."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
     shard_id: int
     class_ids: tuple[int, ...]
     seed: int
@@ -26,15 +34,6 @@ class ShardSpec:
     @property
     def name(self) -> str:
         return f"shard-{self.shard_id:05d}"
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["class_ids"] = list(self.class_ids)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ShardSpec":
-        return cls(int(d["shard_id"]), tuple(int(c) for c in d["class_ids"]), int(d["seed"]))
 
 
 def shard_seed(run_seed: int, shard_id: int) -> int:
@@ -72,8 +71,42 @@ def make_plan(
     shards = list(existing)
     for i in range(0, len(new), classes_per_shard):
         sid = next_id + i // classes_per_shard
-        shards.append(ShardSpec(sid, tuple(new[i : i + classes_per_shard]), shard_seed(run_seed, sid)))
+        shards.append(ShardSpec(shard_id=sid, class_ids=tuple(new[i : i + classes_per_shard]),
+                                seed=shard_seed(run_seed, sid)))
     return shards
+
+
+def planned_classes(cfg: RunConfig, info: DatasetInfo) -> list[int]:
+    """The classes the config asks for, checked against the dataset's."""
+    if cfg.plan.classes is None:
+        return list(range(info.num_classes))
+    bad = [c for c in cfg.plan.classes if not 0 <= c < info.num_classes]
+    if bad:
+        raise PlanError(f"plan.classes: {bad[:10]} are not classes of {info.name} "
+                        f"(it has classes 0..{info.num_classes - 1})")
+    return list(cfg.plan.classes)
+
+
+def check_config_against_dataset(cfg: RunConfig, info: DatasetInfo, classes: Sequence[int]) -> None:
+    """What would otherwise fail inside every shard task: too few images per class for the
+    images asked for, networks that cannot take the dataset's image size."""
+    ipc = cfg.condense.ipc
+    needs_ipc_real = cfg.condense.init == "real" or bool(cfg.evaluate.baselines)
+    if needs_ipc_real and classes:
+        smallest = min(classes, key=lambda c: info.train_counts[c])
+        count = info.train_counts[smallest]
+        if count < ipc:
+            why = "condense.init: real starts from" if cfg.condense.init == "real" else "the coreset baselines select"
+            raise PlanError(
+                f"condense.ipc={ipc} but class {smallest} ({info.class_names[smallest]!r}) of {info.name} has only "
+                f"{count} train images, and {why} ipc real images per class; set condense.ipc to at most {count}"
+            )
+    for key, name in [("condense.model", cfg.condense.model)] + [("evaluate.models", m) for m in cfg.evaluate.models]:
+        try:
+            build_network(name, info.channels, info.num_classes, tuple(info.im_size))
+        except ValueError as exc:
+            raise PlanError(f"{key}: {name} cannot take {info.name}'s {info.channels}x{info.im_size[0]}x"
+                            f"{info.im_size[1]} images: {exc}; choose another network") from None
 
 
 def estimate_work(shards: Sequence[ShardSpec], iterations: int, batch_real: int, ipc: int) -> dict[str, int]:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
+import socket
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -21,6 +23,36 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
             "use device: auto or cpu"
         )
     return device
+
+
+def compute_device(policy: str, reserved_gpu: bool) -> torch.device:
+    """Where a task or actor computes: ``policy`` auto (CUDA when a GPU was reserved for it),
+    cpu or cuda. A GPU that was asked for but is unusable here is an error naming the host
+    and the cause, never a silent CPU fallback (tens of times slower, and other images:
+    the device picks the random stream)."""
+    if policy == "cpu" or (policy == "auto" and not reserved_gpu):
+        return torch.device("cpu")
+    problem = cuda_problem()
+    if problem:
+        raise RuntimeError(
+            f"a GPU was reserved for this work on {socket.gethostname()}, but CUDA is unusable there: {problem}. "
+            "Install a CUDA build of torch that the node's driver supports, or set resources.gpus_per_shard=0 "
+            "(and evaluate.gpus=false) to compute on the CPU"
+        )
+    return torch.device("cuda")
+
+
+def cuda_problem() -> str:
+    """Why CUDA cannot run here ('' when it can)."""
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is a CPU-only build"
+    try:
+        torch.cuda.init()
+    except Exception as exc:  # noqa: BLE001 - any initialisation failure is the cause to report
+        return f"CUDA failed to initialise ({str(exc).splitlines()[0]})"
+    if torch.cuda.device_count() == 0:
+        return f"no CUDA device is visible (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})"
+    return ""
 
 
 def compiler_available() -> bool:

@@ -11,6 +11,7 @@ can carry works; one they cannot carry raises a ``ValueError`` naming the layer.
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from dataclasses import dataclass
@@ -327,10 +328,19 @@ NETWORK_NAMES: tuple[str, ...] = (
 
 
 def _unknown(name: str, why: str = "") -> ValueError:
+    near = difflib.get_close_matches(name, NETWORK_NAMES, n=1)
+    hint = f"; did you mean {near[0]!r}?" if near else "."
     return ValueError(
-        f"unknown network {name!r}{why}; valid names: {', '.join(NETWORK_NAMES)} "
+        f"unknown network {name!r}{why}{hint} Valid names: {', '.join(NETWORK_NAMES)} "
         "(ConvNet suffixes combine, e.g. ConvNetD4BN)"
     )
+
+
+def check_network_name(name: str) -> str:
+    """``name`` if ``build_network`` builds it, else the one error that lists the valid names."""
+    if name not in _OTHERS:
+        parse_convnet(name)
+    return name
 
 
 def parse_convnet(name: str) -> ConvNetSpec:

@@ -39,14 +39,18 @@ def open_dataset(
     resolution: int | None = None,
     download: bool = False,
     strict: bool = False,
+    info: DatasetInfo | None = None,
 ) -> DatasetReader:
     """A reader for ``name`` at ``root``; bad input fails here, before any decoding.
 
     ``strict``: an undecodable image file raises (naming it) instead of being
     skipped with a warning (skipped files are listed in ``reader.skipped``).
+    ``info``: the dataset's info as an earlier open found it (a run's record): the
+    reader then skips the whole-source checks and the statistics pass.
     """
     if name == PREPARED:
         if root is None:
             raise DatasetError("dataset.root: the prepared dataset's location (path or URI) is required")
         return PreparedReader(root, resolution=resolution)
-    return SourceReader(open_source(name, root, resolution=resolution, download=download), strict=strict)
+    source = open_source(name, root, resolution=resolution, download=download and info is None)
+    return SourceReader(source, strict=strict, info=info)

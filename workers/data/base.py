@@ -85,36 +85,46 @@ def check_labels(labels: np.ndarray, num_classes: int, what: str) -> np.ndarray:
 class SourceReader:
     """A ``DatasetReader`` over a source, decoding on demand.
 
-    ``info`` needs the train split's mean/std, so its first access reads every
-    train class once; that is cheap for in-memory sources, while for large file
-    sources (ImageNet) prepare the dataset instead and open it as ``prepared``.
+    ``info`` needs the train split's mean/std, so without a known ``info`` its first
+    access decodes every train class once (and counts the images that decoded). A run
+    does that once, in the driver, and hands the result to every task: with ``info``
+    given, the reader neither checks the whole source again nor computes statistics.
+    For large file sources (ImageNet) prepare the dataset instead and open it as
+    ``prepared``.
     """
 
     _STATS_CLASSES = 16  # classes per step when computing mean/std: bounds memory
 
-    def __init__(self, source: Source, *, strict: bool = False) -> None:
-        check_source(source)
+    def __init__(self, source: Source, *, strict: bool = False, info: DatasetInfo | None = None) -> None:
+        if info is None:
+            check_source(source)
         self.source = source
         self.strict = strict
         self.skipped: list[Skipped] = []
-        self._info: DatasetInfo | None = None
+        self._info = info
 
     @property
     def info(self) -> DatasetInfo:
         if self._info is None:
-            mean, std = self._train_stats().mean_std()
+            stats, counts = self._train_stats()
+            mean, std = stats.mean_std()
             src = self.source
             self._info = DatasetInfo(
-                src.name, list(src.class_names), src.channels, (src.resolution, src.resolution), mean, std
+                src.name, list(src.class_names), src.channels, (src.resolution, src.resolution), mean, std,
+                tuple(counts), tuple(src.test_counts()),
             )
         return self._info
 
-    def _train_stats(self) -> ChannelStats:
+    def _train_stats(self) -> tuple[ChannelStats, list[int]]:
         stats = ChannelStats(self.source.channels)
         n = len(self.source.class_names)
+        counts = [0] * n
         for lo in range(0, n, self._STATS_CLASSES):
-            stats.add(self._load(range(lo, min(lo + self._STATS_CLASSES, n))).images)
-        return stats
+            loaded = self._load(range(lo, min(lo + self._STATS_CLASSES, n)))
+            stats.add(loaded.images)
+            for c, k in enumerate(counts_of(loaded.labels, n)):
+                counts[c] += k
+        return stats, counts
 
     def _load(self, class_ids: Sequence[int]) -> Loaded:
         loaded = self.source.load_train(class_ids, strict=self.strict)

@@ -40,6 +40,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import torch
 
+from .tensor_table import table_arrays
 from .types import ChannelStats, DatasetError, DatasetInfo, ImageSet, check_class_ids
 from .uri import join, resolve
 
@@ -64,33 +65,6 @@ def test_file(part: int) -> str:
 def commit_record(data_file: str) -> str:
     """The commit record (JSON) of a data file."""
     return f"{COMMITS_DIR}/{data_file[: -len('.parquet')]}.json"
-
-
-def build_table(images: np.ndarray, labels: np.ndarray, class_names: Sequence[str]) -> pa.Table:
-    """uint8 [N, C, H, W] + int labels -> the prepared schema (rows keep their order)."""
-    if images.dtype != np.uint8 or images.ndim != 4:
-        raise DatasetError(f"prepared images must be uint8 [N, C, H, W], got {images.dtype} {images.shape}")
-    ids = np.asarray(labels, dtype=np.int32)
-    shape = list(images.shape[1:])
-    pixels = pa.array(np.ascontiguousarray(images).reshape(-1))  # no copy: a view as one flat array
-    storage = pa.FixedSizeListArray.from_arrays(pixels, int(np.prod(shape)))
-    return pa.table(
-        {
-            "class_id": pa.array(ids, pa.int32()),
-            "class_name": pa.array([class_names[i] for i in ids], pa.string()),
-            "image": pa.ExtensionArray.from_storage(pa.fixed_shape_tensor(pa.uint8(), shape), storage),
-        }
-    )
-
-
-def table_images(table: pa.Table) -> np.ndarray:
-    """The ``image`` column as uint8 [N, C, H, W]."""
-    column = table.column("image")
-    shape = list(column.type.shape)
-    if column.num_chunks == 0 or table.num_rows == 0:
-        return np.empty([0, *shape], dtype=np.uint8)
-    storage = column.combine_chunks().storage
-    return storage.flatten().to_numpy(zero_copy_only=False).reshape([-1, *shape])
 
 
 @dataclass
@@ -150,7 +124,8 @@ class PreparedReader:
             )
         m = self.meta
         self.info = DatasetInfo(
-            m["source"], list(m["classes"]), int(m["channels"]), (size, size), tuple(m["mean"]), tuple(m["std"])
+            m["source"], list(m["classes"]), int(m["channels"]), (size, size), tuple(m["mean"]), tuple(m["std"]),
+            tuple(m["train_counts"]), tuple(m["test_counts"]),
         )
 
     def read_train(self, class_ids: Sequence[int]) -> ImageSet:
@@ -177,9 +152,8 @@ class PreparedReader:
 
     def _image_set(self, tables: list[pa.Table], wanted: list[int] | None) -> ImageSet:
         c, (h, w) = self.info.channels, self.info.im_size
-        images = [table_images(t) for t in tables] or [np.empty((0, c, h, w), np.uint8)]
-        labels = [t.column("class_id").to_numpy().astype(np.int64) for t in tables] or [np.empty(0, np.int64)]
-        x, y = np.concatenate(images), np.concatenate(labels)
+        arrays = [table_arrays(t) for t in tables] or [(np.empty((0, c, h, w), np.uint8), np.empty(0, np.int64))]
+        x, y = np.concatenate([a[0] for a in arrays]), np.concatenate([a[1] for a in arrays])
         if wanted is not None:  # row groups may be wider than the wanted classes
             keep = np.isin(y, wanted)
             x, y = x[keep], y[keep]

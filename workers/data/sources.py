@@ -71,23 +71,43 @@ def _idx_loader(name: str, folder: str, class_names: list[str], download_cls: st
 
     def load(root: str | None = None, resolution: int | None = None, download: bool = False) -> Source:
         root = root or default_root()
-        if download:
-            import torchvision
-
-            for train in (True, False):
-                getattr(torchvision.datasets, download_cls)(root, train=train, download=True)
         raw = _find_raw(root, folder, stems[0])
         paths = [find_idx(raw, s) for s in stems]
+        if None in paths and download:
+            fetch = getattr(_torchvision().datasets, download_cls)
+            _download(name, _expected(raw, stems), lambda: [fetch(root, train=t, download=True) for t in (True, False)])
+            raw = _find_raw(root, folder, stems[0])
+            paths = [find_idx(raw, s) for s in stems]
         if None in paths:
-            missing = [s for s, p in zip(stems, paths) if p is None]
-            raise DatasetError(
-                f"dataset.root: expected {os.path.join(raw, missing[0])}(.gz) (and {len(missing) - 1} more idx "
-                "files); set dataset.root or dataset.download: true"
-            )
+            raise DatasetError(f"{name}: expected {_expected(raw, stems)}; set dataset.root to the folder that holds "
+                               f"them (or {folder}/raw/ with them), or dataset.download: true to fetch them")
         x_train, y_train, x_test, y_test = (read_idx(p) for p in paths)  # type: ignore[arg-type]
         return ArraySource(name, class_names, (x_train[:, None], y_train), (x_test[:, None], y_test), resolution)
 
     return load
+
+
+def _expected(folder: str, stems: tuple[str, ...]) -> str:
+    missing = [s for s in stems if find_idx(folder, s) is None]
+    return f"{', '.join(missing)} (.gz or unpacked) in {folder}"
+
+
+def _torchvision():  # noqa: ANN202 - imported late: only downloads need it
+    import torchvision
+
+    return torchvision
+
+
+def _download(name: str, expected: str, fetch: Callable[[], object]) -> None:
+    """torchvision's download, with a failure worded as one line: what was expected where."""
+    try:
+        fetch()
+    except (OSError, RuntimeError, ValueError) as err:  # URLError is an OSError
+        reason = str(getattr(err, "reason", err)).splitlines()[0] if str(err) else type(err).__name__
+        raise DatasetError(
+            f"{name}: expected {expected}; the download (dataset.download: true) failed ({reason}); "
+            "put the files there and set dataset.root to their folder"
+        ) from None
 
 
 def _find_raw(root: str, folder: str, stem: str) -> str:
@@ -99,11 +119,13 @@ def _find_raw(root: str, folder: str, stem: str) -> str:
 def _torchvision_loader(name: str, expected: str, build: Callable[..., tuple]) -> Callable[..., Source]:
     def load(root: str | None = None, resolution: int | None = None, download: bool = False) -> Source:
         root = root or default_root()
-        if not download and not os.path.exists(os.path.join(root, expected)):
-            raise DatasetError(
-                f"dataset.root: expected {os.path.join(root, expected)}; set dataset.root or dataset.download: true"
-            )
-        class_names, train, test = build(root, download)
+        path = os.path.join(root, expected)
+        if not os.path.exists(path) and download:
+            _download(name, path, lambda: build(root, True))
+        if not os.path.exists(path):
+            raise DatasetError(f"{name}: expected {path}; set dataset.root to the folder that holds it, "
+                               "or dataset.download: true to fetch it")
+        class_names, train, test = build(root, False)
         return ArraySource(name, class_names, train, test, resolution)
 
     return load
@@ -111,9 +133,7 @@ def _torchvision_loader(name: str, expected: str, build: Callable[..., tuple]) -
 
 def _cifar(cls_name: str) -> Callable[[str, bool], tuple]:
     def build(root: str, download: bool) -> tuple:
-        import torchvision
-
-        cls = getattr(torchvision.datasets, cls_name)
+        cls = getattr(_torchvision().datasets, cls_name)
         splits = [cls(root, train=train, download=download) for train in (True, False)]
         arrays = [(s.data.transpose(0, 3, 1, 2).copy(), np.asarray(s.targets)) for s in splits]
         return list(splits[0].classes), arrays[0], arrays[1]
@@ -122,9 +142,7 @@ def _cifar(cls_name: str) -> Callable[[str, bool], tuple]:
 
 
 def _svhn(root: str, download: bool) -> tuple:
-    import torchvision
-
-    splits = [torchvision.datasets.SVHN(root, split=s, download=download) for s in ("train", "test")]
+    splits = [_torchvision().datasets.SVHN(root, split=s, download=download) for s in ("train", "test")]
     return _digit_names(), *((s.data, np.asarray(s.labels)) for s in splits)
 
 

@@ -22,12 +22,23 @@ class DatasetError(ValueError):
 
 @dataclass(frozen=True)
 class DatasetInfo:
+    """What a run needs to know of a dataset before reading any pixels: planning checks
+    (class ids, per-class counts, image size) and normalisation. Built once per run."""
+
     name: str
     class_names: list[str]
     channels: int
     im_size: tuple[int, int]  # (H, W)
     mean: tuple[float, ...]  # per channel, [0, 1] units, from the train split
     std: tuple[float, ...]
+    train_counts: tuple[int, ...]  # images per class, by class id
+    test_counts: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        k = len(self.class_names)
+        if len(self.train_counts) != k or len(self.test_counts) != k:
+            raise ValueError(f"{self.name}: {k} classes but {len(self.train_counts)} train and "
+                             f"{len(self.test_counts)} test counts")
 
     @property
     def num_classes(self) -> int:

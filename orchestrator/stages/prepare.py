@@ -1,4 +1,4 @@
-"""Distributed dataset preparation: a raw source -> the prepared Parquet format, once.
+"""The prepare stage: a raw source -> the prepared Parquet format, once, as Ray tasks.
 
 One Ray task per class range (and per test part): each opens the source itself,
 decodes only its own classes at the target resolution, writes its Parquet file
@@ -18,27 +18,19 @@ from __future__ import annotations
 import functools
 import os
 import uuid
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import pyarrow.fs as pafs
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from orchestrator import storage
+from orchestrator import ray_work, storage
+from orchestrator.local_ray import ray_session
+from orchestrator.progress import ProgressDisplay
 from workers.data import DatasetError, check_source, open_source
 from workers.data.base import Loaded, Source
-from workers.data.prepared import (
-    FORMAT_VERSION,
-    META,
-    PARQUET_OPTIONS,
-    build_meta,
-    build_table,
-    commit_record,
-    test_file,
-    train_file,
-)
+from workers.data.prepared import FORMAT_VERSION, META, PARQUET_OPTIONS, build_meta, commit_record, test_file, train_file
+from workers.data.tensor_table import tensor_table
 from workers.data.sources import default_root
 from workers.data.types import ChannelStats
 
@@ -94,14 +86,14 @@ def plan_jobs(num_classes: int, classes_per_task: int, test_size: int) -> list[J
 
 
 # ------------------------------------------------------------------ the task body
-def run_job(spec: SourceSpec, out: str, job: Job, strict: bool) -> dict:
+def run_job(spec: SourceSpec, out: str, strict: bool, job: Job) -> dict:
     """Decode one job's images, write its Parquet file, then its commit record; return the record."""
     source = spec.open()
     if job.split == "train":
         loaded = source.load_train(range(job.first, job.last + 1), strict=strict)
     else:
         loaded = source.load_test(job.first, job.last, strict=strict)
-    table = build_table(loaded.images, loaded.labels, source.class_names)
+    table = tensor_table(loaded.images, loaded.labels, source.class_names)
     data_uri = storage.join(out, job.file)
     by_class = {"row_group_by": "class_id"} if job.split == "train" else {}  # test: read whole, keep order
     storage.write_parquet_atomic(data_uri, table, **by_class, **PARQUET_OPTIONS)
@@ -174,18 +166,18 @@ def _existing_plan(out: str) -> dict:
     return storage.read_json(path) if storage.exists(path) else {}
 
 
-def run_prepare(
+def prepare(
     source: str,
-    root: str | None = None,
-    out: str = "",
+    root: str | None,
+    out: str,
     *,
+    console: Console,
     resolution: int | None = None,
     strict: bool = False,
     classes_per_task: int | None = None,
     address: str | None = None,
     download: bool = False,
     in_process: bool = False,
-    console: Console | None = None,
 ) -> dict:
     """Prepare ``source`` into ``out`` and return meta.json's content.
 
@@ -195,7 +187,6 @@ def run_prepare(
     """
     if not out:
         raise DatasetError("--out: give the prepared dataset's location (a path or a URI)")
-    console = console or Console(stderr=True)
     existing = _existing_plan(out)  # a re-run without options resumes with the first run's settings
     resolution = resolution or existing.get("resolution")
     src = open_source(source, root, resolution=resolution, download=download)
@@ -215,7 +206,8 @@ def run_prepare(
     records = {job: committed_record(spec, out, job) for job in jobs}
     todo = [job for job, record in records.items() if record is None]
     console.print(f"prepare {source}: {len(jobs)} tasks, {len(jobs) - len(todo)} already committed in {out}")
-    results, failures = _execute(spec, out, todo, strict, address, in_process, console, len(jobs))
+    run = _in_process if in_process else _on_ray
+    results, failures = run(spec, out, todo, strict, address, console, len(jobs))
     records.update(results)
     if failures:
         raise PrepareFailed(_failure_message(failures, len(jobs)))
@@ -230,9 +222,9 @@ def run_prepare(
     return meta
 
 
-def _failure_message(failures: dict[Job, BaseException], total: int) -> str:
+def _failure_message(failures: dict[Job, str], total: int) -> str:
     lines = [f"{len(failures)} of {total} prepare tasks failed; the others are committed and a re-run does only these:"]
-    lines += [f"  {job.file}: {type(err).__name__}: {err}" for job, err in failures.items()]
+    lines += [f"  {job.file}: {err}" for job, err in failures.items()]
     return "\n".join(lines)
 
 
@@ -243,87 +235,31 @@ def _report_skipped(skipped: list[dict], console: Console) -> None:
             console.print(f"  {item['path']}: {item['reason']}")
 
 
-def _execute(
-    spec: SourceSpec, out: str, todo: list[Job], strict: bool, address: str | None,
-    in_process: bool, console: Console, total: int,
-) -> tuple[dict[Job, dict], dict[Job, BaseException]]:  # fmt: skip
-    """Run the jobs with a progress bar; collect records and failures (all jobs run)."""
+Results = tuple[dict[Job, dict], dict[Job, str]]
+
+
+def _in_process(spec: SourceSpec, out: str, todo: list[Job], strict: bool, address: str | None,
+                console: Console, total: int) -> Results:
     results: dict[Job, dict] = {}
-    failures: dict[Job, BaseException] = {}
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task(f"{spec.name}: tasks committed", total=total, completed=total - len(todo))
-        run = _in_process if in_process else _on_ray
-        for job, outcome in run(spec, out, todo, strict, address):
-            if isinstance(outcome, BaseException):
-                failures[job] = outcome
-            else:
-                results[job] = outcome
-                bar.advance(task)
+    failures: dict[Job, str] = {}
+    with ProgressDisplay(console, f"prepare {spec.name}", total, "tasks", done=total - len(todo)) as display:
+        for job in todo:
+            try:
+                results[job] = run_job(spec, out, strict, job)
+            except Exception as err:  # noqa: BLE001 - recorded per job, like a failed Ray task
+                failures[job] = f"{type(err).__name__}: {err}"
+            display.update(total - len(todo) + len(results) + len(failures), f"{len(failures)} failed")
     return results, failures
 
 
-Outcome = Iterator[tuple[Job, "dict | BaseException"]]
-
-
-def _in_process(spec: SourceSpec, out: str, todo: list[Job], strict: bool, address: str | None) -> Outcome:
-    for job in todo:
-        try:
-            yield job, run_job(spec, out, job, strict)
-        except Exception as err:  # noqa: BLE001 - recorded per job, like a failed Ray task
-            yield job, err
-
-
-def _on_ray(spec: SourceSpec, out: str, todo: list[Job], strict: bool, address: str | None) -> Outcome:
+def _on_ray(spec: SourceSpec, out: str, todo: list[Job], strict: bool, address: str | None,
+            console: Console, total: int) -> Results:
     if not todo:
-        return
-    import ray
-
-    from orchestrator.local_ray import ray_session
-
+        return {}, {}
+    by_key = {job.file: job for job in todo}
     with ray_session(address):
-        remote = ray.remote(num_cpus=1)(run_job)
-        pending = {remote.remote(spec, out, job, strict): job for job in todo}
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            job = pending.pop(done[0])
-            try:
-                yield job, ray.get(done[0])
-            except ray.exceptions.RayError as err:
-                yield job, _cause(err)
-
-
-def _cause(err: BaseException) -> BaseException:
-    """The task's own exception rather than Ray's wrapper, when Ray kept it."""
-    return getattr(err, "cause", None) or err
-
-
-def prepare_command(
-    source: str,
-    root: str | None,
-    out: str,
-    resolution: int | None,
-    strict: bool,
-    address: str | None,
-    download: bool,
-    classes_per_task: int | None = None,
-) -> int:
-    """The ``dmcondense prepare`` command: 0 done, 1 some tasks failed, 2 bad input."""
-    console = Console(stderr=True)
-    try:
-        meta = run_prepare(
-            source, root, out, resolution=resolution, strict=strict, classes_per_task=classes_per_task,
-            address=address, download=download, console=console,
-        )  # fmt: skip
-    except PrepareFailed as err:
-        console.print(f"[red]{err}[/]")
-        return 1
-    except DatasetError as err:
-        console.print(f"[red]error:[/] {err}")
-        return 2
-    rows = sum(meta["train_counts"])
-    console.print(
-        f"prepared {meta['source']}: {len(meta['classes'])} classes, {rows:,} train and "
-        f"{sum(meta['test_counts']):,} test images at {meta['resolution']}x{meta['resolution']} in {out}"
-    )
-    return 0
+        outcome = ray_work.run_tasks(
+            run_job, [ray_work.Work(job.file, (job,)) for job in todo], shared=(spec, out, strict),
+            options={"num_cpus": 1}, label=f"prepare {spec.name}", unit="tasks", console=console,
+            done_units=total - len(todo))
+    return ({by_key[k]: r for k, r in outcome.results.items()}, {by_key[k]: e for k, e in outcome.failed.items()})

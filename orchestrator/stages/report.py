@@ -1,20 +1,26 @@
-"""The run report: report.md (accuracy table, the paper's figure, timings), grid.png, loss.png."""
+"""The report stage: report.md (accuracy table, the paper's figure, timings), grid.png, loss.png, sweep.png."""
 
 from __future__ import annotations
 
 import io
-from typing import Any, Sequence
+import math
+from dataclasses import dataclass
+from typing import Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torchvision.utils import save_image  # noqa: E402
 
-from orchestrator import shards, storage  # noqa: E402
-from orchestrator.config import RunConfig  # noqa: E402
-from orchestrator.eval_scores import snapshot_iteration, summarize  # noqa: E402
-from orchestrator.plan import ShardSpec  # noqa: E402
+from orchestrator import storage  # noqa: E402
+from orchestrator.run_dir import RunDir  # noqa: E402
+from orchestrator.stages.condense import shard_state  # noqa: E402
+from orchestrator.stages.condense_shard import ShardManifest  # noqa: E402
+from orchestrator.stages.eval_scores import Score, summarize  # noqa: E402
+from orchestrator.stages.training_sets import read_method, snapshot_iteration  # noqa: E402
 from workers.data import denormalize  # noqa: E402
 
 # Table 1 of the paper, ConvNet, mean accuracy (%): dataset -> method -> ipc -> accuracy.
@@ -37,35 +43,41 @@ def paper_figure(dataset: str, method: str, ipc: int, model: str) -> float | Non
     return PAPER_TABLE1.get(dataset, {}).get(method, {}).get(ipc)
 
 
-def results_table(rows: list[dict[str, Any]], dataset: str, ipc: int) -> list[dict[str, Any]]:
-    out = []
-    for s in summarize(rows):
-        out.append({**s, "paper": paper_figure(dataset, s["method"], ipc, s["model"])})
-    return out
+@dataclass(frozen=True)
+class TableRow:
+    method: str
+    model: str
+    n: int
+    mean: float
+    std: float
+    paper: float | None  # Table 1 of the paper, where this setting is one of its
 
 
-def markdown_table(table: list[dict[str, Any]]) -> str:
+def results_table(scores: list[Score], dataset: str, ipc: int) -> list[TableRow]:
+    return [TableRow(s.method, s.model, s.n, s.mean, s.std, paper_figure(dataset, s.method, ipc, s.model))
+            for s in summarize(scores)]
+
+
+def markdown_table(table: list[TableRow]) -> str:
     lines = ["| method | model | networks | accuracy (%) | paper (%) |", "|---|---|---|---|---|"]
     for r in table:
-        paper = f"{r['paper']:.1f}" if r["paper"] is not None else "-"
-        lines.append(f"| {r['method']} | {r['model']} | {r['n']} | {r['mean']:.2f} ± {r['std']:.2f} | {paper} |")
+        paper = f"{r.paper:.1f}" if r.paper is not None else "-"
+        lines.append(f"| {r.method} | {r.model} | {r.n} | {r.mean:.2f} ± {r.std:.2f} | {paper} |")
     return "\n".join(lines)
 
 
-def write_report(run: str, record: dict[str, Any], rows: list[dict[str, Any]]) -> None:
-    cfg = RunConfig.model_validate(record["config"])
-    plan = [ShardSpec.from_dict(d) for d in record["plan"]["shards"]]
-    manifests = [shards.verify(run, s, deep=False).manifest for s in plan]
-    manifests = [m for m in manifests if m]
-    ds = record["dataset"]
-    table = results_table(rows, ds["name"], cfg.condense.ipc)
-    walls = [m["wall_time_s"] for m in manifests]
+def report(run: RunDir, scores: list[Score]) -> list[TableRow]:
+    """Write report.md, grid.png, loss.png (and sweep.png with scored checkpoints); return the table."""
+    cfg, ds = run.config, run.dataset
+    manifests = [m for spec in run.shards if (m := shard_state(run, spec, deep=False).manifest) is not None]
+    table = results_table(scores, ds.name, cfg.condense.ipc)
+    walls = [m.wall_time_s for m in manifests]
     text = [
         f"# {cfg.name}",
         "",
-        f"{len(plan)} shards, {sum(len(s.class_ids) for s in plan)} classes of {ds['name']}, "
+        f"{len(run.shards)} shards, {len(run.record.classes)} classes of {ds.name}, "
         f"{cfg.condense.ipc} images per class, {cfg.condense.iterations} iterations of DM with {cfg.condense.model}.",
-        f"Config hash `{record['config_hash']}`.",
+        f"Config hash `{run.record.config_hash}`.",
         "",
         "## Accuracy on the real test split",
         "",
@@ -80,62 +92,61 @@ def write_report(run: str, record: dict[str, Any], rows: list[dict[str, Any]]) -
         f"- shard wall time: total {sum(walls):.1f} s, mean {sum(walls) / max(len(walls), 1):.1f} s, "
         f"max {max(walls, default=0):.1f} s over {len(walls)} shards",
     ]
-    if rows:
-        per = sum(r["train_seconds"] for r in rows) / len(rows)
-        text.append(f"- evaluation: {len(rows)} networks, {per:.2f} s of training each")
+    if scores:
+        per = sum(s.train_seconds for s in scores) / len(scores)
+        text.append(f"- evaluation: {len(scores)} networks, {per:.2f} s of training each")
     text += ["", "![synthetic images](grid.png)", "", "![loss per shard](loss.png)", ""]
     sweep = sweep_points(table, cfg.condense.iterations)
     if sweep:
         text += ["## Iteration sweep", "", "Images of the kept checkpoints (`condense.keep_checkpoints`), "
                  "scored with the protocol above.", "", "![accuracy per iteration](sweep.png)", ""]
-        storage.write_bytes_atomic(storage.join(run, "sweep.png"), sweep_png(sweep, table))
-    storage.write_bytes_atomic(storage.join(run, "report.md"), "\n".join(text).encode())
-    x, y = shards.load_method(run, plan, "dm")
-    storage.write_bytes_atomic(storage.join(run, "grid.png"), grid_png(x, y, ds["mean"], ds["std"], cfg.condense.ipc))
-    storage.write_bytes_atomic(storage.join(run, "loss.png"), loss_png(manifests))
+        storage.write_bytes_atomic(run.path("sweep.png"), sweep_png(sweep, table))
+    storage.write_bytes_atomic(run.path("report.md"), "\n".join(text).encode())
+    x, y = read_method(run, "dm")
+    storage.write_bytes_atomic(run.path("grid.png"), grid_png(x, y, ds.mean, ds.std, cfg.condense.ipc))
+    storage.write_bytes_atomic(run.path("loss.png"), loss_png(manifests))
+    return table
 
 
 def grid_png(images: torch.Tensor, labels: torch.Tensor, mean: Sequence[float], std: Sequence[float],
-             ipc: int, max_classes: int = 100) -> bytes:
-    """Classes as rows, their ipc images as columns, in pixel space."""
+             ipc: int, max_classes: int = 100, max_per_class: int = 20, min_side: int = 32) -> bytes:
+    """Classes as rows, their images as columns, in pixel space (small images enlarged)."""
     pixels = denormalize(images, mean, std)
-    classes = torch.unique(labels)[:max_classes]
-    cols = min(ipc, 20)
-    fig, axes = plt.subplots(len(classes), cols, figsize=(cols * 0.9, len(classes) * 0.9), squeeze=False)
-    for r, c in enumerate(classes.tolist()):
-        rows = pixels[labels == c]
-        for k in range(cols):
-            ax = axes[r][k]
-            ax.axis("off")
-            if k < len(rows):
-                img = rows[k].permute(1, 2, 0).numpy()
-                ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
-        axes[r][0].set_title(str(c), fontsize=6, loc="left")
-    return _png(fig)
+    side = pixels.shape[-1]
+    if side < min_side:  # 8x8 digits would be specks
+        pixels = F.interpolate(pixels, scale_factor=math.ceil(min_side / side), mode="nearest")
+    cols = min(ipc, max_per_class)
+    rows = []
+    for c in torch.unique(labels)[:max_classes].tolist():
+        members = pixels[labels == c][:cols]
+        blank = members.new_ones((cols - len(members), *members.shape[1:]))
+        rows.append(torch.cat([members, blank]))
+    buf = io.BytesIO()
+    save_image(torch.cat(rows), buf, nrow=cols, padding=2, pad_value=1.0, format="png")
+    return buf.getvalue()
 
 
-def sweep_points(table: list[dict[str, Any]], iterations: int) -> list[tuple[int, str, float, float]]:
+def sweep_points(table: list[TableRow], iterations: int) -> list[tuple[int, str, float, float]]:
     """(iteration, model, mean, std) of dm@<it> rows and of the final dm row; [] without snapshots."""
-    points = [(it, r["model"], r["mean"], r["std"]) for r in table
-              if (it := snapshot_iteration(r["method"])) is not None]
+    points = [(it, r.model, r.mean, r.std) for r in table if (it := snapshot_iteration(r.method)) is not None]
     if not points:
         return []
-    points += [(iterations, r["model"], r["mean"], r["std"]) for r in table if r["method"] == "dm"]
+    points += [(iterations, r.model, r.mean, r.std) for r in table if r.method == "dm"]
     return sorted(points)
 
 
-def sweep_png(points: list[tuple[int, str, float, float]], table: list[dict[str, Any]]) -> bytes:
+def sweep_png(points: list[tuple[int, str, float, float]], table: list[TableRow]) -> bytes:
     fig, ax = plt.subplots(figsize=(6, 4))
     for model in sorted({p[1] for p in points}):
         its, means, stds = zip(*[(p[0], p[2], p[3]) for p in points if p[1] == model])
         ax.errorbar(its, means, yerr=stds, marker="o", capsize=3, label=f"DM, {model}")
         for r in table:  # baselines as flat lines for scale
-            if r["model"] == model and r["method"] in ("random", "herding", "k_center"):
-                ax.axhline(r["mean"], linestyle="--", linewidth=0.8, color="grey")
-                ax.annotate(r["method"], (its[0], r["mean"]), fontsize=7, color="grey")
-            if r["model"] == model and r["method"] == "dm" and r.get("paper") is not None:
-                ax.axhline(r["paper"], linestyle=":", color="black", linewidth=0.8)
-                ax.annotate("paper (20,000 it)", (its[0], r["paper"]), fontsize=7)
+            if r.model == model and r.method != "dm" and snapshot_iteration(r.method) is None:
+                ax.axhline(r.mean, linestyle="--", linewidth=0.8, color="grey")
+                ax.annotate(r.method, (its[0], r.mean), fontsize=7, color="grey")
+            if r.model == model and r.method == "dm" and r.paper is not None:
+                ax.axhline(r.paper, linestyle=":", color="black", linewidth=0.8)
+                ax.annotate("paper (20,000 it)", (its[0], r.paper), fontsize=7)
     ax.set_xlabel("DM iteration")
     ax.set_ylabel("test accuracy (%)")
     ax.legend(fontsize=7)
@@ -143,15 +154,15 @@ def sweep_png(points: list[tuple[int, str, float, float]], table: list[dict[str,
     return _png(fig)
 
 
-def loss_png(manifests: list[dict[str, Any]]) -> bytes:
+def loss_png(manifests: list[ShardManifest]) -> bytes:
     fig, ax = plt.subplots(figsize=(7, 4))
     for m in manifests:
-        curve = m.get("loss_curve") or []
+        curve = m.loss_curve
         if curve:
             its, vals = [p[0] for p in curve], [p[1] for p in curve]
             line, = ax.plot(its, vals, linewidth=0.6, alpha=0.3)  # raw: one random network per point
             ax.plot(its, _moving_average(vals, max(1, len(vals) // 20)), linewidth=1.2, color=line.get_color(),
-                    label=f"shard {m['shard_id']}")
+                    label=f"shard {m.shard_id}")
     ax.set_xlabel("iteration")
     ax.set_ylabel("DM loss")
     ax.set_yscale("log")

@@ -1,0 +1,101 @@
+"""The commit protocol of every unit a stage makes (a shard's images, a baseline selection).
+
+A unit exists once its files and then its manifest are in place (each written under a
+temporary name and moved); the manifest names every file with its sha256, so the
+manifest's presence is the commit. A reader trusts a file only when the bytes it
+read hash to the manifest's sha256: one read per use, no second pass to verify.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from typing import Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from orchestrator import storage
+from orchestrator.run_dir import RunDir
+
+M = TypeVar("M", bound=BaseModel)
+State = Literal["committed", "corrupt", "failed", "in_progress", "pending"]
+
+
+class CorruptFile(RuntimeError):
+    """A committed file no longer matches its manifest."""
+
+
+class FileEntry(BaseModel):
+    path: str  # relative to the run directory
+    sha256: str
+    bytes: int
+    rows: int
+
+
+@dataclass(frozen=True)
+class UnitState(Generic[M]):
+    state: State
+    detail: str = ""
+    manifest: M | None = None
+
+
+def write_file(run: RunDir, uri: str, data: bytes, rows: int) -> FileEntry:
+    storage.write_bytes_atomic(uri, data)
+    return FileEntry(path=run.relative(uri), sha256=hashlib.sha256(data).hexdigest(), bytes=len(data), rows=rows)
+
+
+def write_manifest(uri: str, manifest: BaseModel) -> None:
+    """The commit itself: written last, after every file it names."""
+    storage.write_json_atomic(uri, manifest.model_dump(mode="json"))
+
+
+def read_state(run: RunDir, uri: str, model: type[M], *, deep: bool = True) -> UnitState[M]:
+    """committed (every file matches, checked only with ``deep``), corrupt, or pending."""
+    if not storage.exists(uri):
+        return UnitState("pending")
+    try:
+        manifest = model.model_validate(storage.read_json(uri))
+    except (ValueError, OSError, ValidationError) as exc:
+        return UnitState("corrupt", f"unreadable manifest {run.relative(uri)}: {str(exc).splitlines()[0]}")
+    problem = check_files(run, manifest.files.values()) if deep else ""  # type: ignore[attr-defined]
+    return UnitState("corrupt", problem, manifest) if problem else UnitState("committed", "", manifest)
+
+
+def check_files(run: RunDir, files: "list[FileEntry] | object") -> str:
+    """'' when every file is there with its recorded sha256, else what is wrong."""
+    for entry in files:  # type: ignore[attr-defined]
+        uri = run.path(entry.path)
+        if not storage.exists(uri):
+            return f"{entry.path} is missing"
+        digest = storage.sha256_of(uri)
+        if digest != entry.sha256:
+            return f"{entry.path}: sha256 {digest[:12]}... does not match the manifest ({entry.sha256[:12]}...)"
+    return ""
+
+
+def read_checked(run: RunDir, entry: FileEntry) -> bytes:
+    """A committed file's bytes, hashed as read: a file changed since its commit is an error."""
+    data = storage.read_bytes(run.path(entry.path))
+    if hashlib.sha256(data).hexdigest() != entry.sha256:
+        raise CorruptFile(f"{entry.path} no longer matches its manifest; `dmcondense status {run.uri}` shows "
+                          f"what is corrupt and `dmcondense resume {run.uri}` recomputes it")
+    return data
+
+
+class FailureRecord(BaseModel):
+    """A unit that failed after every retry; removed when it is computed again."""
+
+    error: str
+    time: float
+
+
+def record_failure(uri: str, error: str) -> None:
+    write_manifest(uri, FailureRecord(error=error, time=time.time()))
+
+
+def failure_of(uri: str) -> str | None:
+    """The recorded error of a failed unit, None when none is recorded."""
+    if not storage.exists(uri):
+        return None
+    return FailureRecord.model_validate(storage.read_json(uri)).error

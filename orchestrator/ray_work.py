@@ -1,0 +1,242 @@
+"""The one helper that runs any stage's Ray work: submit, stream, retry, one progress display.
+
+What Ray gives is used as it is: a task whose worker dies is run again (``max_retries``),
+as is one that raised when ``retry_exceptions`` is on; an actor that dies is restarted and
+its call run again (``max_restarts``, ``max_task_retries``). What Ray lacks is here:
+results streamed as they finish (``ray.wait``), a cap on work in flight, jobs dispatched
+to idle actors, failures collected per unit while the others go on, and one progress
+display, fed by the tasks through a board actor.
+
+Stage modules call this and never Ray itself.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import ray
+from ray.exceptions import RayActorError, RayError
+from rich.console import Console
+
+from orchestrator import faults
+from orchestrator.config import ResourcesConfig
+from orchestrator.progress import ProgressDisplay
+from orchestrator.run_dir import RunError
+
+
+@dataclass(frozen=True)
+class Work:
+    """One unit of a stage: a shard, a job of networks, a class range."""
+
+    key: str  # names the unit in progress and failure messages
+    args: tuple
+    units: int = 1  # progress units it is worth (a shard's iterations, a job's networks)
+
+
+@dataclass
+class Outcome:
+    results: dict[str, Any] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)  # key -> the error, one line
+
+
+@ray.remote(num_cpus=0)
+class _Board:
+    """Units done so far by each running task, fed by the tasks, read by the driver's display."""
+
+    def __init__(self) -> None:
+        self.done: dict[str, int] = {}
+
+    def update(self, key: str, done: int) -> None:
+        self.done[key] = done
+
+    def snapshot(self) -> dict[str, int]:
+        return self.done
+
+
+class TaskContext:
+    """What a task learns of where it runs, and calls with its units done so far (sent to the
+    driver's display at most once a second)."""
+
+    def __init__(self, board: Any, key: str, every_s: float = 1.0) -> None:
+        self.board, self.key, self.every_s, self._last = board, key, every_s, 0.0
+
+    def __call__(self, done: int, final: bool = False) -> None:
+        now = time.monotonic()
+        if final or now - self._last >= self.every_s:
+            self._last = now
+            self.board.update.remote(self.key, int(done))
+
+    @property
+    def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
+
+# ------------------------------------------------------------------ options
+def task_options(resources: ResourcesConfig) -> dict[str, Any]:
+    """Ray options of a shard-sized task: its resources, Ray's retries, one per node first."""
+    options: dict[str, Any] = {
+        "num_cpus": resources.cpus_per_shard,
+        "num_gpus": resources.gpus_per_shard,
+        "max_retries": resources.max_retries,
+        "retry_exceptions": resources.retry_exceptions,
+        "scheduling_strategy": "SPREAD",  # every node's GPUs get work
+    }
+    return _with_env(options, resources)
+
+
+def actor_options(resources: ResourcesConfig, gpus: float) -> dict[str, Any]:
+    """Ray options of a pool actor: a CPU, a share of a GPU, restarts on death (its call runs again)."""
+    options: dict[str, Any] = {"num_cpus": 1, "max_restarts": resources.max_retries,
+                               "max_task_retries": resources.max_retries}
+    if gpus > 0:
+        options["num_gpus"] = gpus
+    return _with_env(options, resources)
+
+
+def _with_env(options: dict[str, Any], resources: ResourcesConfig) -> dict[str, Any]:
+    # failure tests inject faults into the workers through the driver's environment
+    runtime_env = resources.runtime_env(**faults.worker_env())
+    return {**options, "runtime_env": runtime_env} if runtime_env else options
+
+
+def cluster_resources() -> dict[str, float]:
+    return dict(ray.cluster_resources())
+
+
+def check_fits(cpus: float, gpus: float, what: str) -> None:
+    """Fail at once (no hang) when no node can ever host one unit of work."""
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    if any(n.get("CPU", 0) >= cpus and n.get("GPU", 0) >= gpus for n in nodes):
+        return
+    if gpus > 0 and sum(n.get("GPU", 0) for n in nodes) == 0:
+        raise RunError(
+            f"resources.gpus_per_shard={gpus:g} but the Ray cluster has no GPUs; "
+            "run on the CPU with --set resources.gpus_per_shard=0, or pass --address of a GPU cluster"
+        )
+    biggest = max(((n.get("CPU", 0), n.get("GPU", 0)) for n in nodes), default=(0, 0))
+    raise RunError(
+        f"no node can host {what} needing {cpus:g} CPU and {gpus:g} GPU "
+        f"(largest node: {biggest[0]:g} CPU, {biggest[1]:g} GPU); lower resources.cpus_per_shard / gpus_per_shard"
+    )
+
+
+# ------------------------------------------------------------------ running
+def run_tasks(fn: Callable[..., Any], work: Sequence[Work], *, options: dict[str, Any], label: str, unit: str,
+              console: Console, shared: tuple = (), limit: int | None = None, with_context: bool = False,
+              done_units: int = 0) -> Outcome:
+    """``fn(*shared, *work.args[, sink])`` as one Ray task per unit, at most ``limit`` in flight.
+
+    ``shared`` values go to the object store once, not once per task. With
+    ``with_context`` the task gets a last argument, a ``TaskContext`` to call with its
+    units done so far. ``done_units``: units finished before this call (resumed work)."""
+    if not work:
+        return Outcome()
+    remote = ray.remote(fn).options(**options)
+    refs = [ray.put(value) for value in shared]
+    board = _Board.remote() if with_context else None
+
+    def submit(w: Work) -> Any:
+        sink = (TaskContext(board, w.key),) if board is not None else ()
+        return remote.remote(*refs, *w.args, *sink)
+
+    try:
+        return _stream(work, submit, lambda ref, died: None, limit or len(work), board,
+                       ProgressDisplay(console, label, done_units + sum(w.units for w in work), unit, done=done_units))
+    finally:
+        if board is not None:
+            ray.kill(board)
+
+
+def run_on_actors(cls: type, init_args: tuple, method: str, work: Sequence[Work], *, actors: int,
+                  options: dict[str, Any], label: str, unit: str, console: Console,
+                  done_units: int = 0) -> Outcome:
+    """``cls(*init_args).<method>(*work.args)`` on a pool of up to ``actors`` actors, one call per
+    actor at a time. Ray restarts an actor that dies and runs its call again (``options``); an
+    actor lost for good is replaced by a fresh one, its call counted as failed."""
+    if not work:
+        return Outcome()
+    spawn = ray.remote(**options)(cls)
+    idle = [spawn.remote(*init_args) for _ in range(min(actors, len(work)))]
+    busy: dict[Any, Any] = {}
+
+    def submit(w: Work) -> Any:
+        actor = idle.pop()
+        ref = getattr(actor, method).remote(*w.args)
+        busy[ref] = actor
+        return ref
+
+    def release(ref: Any, died: bool) -> None:
+        actor = busy.pop(ref)
+        if died:
+            _kill(actor)
+            actor = spawn.remote(*init_args)
+        idle.append(actor)
+
+    try:
+        return _stream(work, submit, release, len(idle), None,
+                       ProgressDisplay(console, label, done_units + sum(w.units for w in work), unit, done=done_units))
+    finally:
+        for actor in idle + list(busy.values()):
+            _kill(actor)
+
+
+def compute_shared(fn: Callable[..., Any], *args: Any, options: dict[str, Any]) -> Any:
+    """``fn(*args)`` as one task whose result stays in the object store: a reference to hand
+    to many actors (each node keeps one copy), the driver never holding the bytes."""
+    ref = ray.remote(fn).options(**options).remote(*args)
+    try:
+        ray.get(_probe.remote(ref))  # raises the task's error without fetching its value here
+    except RayError as exc:
+        raise RunError(short_error(exc)) from None
+    return ref
+
+
+@ray.remote(num_cpus=0)
+def _probe(value: Any) -> None:
+    """Needs ``value``: fails with its producer's error, returns nothing."""
+
+
+def _stream(work: Sequence[Work], submit: Callable[[Work], Any], release: Callable[[Any, bool], None],
+            limit: int, board: Any, display: ProgressDisplay) -> Outcome:
+    queue = deque(work)
+    running: dict[Any, Work] = {}
+    outcome = Outcome()
+    finished_units = display.completed
+    with display:
+        while queue or running:
+            while queue and len(running) < limit:
+                w = queue.popleft()
+                running[submit(w)] = w
+            ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
+            for ref in ready:
+                w = running.pop(ref)
+                try:
+                    outcome.results[w.key] = ray.get(ref)
+                    release(ref, False)
+                except RayError as exc:  # a unit's failure is recorded, the others go on
+                    outcome.failed[w.key] = short_error(exc)
+                    release(ref, isinstance(exc, RayActorError))
+                    display.print(f"[red]{w.key} failed:[/] {outcome.failed[w.key]}")
+                finished_units += w.units
+            partial = ray.get(board.snapshot.remote()) if board is not None else {}
+            in_flight = sum(min(partial.get(w.key, 0), w.units) for w in running.values())
+            display.update(finished_units + in_flight, f"{len(outcome.results)}/{len(work)} done, "
+                                                       f"{len(running)} running, {len(outcome.failed)} failed")
+    return outcome
+
+
+def short_error(exc: BaseException) -> str:
+    """The task's own error, one line: Ray's wrapper and traceback left out."""
+    cause = getattr(exc, "cause", None) or exc
+    text = f"{type(cause).__name__}: {cause}".strip()
+    return text.splitlines()[-1][:300] if text else type(cause).__name__
+
+
+def _kill(actor: Any) -> None:
+    try:
+        ray.kill(actor)
+    except Exception:  # noqa: BLE001 - already gone is fine
+        pass

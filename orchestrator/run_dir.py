@@ -1,0 +1,125 @@
+"""The run handle: a run directory (local path or pyarrow.fs URI) with its typed record.
+
+It owns loading and saving RUN/run.json and every path of the run directory's
+layout (DESIGN.md, "The run directory"); stages, tasks and actors receive it as it
+is and ask it for paths, never build them by hand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from pydantic import ValidationError
+
+from orchestrator import storage
+from orchestrator.run_record import RunRecord, upgrade
+
+if TYPE_CHECKING:
+    from orchestrator.config import RunConfig
+    from orchestrator.plan import ShardSpec
+    from workers.data.types import DatasetInfo
+
+
+class RunError(RuntimeError):
+    """A problem the user must fix before the run can go on; nothing computed is lost."""
+
+
+@dataclass(frozen=True)
+class RunDir:
+    uri: str
+    record: RunRecord
+
+    # ------------------------------------------------------------ record
+    @staticmethod
+    def exists(uri: str) -> bool:
+        return storage.exists(storage.join(uri, "run.json"))
+
+    @classmethod
+    def load(cls, uri: str) -> "RunDir":
+        path = storage.join(uri, "run.json")
+        if not storage.exists(path):
+            raise RunError(f"{uri} is not a run directory (no run.json); start one with "
+                           f"`dmcondense run CONFIG --out {uri}`")
+        data = storage.read_json(path)
+        if "format" not in data:  # written by dmcondense 0.1
+            data = upgrade(data, _open_info(data["config"]))
+        try:
+            return cls(uri, RunRecord.model_validate(data))
+        except ValidationError as exc:
+            raise RunError(f"{path} is not a run record this version reads: {exc.errors()[0]['msg']} "
+                           f"at {'.'.join(map(str, exc.errors()[0]['loc']))}") from None
+
+    def save(self) -> None:
+        storage.ensure_dir(self.uri)
+        storage.write_json_atomic(self.path("run.json"), self.record.model_dump(mode="json"))
+
+    def with_config(self, cfg: RunConfig) -> "RunDir":
+        return RunDir(self.uri, self.record.with_config(cfg))
+
+    @property
+    def config(self) -> RunConfig:
+        return self.record.config
+
+    @property
+    def shards(self) -> tuple[ShardSpec, ...]:
+        return self.record.shards
+
+    @property
+    def dataset(self) -> DatasetInfo:
+        return self.record.dataset
+
+    # ------------------------------------------------------------ layout
+    def path(self, *parts: str) -> str:
+        return storage.join(self.uri, *parts)
+
+    def relative(self, path: str) -> str:
+        """``path`` relative to the run; a URI's query string (endpoint options) belongs to neither."""
+        run = self.uri
+        if "://" in run:
+            run, path = urlsplit(run).path, urlsplit(path).path
+        return path[len(run.rstrip("/")) + 1 :]
+
+    def shard_file(self, spec: ShardSpec) -> str:
+        return self.path("shards", f"{spec.name}.parquet")
+
+    def manifest(self, spec: ShardSpec) -> str:
+        return self.path("manifest", f"{spec.name}.json")
+
+    def checkpoint(self, spec: ShardSpec) -> str:
+        return self.path("checkpoints", spec.name, "state.pt")
+
+    def snapshot_dir(self, spec: ShardSpec) -> str:
+        return self.path("snapshots", spec.name)
+
+    def snapshot(self, spec: ShardSpec, iteration: int) -> str:
+        return self.path("snapshots", spec.name, f"it-{iteration:07d}.pt")
+
+    def failure(self, stage: str, spec: ShardSpec) -> str:
+        return self.path("failed", stage, f"{spec.name}.json")
+
+    def progress(self, spec: ShardSpec) -> str:
+        return self.path("progress", f"{spec.name}.json")
+
+    def baseline_file(self, method: str, spec: ShardSpec) -> str:
+        return self.path("baselines", method, f"{spec.name}.parquet")
+
+    def baseline_manifest(self, method: str, spec: ShardSpec) -> str:
+        return self.path("baselines", method, f"{spec.name}.json")
+
+    def scores_dir(self, settings_key: str) -> str:
+        return self.path("eval", "scores", settings_key)
+
+    def results(self) -> str:
+        return self.path("eval", "results.parquet")
+
+    def fault_marker(self, target: str, fault: str) -> str:
+        return self.path("faults", f"{target}.{fault}")
+
+
+def _open_info(config: dict) -> DatasetInfo:
+    from workers.data import open_dataset
+
+    d = config["dataset"]
+    return open_dataset(d["name"], d.get("root"), resolution=d.get("resolution")).info

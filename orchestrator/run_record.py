@@ -1,0 +1,74 @@
+"""The run record (RUN/run.json): one typed model of what a run is.
+
+The config, the plan as typed shard specs, the dataset's info (classes, per-class
+counts, mean/std) and the versions that made it. The driver builds it once and
+hands it to every task and actor as it is: nothing re-parses run.json by hand, and
+no task re-opens a dataset to learn its statistics.
+"""
+
+from __future__ import annotations
+
+import platform
+from importlib.metadata import version
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from orchestrator.config import RunConfig, config_hash
+from orchestrator.plan import ShardSpec
+from workers.data.types import DatasetInfo
+
+FORMAT = 2
+
+
+class Versions(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    dmcondense: str
+    torch: str
+    ray: str
+    pyarrow: str
+    python: str
+
+    @classmethod
+    def current(cls) -> "Versions":
+        return cls(**{name: version(name) for name in ("dmcondense", "torch", "ray", "pyarrow")},
+                   python=platform.python_version())
+
+
+class RunRecord(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    format: Literal[2] = FORMAT
+    config: RunConfig
+    config_hash: str
+    shards: tuple[ShardSpec, ...]
+    dataset: DatasetInfo
+    versions: Versions
+
+    @classmethod
+    def build(cls, cfg: RunConfig, shards: list[ShardSpec], info: DatasetInfo) -> "RunRecord":
+        return cls(config=cfg, config_hash=config_hash(cfg), shards=tuple(shards), dataset=info,
+                   versions=Versions.current())
+
+    def with_config(self, cfg: RunConfig) -> "RunRecord":
+        """The same run under settings that do not change its images (resources, evaluation)."""
+        return self.model_copy(update={"config": cfg})
+
+    @property
+    def classes(self) -> list[int]:
+        return [c for s in self.shards for c in s.class_ids]
+
+
+def upgrade(data: dict[str, Any], info: DatasetInfo) -> dict[str, Any]:
+    """A format-1 run.json (dmcondense 0.1: an untyped plan, no per-class counts) in this
+    format; ``info`` is the dataset as opened now, whose statistics must be the record's."""
+    old = data["dataset"]
+    if [round(v, 6) for v in old["mean"] + old["std"]] != [round(v, 6) for v in (*info.mean, *info.std)]:
+        raise ValueError(f"the dataset at {data['config']['dataset']} is not the one this run was made from "
+                         "(its mean/std differ)")
+    config = {**data["config"], "resources": dict(data["config"].get("resources", {}))}
+    if "retry_exceptions" in config["resources"]:  # was a count of retries, is a switch
+        config["resources"]["retry_exceptions"] = bool(config["resources"]["retry_exceptions"])
+    return {"format": FORMAT, "config": config, "config_hash": data["config_hash"],
+            "shards": data["plan"]["shards"], "dataset": info, "versions": data["versions"]}

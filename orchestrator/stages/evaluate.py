@@ -1,0 +1,191 @@
+"""The evaluate stage: a pool of actors that train fresh networks on each method's set and
+score them on the real test split.
+
+The test split is decoded once, by one task, and shared through Ray's object store
+(one copy per node); each actor reads the training sets straight from the run
+directory. An actor that dies is restarted by Ray and its job run again
+(``resources.max_retries``); every finished job's scores are written at once
+(``eval_scores``), so an evaluation that stops for any reason resumes with only
+the networks not scored yet.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from orchestrator import faults, ray_work
+from orchestrator.config import RunConfig
+from orchestrator.run_dir import RunDir
+from orchestrator.stages import StageFailed
+from orchestrator.stages.baselines import baseline_identity
+from orchestrator.stages.eval_scores import (
+    Score, result_order, settings_key, stored_scores, write_job_scores, write_results,
+)
+from orchestrator.stages.training_sets import TrainingSet, load, training_set
+from orchestrator.stages.worker_setup import open_reader
+from workers.devices import compute_device
+from workers.seeding import derive_seed
+from workers.train_eval import TrainSettings, train_and_score_many
+
+STAGE = "evaluate"
+JOBS_PER_ACTOR = 4
+Network = tuple[str, str, int]  # (method, model, seed)
+
+
+@dataclass(frozen=True)
+class Job:
+    """Networks of one architecture, trained on one method's set from their seeds."""
+
+    data: TrainingSet
+    model: str
+    seeds: tuple[int, ...]
+    settings: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.data.method} / {self.model}, {len(self.seeds)} network(s)"
+
+
+def asked_methods(cfg: RunConfig) -> list[str]:
+    return ["dm", *cfg.evaluate.baselines]
+
+
+def model_seeds(cfg: RunConfig, model: str) -> list[int]:
+    """The same seeds for every method, so that comparisons are paired."""
+    return [derive_seed(cfg.seed, "eval", model, i) for i in range(cfg.evaluate.num_models)]
+
+
+def planned_networks(cfg: RunConfig, methods: list[str]) -> set[Network]:
+    return {(m, model, s) for model in cfg.evaluate.models for s in model_seeds(cfg, model) for m in methods}
+
+
+def make_jobs(cfg: RunConfig, sets: list[TrainingSet], n_actors: int, done: set[Network] = frozenset()) -> list[Job]:
+    """Jobs for every planned network not in ``done``, about JOBS_PER_ACTOR per actor so that
+    the last jobs do not leave most actors idle; the seeds of one job train together where
+    that pays (vmap on a GPU)."""
+    e, key = cfg.evaluate, settings_key(cfg)
+    groups = len(sets) * len(e.models)
+    chunks = max(1, math.ceil(JOBS_PER_ACTOR * n_actors / max(groups, 1)))
+    chunk = max(1, math.ceil(e.num_models / chunks))
+    jobs = []
+    for model in e.models:
+        seeds = model_seeds(cfg, model)
+        for ts in sets:
+            todo = [s for s in seeds if (ts.method, model, s) not in done]
+            jobs += [Job(ts, model, tuple(todo[i : i + chunk]), key) for i in range(0, len(todo), chunk)]
+    return jobs
+
+
+def pool_capacity(cfg: RunConfig, resources: dict[str, float]) -> tuple[int, bool]:
+    """(how many actors the cluster can host at once, whether they use GPUs). Every actor takes
+    a CPU (and a share of a GPU on GPU clusters): a larger pool would wait for ever."""
+    e = cfg.evaluate
+    cpus = max(1, int(resources.get("CPU", 1)))
+    gpus = int(resources.get("GPU", 0)) if e.gpus else 0
+    if gpus > 0:
+        return max(1, min(gpus * e.actors_per_gpu, cpus)), True
+    return max(1, min(e.num_actors or min(4, cpus), cpus)), False
+
+
+def evaluate(run: RunDir, console: Console, methods: list[str] | None = None) -> list[Score]:
+    """Score ``methods`` (default: dm and the baselines asked for) with the run's evaluation
+    settings, training only networks not scored yet under them; writes eval/results.parquet
+    and returns its rows. Raises StageFailed naming failed jobs (the others' scores are kept)."""
+    cfg = run.config
+    sets = [training_set(run, m) for m in (methods or asked_methods(cfg))]
+    key = settings_key(cfg)
+    scored = stored_scores(run, key, {ts.method: ts.data_key for ts in sets})
+    planned = planned_networks(cfg, [ts.method for ts in sets])
+    done = {s.network for s in scored} & planned
+    capacity, use_gpu = pool_capacity(cfg, ray_work.cluster_resources())
+    jobs = make_jobs(cfg, sets, capacity, done)
+    if done and jobs:
+        console.print(f"evaluate: {len(done)} of {len(planned)} networks were scored by an earlier attempt; "
+                      f"training the other {len(planned) - len(done)}", highlight=False)
+    if jobs:
+        test = ray_work.compute_shared(read_test_split, run, options={"num_cpus": 1})
+        gpus = 1.0 / cfg.evaluate.actors_per_gpu if use_gpu else 0.0
+        # The test split goes with every call, not to the constructor: Ray maps it from the node's
+        # object store each time (no copy), and a restarted actor never needs it again.
+        outcome = ray_work.run_on_actors(
+            EvalActor, (run, use_gpu), "score", [ray_work.Work(j.label, (j, test), len(j.seeds)) for j in jobs],
+            actors=capacity, options=ray_work.actor_options(cfg.resources, gpus), label=STAGE, unit="networks",
+            console=console, done_units=len(done))
+        if outcome.failed:
+            raise StageFailed(STAGE, outcome.failed, again=f"dmcondense evaluate {run.uri}")
+    everything = sorted(stored_scores(run, key, {ts.method: ts.data_key for ts in sets}), key=result_order)
+    write_results(run, everything)  # with what earlier attempts scored under these settings
+    return everything
+
+
+@dataclass(frozen=True)
+class EvaluationState:
+    state: str  # done | unfinished | not run
+    scored: int  # networks of the current settings scored so far
+    planned: int
+
+
+def evaluation_state(run: RunDir) -> EvaluationState:
+    """What the run directory holds of the evaluation its config asks for (no file read but scores)."""
+    cfg = run.config
+    methods = asked_methods(cfg)
+    keys = {"dm": run.record.config_hash, **{m: baseline_identity(run, m) for m in cfg.evaluate.baselines}}
+    planned = planned_networks(cfg, methods)
+    scored = len({s.network for s in stored_scores(run, settings_key(cfg), keys)} & planned)
+    state = "done" if scored == len(planned) else "unfinished" if scored else "not run"
+    return EvaluationState(state, scored, len(planned))
+
+
+def read_test_split(run: RunDir) -> tuple[np.ndarray, np.ndarray]:
+    """The real test split as uint8 arrays: numpy, so actors map it from the object store."""
+    test = open_reader(run).read_test()
+    return test.images.numpy(), test.labels.numpy()
+
+
+class EvalActor:
+    """Keeps the training sets it has loaded; trains and scores jobs."""
+
+    def __init__(self, run: RunDir, use_gpu: bool) -> None:
+        torch.set_num_threads(1)
+        self.run = run
+        self.device = compute_device(run.config.resources.device, reserved_gpu=use_gpu)
+        self._sets: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def score(self, job: Job, test: tuple[np.ndarray, np.ndarray]) -> list[Score]:
+        self._maybe_fault(job.data.method)
+        with warnings.catch_warnings():  # the object store's arrays are read-only; nothing writes to them
+            warnings.simplefilter("ignore", UserWarning)
+            test_x, test_y = (torch.from_numpy(a) for a in test)
+        if job.data.data_key not in self._sets:
+            self._sets[job.data.data_key] = load(self.run, job.data)
+        x, y = self._sets[job.data.data_key]
+        cfg, info = self.run.config, self.run.dataset
+        e = cfg.evaluate
+        settings = TrainSettings(epochs=e.epochs, lr=e.lr, batch=e.batch, dsa_strategy=cfg.condense.dsa_strategy)
+        started = time.perf_counter()
+        accs = train_and_score_many(
+            job.model, x, y, test_x, test_y, channels=info.channels, num_classes=info.num_classes,
+            im_size=tuple(info.im_size), settings=settings, seeds=list(job.seeds), device=self.device,
+            mean=info.mean, std=info.std, vectorized=e.vectorized,
+        )
+        per_model = (time.perf_counter() - started) / len(accs)
+        scores = [Score(job.data.method, job.model, s, float(a), cfg.condense.ipc, per_model, str(self.device),
+                        job.settings, job.data.data_key) for s, a in zip(job.seeds, accs)]
+        write_job_scores(self.run, scores)
+        return scores
+
+    def _maybe_fault(self, method: str) -> None:
+        """Injected evaluation faults (orchestrator.faults): eval-<method>=raise | kill-once."""
+        target = f"eval-{method}"
+        fault = faults.fault_for(target)
+        if fault == "raise":
+            raise RuntimeError(f"injected fault in {target}")
+        if fault == "kill-once" and faults.first_time(self.run, target, fault):
+            faults.kill_this_process()

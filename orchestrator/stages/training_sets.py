@@ -1,0 +1,86 @@
+"""The sets a run's networks train on, by method: ``dm`` (the committed shards), a coreset
+baseline (``random``, ``herding``, ...), ``dm@<iteration>`` (a kept checkpoint).
+
+The driver resolves a method once per stage into a ``TrainingSet``: the files to read, with
+the sha256 their manifests recorded, and a key of the data's identity (scores of other
+data are never reused). Whoever loads it hashes the bytes as it reads them.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import torch
+
+from orchestrator import commits, storage
+from orchestrator.commits import FileEntry
+from orchestrator.run_dir import RunDir, RunError
+from orchestrator.stages.baselines import baseline_identity, selection_state
+from orchestrator.stages.condense import shard_state
+from workers.data.tensor_table import from_parquet_bytes, table_arrays
+
+SNAPSHOT_PREFIX = "dm@"
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    method: str
+    data_key: str
+    files: tuple[FileEntry, ...] = ()  # committed Parquet files (dm, baselines)
+    snapshots: tuple[str, ...] = ()  # kept checkpoints, relative paths (dm@<iteration>)
+
+
+def snapshot_iteration(method: str) -> int | None:
+    """The iteration of a ``dm@<iteration>`` method (a kept checkpoint); None for any other."""
+    rest = method[len(SNAPSHOT_PREFIX):] if method.startswith(SNAPSHOT_PREFIX) else ""
+    return int(rest) if rest.isdigit() else None
+
+
+def snapshot_iterations(run: RunDir) -> list[int]:
+    """Iterations whose kept checkpoint (condense.keep_checkpoints) exists for every shard."""
+    common: set[int] | None = None
+    for spec in run.shards:
+        names = storage.list_names(run.snapshot_dir(spec))
+        its = {int(n[3:-3]) for n in names if n.startswith("it-") and n.endswith(".pt")}
+        common = its if common is None else common & its
+    return sorted(common or ())
+
+
+def training_set(run: RunDir, method: str) -> TrainingSet:
+    """Where ``method``'s images are, checked once against the manifests (no file read)."""
+    iteration = snapshot_iteration(method)
+    if iteration is not None:
+        paths = tuple(run.relative(run.snapshot(spec, iteration)) for spec in run.shards)
+        return TrainingSet(method, f"{run.record.config_hash}@{iteration}", snapshots=paths)
+    files = []
+    for spec in run.shards:
+        st = shard_state(run, spec, deep=False) if method == "dm" else selection_state(run, spec, method, deep=False)
+        if st.state != "committed":
+            what = spec.name if method == "dm" else f"the {method} selection of {spec.name}"
+            fix = f"dmcondense resume {run.uri}" if method == "dm" else f"dmcondense evaluate {run.uri}"
+            raise RunError(f"{what} is {st.state} {st.detail}; `{fix}` computes it first")
+        files.append(st.manifest.files[method])  # type: ignore[union-attr]
+    key = run.record.config_hash if method == "dm" else baseline_identity(run, method)
+    return TrainingSet(method, key, files=tuple(files))
+
+
+def load(run: RunDir, ts: TrainingSet) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images float32 [N, C, H, W], class ids int64), sorted by class."""
+    images, labels = [], []
+    for entry in ts.files:
+        x, y = table_arrays(from_parquet_bytes(commits.read_checked(run, entry)))
+        images.append(torch.from_numpy(x.copy()))
+        labels.append(torch.from_numpy(y))
+    for path in ts.snapshots:
+        state = torch.load(io.BytesIO(storage.read_bytes(run.path(path))), map_location="cpu", weights_only=True)
+        ipc = state["images"].shape[0] // len(state["class_ids"])
+        images.append(state["images"])
+        labels.append(torch.tensor(state["class_ids"], dtype=torch.int64).repeat_interleave(ipc))
+    x, y = torch.cat(images), torch.cat(labels)
+    order = torch.argsort(y, stable=True)
+    return x[order], y[order]
+
+
+def read_method(run: RunDir, method: str = "dm") -> tuple[torch.Tensor, torch.Tensor]:
+    return load(run, training_set(run, method))
