@@ -160,7 +160,8 @@ def random_dataset(shape: tuple[int, int, int], classes: int, per_class: int, se
     images = torch.randint(0, 256, (classes * per_class, *shape), generator=gen, dtype=torch.uint8)
     labels = torch.arange(classes).repeat_interleave(per_class)
     c = shape[0]
-    info = DatasetInfo("random", [str(i) for i in range(classes)], c, shape[1:], (0.5,) * c, (0.25,) * c)
+    info = DatasetInfo("random", [str(i) for i in range(classes)], c, shape[1:], (0.5,) * c, (0.25,) * c,
+                       (per_class,) * classes, (0,) * classes)
     return ImageSet(images, labels), info
 
 

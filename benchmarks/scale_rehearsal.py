@@ -4,15 +4,15 @@
         --classes-per-shard 8 --kill-fraction 0.05 --seed 0 --json]
 
 Real: the plan (orchestrator.plan.make_plan), the config (configs/imagenet1k-ipc10.yaml),
-the driver's loop (orchestrator.driver.condense_all: ray.wait streaming, the
-resources.* retry options, SPREAD, the progress board and live display), the run
-layout, and orchestrator.shards.verify (sha256) on every result.
+the condense stage (orchestrator.stages.condense.condense) and the one Ray helper under
+it (orchestrator.ray_work: ray.wait streaming, Ray's retries from resources.*, SPREAD,
+the progress board and display), the run layout, and the stage's shard_state (manifest,
+plan match, sha256) on every result.
 
-Stand-in: the task body. driver._condense_remote is swapped for `stand_in_shard`,
+Stand-in: the task body. The stage's condense_shard is swapped for `stand_in_shard`,
 which sleeps briefly and commits a tiny Parquet shard of random images (the shard
-schema) and its manifest the way orchestrator.shards.commit does (file, then
-manifest, each written to a temporary and renamed). It imports no torch, hence no
-orchestrator module (they all pull torch in, seconds per worker process).
+schema) and its manifest the way orchestrator.commits does (file, then manifest, each
+written to a temporary and renamed): no DM.
 
 Kills: a seeded RNG picks ceil(kill_fraction x shards) shards and, in turn, a point
 (at start, after the Parquet file, after the manifest) where the shard's first
@@ -74,11 +74,10 @@ def _check(ok: bool, message: str) -> None:
         raise RehearsalError(message)
 
 
-# ------------------------------------------------------------ the stand-in task (no torch)
-@ray.remote
-def stand_in_shard(run: str, spec: dict, config: dict, board: Any) -> dict:
-    """Same signature and commit protocol as driver._condense_remote; idempotent."""
-    name, root = f"shard-{spec['shard_id']:05d}", Path(run)
+# ------------------------------------------------------------ the stand-in task (no DM)
+def stand_in_shard(run: Any, spec: Any, context: Any) -> dict:
+    """Same signature and commit protocol as the stage's condense_shard; idempotent."""
+    name, root = spec.name, Path(run.uri)
     _write_atomic(root / "attempts" / name / uuid.uuid4().hex, b"")
     manifest_file = root / "manifest" / f"{name}.json"
     committed = _committed(root, manifest_file)
@@ -87,25 +86,24 @@ def stand_in_shard(run: str, spec: dict, config: dict, board: Any) -> dict:
     _maybe_kill(root, name, "kill-at-start")
     started = time.time()
     time.sleep(float(os.environ.get(SECONDS_ENV, "0.05")))
-    data, rows = _fake_shard(spec, int(config["condense"]["ipc"]))
+    data, rows = _fake_shard(spec.seed, list(spec.class_ids), run.config.condense.ipc)
     rel = f"shards/{name}.parquet"
     _write_atomic(root / rel, data)
     _maybe_kill(root, name, "kill-after-file")
     digest = hashlib.sha256(data).hexdigest()
-    iterations = int(config["condense"]["iterations"])
+    iterations = run.config.condense.iterations
     manifest = {
-        "format": 1, "shard_id": spec["shard_id"], "classes": list(spec["class_ids"]), "seed": spec["seed"],
+        "format": 2, "shard_id": spec.shard_id, "classes": list(spec.class_ids), "seed": spec.seed,
         "rows": rows, "sha256": digest,
         "files": {"dm": {"path": rel, "sha256": digest, "bytes": len(data), "rows": rows}},
         "iterations": iterations, "resumed_from": 0, "wall_time_s": round(time.time() - started, 3),
         "final_loss": None, "loss_curve": [], "device": "stand-in", "host": os.uname().nodename,
-        "node_id": ray.get_runtime_context().get_node_id(),
+        "node_id": context.node_id,
     }
     _write_atomic(manifest_file, json.dumps(manifest, indent=2, sort_keys=True).encode())
     _write_atomic(root / "commits" / name / uuid.uuid4().hex, b"")
     _maybe_kill(root, name, "kill-after-manifest")
-    if board is not None:
-        board.update.remote({"shard": spec["shard_id"], "iteration": iterations, "total": iterations, "done": True})
+    context(iterations, final=True)
     return manifest
 
 
@@ -117,10 +115,10 @@ def _committed(root: Path, manifest_file: Path) -> dict | None:
     return manifest if hashlib.sha256(data).hexdigest() == manifest["sha256"] else None
 
 
-def _fake_shard(spec: dict, ipc: int) -> tuple[bytes, int]:
+def _fake_shard(seed: int, class_ids: list[int], ipc: int) -> tuple[bytes, int]:
     """Random images in the shard schema: class_id, class_name, index, image [C,H,W] float32."""
-    rng = np.random.default_rng(spec["seed"])
-    classes = np.repeat(np.asarray(spec["class_ids"], dtype=np.int32), ipc)
+    rng = np.random.default_rng(seed)
+    classes = np.repeat(np.asarray(class_ids, dtype=np.int32), ipc)
     images = rng.standard_normal((len(classes), int(np.prod(IMAGE_SHAPE))), dtype=np.float32)
     tensor = pa.ExtensionArray.from_storage(
         pa.fixed_shape_tensor(pa.float32(), list(IMAGE_SHAPE)),
@@ -129,9 +127,9 @@ def _fake_shard(spec: dict, ipc: int) -> tuple[bytes, int]:
     table = pa.table({
         "class_id": pa.array(classes),
         "class_name": pa.array([f"class-{c}" for c in classes]),
-        "index": pa.array(np.tile(np.arange(ipc, dtype=np.int32), len(spec["class_ids"]))),
+        "index": pa.array(np.tile(np.arange(ipc, dtype=np.int32), len(class_ids))),
         "image": tensor,
-    }).replace_schema_metadata({b"dmcondense": json.dumps({"method": "dm", "ipc": ipc, "seed": spec["seed"]})})
+    }).replace_schema_metadata({b"dmcondense": json.dumps({"method": "dm", "ipc": ipc, "seed": seed})})
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
     return sink.getvalue().to_pybytes(), len(classes)
@@ -153,19 +151,22 @@ def _maybe_kill(root: Path, name: str, stage: str) -> None:
 
 
 # ---------------------------------------------------------------------- the driver side
-def make_record(classes: int, classes_per_shard: int, cpus_per_shard: float, max_retries: int,
-                seed: int) -> dict[str, Any]:
-    """run.json of an ImageNet-1K run: the shipped config with the rehearsal's plan and resources."""
-    from orchestrator.config import config_hash, load_config, to_dict
+def make_run(uri: str, classes: int, classes_per_shard: int, cpus_per_shard: float, max_retries: int,
+             seed: int) -> Any:
+    """The run handle of an ImageNet-1K run: the shipped config with the rehearsal's plan and
+    resources, and a dataset of ``classes`` classes of 1,300 64x64 images (never read)."""
+    from orchestrator.config import load_config
     from orchestrator.plan import make_plan
+    from orchestrator.run_dir import RunDir
+    from orchestrator.run_record import RunRecord
+    from workers.data.types import DatasetInfo
 
     cfg = load_config(REPO / "configs" / "imagenet1k-ipc10.yaml", [
         f"plan.classes_per_shard={classes_per_shard}", f"resources.cpus_per_shard={cpus_per_shard}",
-        "resources.gpus_per_shard=1", f"resources.max_retries={max_retries}", f"seed={seed}"])
-    plan = make_plan(range(classes), classes_per_shard, cfg.seed)
-    return {"config": to_dict(cfg), "config_hash": config_hash(cfg),
-            "plan": {"shards": [s.to_dict() for s in plan], "classes_per_shard": classes_per_shard,
-                     "num_classes": classes, "class_names": [f"class-{c}" for c in range(classes)]}}
+        "resources.gpus_per_shard=1", f"resources.max_retries={max_retries}", f"seed={seed}", f"output={uri}"])
+    info = DatasetInfo("imagenet", [f"class-{c}" for c in range(classes)], 3, (64, 64), (0.5,) * 3, (0.25,) * 3,
+                       (1300,) * classes, (50,) * classes)
+    return RunDir(uri, RunRecord.build(cfg, make_plan(range(classes), classes_per_shard, cfg.seed), info))
 
 
 def plan_kills(shard_ids: list[int], fraction: float, seed: int) -> dict[str, str]:
@@ -227,22 +228,21 @@ class StoreSampler(threading.Thread):
         self.sample()
 
 
-def check_exactly_once(run: str, record: dict[str, Any], kills: dict[str, str]) -> dict[str, Any]:
+def check_exactly_once(run: Any, kills: dict[str, str]) -> dict[str, Any]:
     """Every class in exactly one valid shard, every shard committed once, every kill retried."""
-    from orchestrator import shards
-    from orchestrator.driver import plan_of
+    from orchestrator.stages.condense import shard_state
 
-    root, per_class = Path(run), Counter()
-    for spec in plan_of(record):
-        st = shards.verify(run, spec)  # the product's reader: manifest, plan match, sha256
+    root, per_class = Path(run.uri), Counter()
+    for spec in run.shards:
+        st = shard_state(run, spec)  # the product's reader: manifest, plan match, sha256
         _check(st.state == "committed", f"{spec.name} is {st.state}: {st.detail}")
-        stored = pq.read_table(root / st.manifest["files"]["dm"]["path"], columns=["class_id"])
+        stored = pq.read_table(root / st.manifest.files["dm"].path, columns=["class_id"])
         _check(sorted(set(stored.column("class_id").to_pylist())) == list(spec.class_ids),
                f"{spec.name}: its file holds other classes than its manifest")
-        per_class.update(st.manifest["classes"])
+        per_class.update(st.manifest.classes)
         commits = len(list((root / "commits" / spec.name).iterdir()))
         _check(commits == 1, f"{spec.name} was committed {commits} times")
-    classes = record["plan"]["num_classes"]
+    classes = run.dataset.num_classes
     _check(set(per_class) == set(range(classes)), f"classes without a shard: {sorted(set(range(classes)) - set(per_class))[:10]}")
     twice = sorted(c for c, n in per_class.items() if n != 1)
     _check(not twice, f"classes in more than one shard: {twice[:10]}")
@@ -266,20 +266,20 @@ def rehearse(args: argparse.Namespace) -> dict[str, Any]:
     """Run the rehearsal and return its figures; raises RehearsalError if a commit is lost or doubled."""
     if ray.is_initialized():
         raise RuntimeError("the rehearsal starts its own cluster; call it without a Ray connection")
-    record = make_record(args.classes, args.classes_per_shard, args.cpus_per_node / args.gpus_per_node,
-                         args.max_retries, args.seed)
-    kills = plan_kills([s["shard_id"] for s in record["plan"]["shards"]], args.kill_fraction, args.seed)
+    uri = args.out or tempfile.mkdtemp(prefix="dmc-rehearsal-")
+    run = make_run(uri, args.classes, args.classes_per_shard, args.cpus_per_node / args.gpus_per_node,
+                   args.max_retries, args.seed)
+    kills = plan_kills([s.shard_id for s in run.shards], args.kill_fraction, args.seed)
     saved = {k: os.environ.get(k) for k in (FAULTS_ENV, SECONDS_ENV)}
     os.environ[SECONDS_ENV] = str(args.task_seconds)  # before the nodes start: their workers inherit it
-    run = args.out or tempfile.mkdtemp(prefix="dmc-rehearsal-")
     try:
         started = time.perf_counter()
         with simulated_cluster(args.nodes, args.gpus_per_node, args.cpus_per_node, args.object_store_mb) as cluster:
             figures = {"nodes": args.nodes, "fake_gpus": args.nodes * args.gpus_per_node, "classes": args.classes,
                        "cluster_start_s": round(time.perf_counter() - started, 1)}
-            figures.update(_schedule(run, record, kills, cluster.address, quiet=args.json))
-        figures.update(check_exactly_once(run, record, kills), shards_per_node=shards_per_node(run))
-        return {**figures, "run": run if args.out else None}
+            figures.update(_schedule(run, kills, cluster.address, quiet=args.json))
+        figures.update(check_exactly_once(run, kills), shards_per_node=shards_per_node(uri))
+        return {**figures, "run": uri if args.out else None}
     finally:
         for k, v in saved.items():
             if v is None:
@@ -287,30 +287,35 @@ def rehearse(args: argparse.Namespace) -> dict[str, Any]:
             else:
                 os.environ[k] = v
         if not args.out:
-            shutil.rmtree(run, ignore_errors=True)
+            shutil.rmtree(uri, ignore_errors=True)
 
 
-def _schedule(run: str, record: dict[str, Any], kills: dict[str, str], address: str, quiet: bool) -> dict[str, Any]:
-    """driver.condense_all with the stand-in task, measured."""
+def _schedule(run: Any, kills: dict[str, str], address: str, quiet: bool) -> dict[str, Any]:
+    """The condense stage with the stand-in task, measured."""
     from rich.console import Console
 
-    from orchestrator import driver
+    from orchestrator.stages import StageFailed
+    from orchestrator.stages import condense as stage
 
-    driver.write_run(run, record)  # `dmcondense status RUN` works on the rehearsal's run directory
+    run.save()  # `dmcondense status RUN` works on the rehearsal's run directory
     os.environ[FAULTS_ENV] = ",".join(f"{k}={v}" for k, v in kills.items())
     sampler = StoreSampler(address)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     sampler.start()
     wall, cpu = time.perf_counter(), time.process_time()
-    with mock.patch.object(driver, "_condense_remote", stand_in_shard):
-        outcome = driver.condense_all(run, record, Console(stderr=True, quiet=quiet))
+    failed: dict[str, str] = {}
+    with mock.patch.object(stage, "condense_shard", stand_in_shard):
+        try:
+            stage.condense(run, Console(stderr=True, quiet=quiet))
+        except StageFailed as exc:
+            failed = exc.failed
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     sampler.finish()
     cpu -= sampler.cpu_s
-    _check(not outcome.failed, f"shards failed: {outcome.failed}")
-    n = len(record["plan"]["shards"])
+    _check(not failed, f"shards failed: {failed}")
+    n = len(run.shards)
     return {
-        "shards": n, "committed": len(outcome.committed), "failed": len(outcome.failed),
+        "shards": n, "committed": n - len(failed), "failed": len(failed),
         "wall_s": round(wall, 2), "shards_per_s": round(n / wall, 2),
         "driver_cpu_s": round(cpu, 2), "driver_cpu_ms_per_shard": round(1000 * cpu / n, 1),
         "driver_peak_rss_mb": {"before_loop": round(rss_before / 1024, 1),

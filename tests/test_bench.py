@@ -7,11 +7,12 @@ import shutil
 
 import pytest
 
-from workers.bench import embed_cost, iteration_flops, main
+from benchmarks.dm_loop import main
+from benchmarks.gpu_cost_model import embed_cost, iteration_flops
 from workers.dm import DMSettings
 
 TINY = ["--shape", "1,8,8", "--classes", "2", "--ipc", "1", "--batch-real", "4", "--model", "ConvNetW32",
-        "--iterations", "1"]
+        "--iterations", "1", "--device", "cpu"]
 
 
 def run_json(capsys, argv: list[str]) -> dict:

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from workers.data import sources as sources_mod
 from workers.data import (
     DatasetError,
     DatasetReader,
@@ -95,6 +96,14 @@ def test_image_folder_reads_one_class_with_exact_pixels(tmp_path):
         assert got.labels.tolist() == [k] * len(FOLDER_SPEC[cls])  # the corrupt file is not counted
         np.testing.assert_array_equal(got.images.numpy(), _expected_class(root, cls))
     assert [s.path for s in reader.skipped] == [os.path.join(root, "train", *CORRUPT)]
+
+
+def test_image_folder_takes_val_beside_train(tmp_path):
+    root = make_image_folder(tmp_path / "folder")
+    os.rename(os.path.join(root, "test"), os.path.join(root, "val"))
+    reader = open_dataset("imagefolder", root, resolution=RES)
+    assert len(reader.read_test()) == 2 * len(FOLDER_SPEC)
+    assert reader.info.test_counts == (2,) * len(FOLDER_SPEC)
 
 
 def test_image_folder_decodes_only_the_requested_classes(tmp_path, monkeypatch):
@@ -286,8 +295,25 @@ def test_missing_mnist_root_names_expected_files(tmp_path):
     with pytest.raises(DatasetError) as err:
         open_dataset("mnist", str(tmp_path / "nowhere"))
     message = str(err.value)
-    assert os.path.join("nowhere", "MNIST", "raw", "train-images-idx3-ubyte") in message
+    assert "train-images-idx3-ubyte" in message and os.path.join("nowhere", "MNIST", "raw") in message
     assert "dataset.root" in message and "dataset.download" in message
+
+
+@pytest.mark.parametrize("name, expected", [("mnist", "t10k-labels-idx1-ubyte"), ("cifar10", "cifar-10-batches-py")])
+def test_failed_download_names_the_files_the_path_and_the_option_in_one_line(tmp_path, monkeypatch, name, expected):
+    from types import SimpleNamespace
+    from urllib.error import URLError
+
+    def offline(*args, **kwargs):
+        raise URLError("[Errno -3] Temporary failure in name resolution")
+
+    fake = SimpleNamespace(datasets=SimpleNamespace(MNIST=offline, CIFAR10=offline))
+    monkeypatch.setattr(sources_mod, "_torchvision", lambda: fake)
+    with pytest.raises(DatasetError) as err:
+        open_dataset(name, str(tmp_path / "nowhere"), download=True)
+    message = str(err.value)
+    assert "\n" not in message and expected in message and str(tmp_path / "nowhere") in message
+    assert "dataset.download: true" in message and "name resolution" in message
 
 
 def test_missing_folder_roots_name_expected_paths(tmp_path):

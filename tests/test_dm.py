@@ -12,7 +12,7 @@ import torch
 
 from workers.data.types import DatasetInfo, ImageSet
 from workers.dm import ClassBank, DMCondenser, DMSettings
-from workers.reference_dm import ReferenceDM
+from benchmarks.reference_dm import ReferenceDM
 
 
 def tiny_set(classes: int = 3, per_class: int = 12, size: int = 8, channels: int = 1, seed: int = 0):
@@ -20,7 +20,8 @@ def tiny_set(classes: int = 3, per_class: int = 12, size: int = 8, channels: int
     images = torch.randint(0, 256, (classes * per_class, channels, size, size), generator=g, dtype=torch.uint8)
     labels = torch.arange(classes).repeat_interleave(per_class)
     perm = torch.randperm(len(labels), generator=g)  # classes interleaved, as a reader may return them
-    info = DatasetInfo("tiny", [str(c) for c in range(classes)], channels, (size, size), (0.5,) * channels, (0.25,) * channels)
+    info = DatasetInfo("tiny", [str(c) for c in range(classes)], channels, (size, size), (0.5,) * channels,
+                       (0.25,) * channels, (per_class,) * classes, (0,) * classes)
     return ImageSet(images[perm], labels[perm]), info
 
 

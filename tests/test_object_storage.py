@@ -10,9 +10,11 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from orchestrator import shards, storage
+from orchestrator import storage
 from orchestrator.cli import main
-from orchestrator.driver import load_run, plan_of
+from orchestrator.run_dir import RunDir
+from orchestrator.stages.baselines import selection_state
+from orchestrator.stages.condense import shard_state
 
 from .conftest import REPO, moto_s3, start_local_ray
 
@@ -80,26 +82,28 @@ def test_s3_run_survives_a_kill_and_a_failure_then_resumes_to_local_bytes(
     assert _status(run, capsys) == (0, ["committed"] * 3)
     keys = _keys(run)
     assert not [k for k in keys if k.startswith(("checkpoints/", "failed/")) or f"/{storage.TMP_PREFIX}" in f"/{k}"]
-    for spec in plan_of(load_run(run)):
-        manifest = shards.verify(run, spec).manifest
-        assert set(manifest["files"]) == {"dm", "random"}
-        for entry in manifest["files"].values():
-            local = (local_reference / entry["path"]).read_bytes()
-            assert storage.read_bytes(storage.join(run, entry["path"])) == local, entry["path"]
+    handle = RunDir.load(run)
+    for spec in handle.shards:
+        entries = [*shard_state(handle, spec).manifest.files.values(),
+                   *selection_state(handle, spec, "random").manifest.files.values()]
+        assert len(entries) == 2  # the shard's images and its random selection
+        for entry in entries:
+            local = (local_reference / entry.path).read_bytes()
+            assert storage.read_bytes(storage.join(run, entry.path)) == local, entry.path
 
     # the evaluation stage on S3: a failed attempt keeps its scores there, the next one finishes
     ev = [arg for s in ("evaluate.num_models=2", "evaluate.epochs=2", "evaluate.models=[ConvNetW32]",
                         "evaluate.gpus=false", "evaluate.num_actors=1") for arg in ("--set", s)]
     monkeypatch.setenv("DMCONDENSE_FAULTS", "eval-random=raise")
     assert main(["evaluate", run, *ev]) == 3
-    partial = [k for k in _keys(run) if k.startswith("eval/partial/")]
+    partial = [k for k in _keys(run) if k.startswith("eval/scores/")]
     assert partial  # dm's two networks, scored before random's job failed
     capsys.readouterr()
     assert main(["status", run, "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["evaluation"] == {"state": "unfinished", "networks_scored": 2}
+    assert json.loads(capsys.readouterr().out)["evaluation"] == {"state": "unfinished", "scored": 2, "planned": 4}
     monkeypatch.delenv("DMCONDENSE_FAULTS")
     assert main(["evaluate", run, *ev]) == 0
     keys = _keys(run)
-    assert "eval/results.parquet" in keys and not [k for k in keys if k.startswith("eval/partial/")]
+    assert "eval/results.parquet" in keys and set(partial) < {k for k in keys if k.startswith("eval/scores/")}
     rows = pq.read_table(pa.BufferReader(storage.read_bytes(storage.join(run, "eval", "results.parquet")))).to_pylist()
     assert sorted(r["method"] for r in rows) == ["dm", "dm", "random", "random"]

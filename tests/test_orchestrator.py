@@ -15,19 +15,22 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from orchestrator import shards
 from orchestrator.cli import main
-from orchestrator.driver import load_run, plan_of
+from orchestrator.run_dir import RunDir
+from orchestrator.stages.baselines import selection_state
+from orchestrator.stages.condense import shard_state
+from orchestrator.stages.training_sets import read_method, snapshot_iterations
 
 from .conftest import REPO
 
 pytestmark = pytest.mark.ray
 
 CONFIG = str(REPO / "configs" / "digits.yaml")
-# Tiny settings: 3 shards (4 + 4 + 2 classes), a few dozen iterations, fake GPUs.
+# Tiny settings: 3 shards (4 + 4 + 2 classes), a few dozen iterations, fake GPUs (reserved for
+# scheduling, computed on: resources.device=cpu says so).
 SETS = [
     "condense.iterations=60", "condense.checkpoint_every=20", "condense.ipc=2", "condense.batch_real=16",
-    "condense.model=ConvNetW32", "plan.classes_per_shard=4", "resources.gpus_per_shard=0.5",
+    "condense.model=ConvNetW32", "plan.classes_per_shard=4", "resources.gpus_per_shard=0.5", "resources.device=cpu",
     "evaluate.num_models=2", "evaluate.epochs=3", "evaluate.models=[ConvNetW32]",
 ]
 NO_EVAL = ["evaluate.num_models=0"]
@@ -57,14 +60,13 @@ def reference_run(local_ray, tmp_path_factory) -> Path:
 
 
 def test_end_to_end_commits_every_class_with_the_design_schema(reference_run):
-    record = load_run(str(reference_run))
-    plan = plan_of(record)
-    assert len(plan) == 3
+    run = RunDir.load(str(reference_run))
+    assert len(run.shards) == 3
     seen = []
-    for spec in plan:
-        st = shards.verify(str(reference_run), spec)
+    for spec in run.shards:
+        st = shard_state(run, spec)
         assert st.state == "committed", st.detail
-        table = pq.read_table(reference_run / st.manifest["files"]["dm"]["path"])
+        table = pq.read_table(reference_run / st.manifest.files["dm"].path)
         assert table.schema.field("class_id").type == pa.int32()
         assert table.schema.field("class_name").type == pa.string()
         assert table.schema.field("index").type == pa.int32()
@@ -79,7 +81,9 @@ def test_end_to_end_commits_every_class_with_the_design_schema(reference_run):
         assert counts == {c: 2 for c in spec.class_ids}
         assert sorted(table.column("index").to_pylist()) == sorted([0, 1] * len(spec.class_ids))
         seen += list(spec.class_ids)
-        assert set(st.manifest["files"]) == {"dm", "random", "herding"}
+        for method in ("random", "herding"):  # the baselines stage committed its selections of the shard
+            selection = selection_state(run, spec, method)
+            assert selection.state == "committed" and selection.manifest.classes == list(spec.class_ids)
     assert sorted(seen) == list(range(10))
     results = pq.read_table(reference_run / "eval" / "results.parquet").to_pylist()
     assert {(r["method"], r["model"]) for r in results} == {
@@ -88,7 +92,7 @@ def test_end_to_end_commits_every_class_with_the_design_schema(reference_run):
     for name in ("report.md", "grid.png", "loss.png"):
         assert (reference_run / name).stat().st_size > 0
     assert "| dm | ConvNetW32 | 2 |" in (reference_run / "report.md").read_text()
-    assert not list((reference_run / "checkpoints").glob("*/state.pt")) if (reference_run / "checkpoints").exists() else True
+    assert not list(reference_run.glob("checkpoints/*/state.pt"))
 
 
 def test_same_bytes_with_one_worker_and_any_completion_order(reference_run, tmp_path):
@@ -103,26 +107,28 @@ def test_worker_killed_after_checkpoint_is_retried_from_it(reference_run, tmp_pa
     assert run_cli("run", CONFIG, "--out", str(run), *sets(*NO_EVAL)) == 0
     assert (run / "faults" / "shard-00001.kill-after-checkpoint").exists()  # the kill did happen
     manifest = json.loads((run / "manifest" / "shard-00001.json").read_text())
-    assert manifest["resumed_from"] == 20  # continued from its first checkpoint
+    assert manifest["resumed_from"] == 20  # continued from its first checkpoint, made under the same stream
     assert shard_bytes(run) == shard_bytes(reference_run)
 
 
 def test_exception_retried_then_failed_shard_is_reported(tmp_path, monkeypatch, capsys, local_ray):
     monkeypatch.setenv("DMCONDENSE_FAULTS", "shard-00000=raise-once,shard-00002=raise")
     run = tmp_path / "failing"
-    assert run_cli("run", CONFIG, "--out", str(run), *sets(*NO_EVAL)) == 1
+    assert run_cli("run", CONFIG, "--out", str(run), *sets(*NO_EVAL, "resources.max_retries=1")) == 1
     out = capsys.readouterr().out
     assert "shard-00002 failed" in out and f"dmcondense resume {run}" in out
     assert (run / "manifest" / "shard-00000.json").exists()  # retried after its one exception
     assert (run / "manifest" / "shard-00001.json").exists()
-    failure = json.loads((run / "failed" / "shard-00002.json").read_text())
-    assert failure["attempts"] == 3 and "injected fault" in failure["error"]
+    failure = json.loads((run / "failed" / "condense" / "shard-00002.json").read_text())
+    assert "injected fault in shard-00002" in failure["error"]
     assert run_cli("status", str(run), "--json") == 1
     status = json.loads(capsys.readouterr().out)
     assert [s["state"] for s in status["shards"]] == ["committed", "committed", "failed"]
     monkeypatch.delenv("DMCONDENSE_FAULTS")
     assert run_cli("resume", str(run), "--set", "evaluate.num_models=0") == 0
-    assert shards.verify(str(run), plan_of(load_run(str(run)))[2]).state == "committed"
+    resumed = RunDir.load(str(run))
+    assert shard_state(resumed, resumed.shards[2]).state == "committed"
+    assert not (run / "failed" / "condense" / "shard-00002.json").exists()
 
 
 def test_driver_killed_mid_run_then_resume_recomputes_only_missing(reference_run, tmp_path):
@@ -225,7 +231,7 @@ def test_evaluate_reruns_the_evaluation_stage_only(reference_run, tmp_path, caps
     assert sorted(r["method"] for r in rows) == ["dm", "random"]
     assert shard_bytes(run) == before
     assert run_cli("evaluate", str(run), "--set", "condense.ipc=3") == 2
-    assert "only evaluate.* overrides" in capsys.readouterr().out
+    assert "differing keys: condense.ipc" in capsys.readouterr().out
 
 
 def scores(run: Path) -> dict[tuple[str, str, int], dict]:
@@ -236,12 +242,12 @@ def test_evaluation_actor_killed_mid_job_is_replaced_and_the_job_rerun(reference
     monkeypatch.setenv("DMCONDENSE_FAULTS", "eval-dm=kill-once")
     run = tmp_path / "eval-killed"
     shutil.copytree(reference_run, run)
+    shutil.rmtree(run / "eval")
     assert run_cli("evaluate", str(run)) == 0
     assert (run / "faults" / "eval-dm.kill-once").exists()  # an actor did die
     got, want = scores(run), scores(reference_run)
     assert got.keys() == want.keys()  # every network scored once, none lost or doubled
     assert all(got[k]["accuracy"] == want[k]["accuracy"] for k in want)  # same seeds, same scores
-    assert not (run / "eval" / "partial").exists()  # cleared once the evaluation is complete
 
 
 def test_failed_evaluation_keeps_its_scores_and_the_next_attempt_trains_only_the_rest(
@@ -249,28 +255,28 @@ def test_failed_evaluation_keeps_its_scores_and_the_next_attempt_trains_only_the
     monkeypatch.setenv("DMCONDENSE_FAULTS", "eval-random=raise")
     run = tmp_path / "eval-failed"
     shutil.copytree(reference_run, run)
-    (run / "eval" / "results.parquet").unlink()
+    shutil.rmtree(run / "eval")  # as if it had never been evaluated
     one_actor = ["--set", "evaluate.gpus=false", "--set", "evaluate.num_actors=1"]  # jobs in order: dm first
     assert run_cli("evaluate", str(run), *one_actor) == 3
     out = capsys.readouterr().out
-    assert "evaluation failed" in out and "injected fault in eval-random" in out
-    partial = [r for f in (run / "eval" / "partial").rglob("*.parquet") for r in pq.read_table(f).to_pylist()]
+    assert "evaluate: 1 failed" in out and "injected fault in eval-random" in out
+    partial = [r for f in (run / "eval" / "scores").rglob("*.parquet") for r in pq.read_table(f).to_pylist()]
     assert partial and not any(r["method"] == "random" for r in partial)
     assert not (run / "eval" / "results.parquet").exists()
     assert run_cli("status", str(run), "--json") == 0  # every shard is committed
-    assert json.loads(capsys.readouterr().out)["evaluation"] == {"state": "unfinished", "networks_scored": len(partial)}
+    assert json.loads(capsys.readouterr().out)["evaluation"] == {"state": "unfinished", "scored": len(partial),
+                                                                 "planned": 6}
 
     monkeypatch.delenv("DMCONDENSE_FAULTS")
     assert run_cli("evaluate", str(run)) == 0
     assert f"{len(partial)} of 6 networks were scored by an earlier attempt" in capsys.readouterr().out
     assert run_cli("status", str(run), "--json") == 0
-    assert json.loads(capsys.readouterr().out)["evaluation"] == {"state": "done", "networks_scored": 6}
+    assert json.loads(capsys.readouterr().out)["evaluation"] == {"state": "done", "scored": 6, "planned": 6}
     got, want = scores(run), scores(reference_run)
     assert got.keys() == want.keys()
     assert all(got[k]["accuracy"] == want[k]["accuracy"] for k in want)
     for r in partial:  # reused, not trained again: even the timing is the first attempt's
         assert got[(r["method"], r["model"], r["seed"])]["train_seconds"] == r["train_seconds"]
-    assert not (run / "eval" / "partial").exists()
 
 
 def test_kept_checkpoints_give_an_iteration_sweep_from_one_run(local_ray, tmp_path, capsys):
@@ -281,10 +287,9 @@ def test_kept_checkpoints_give_an_iteration_sweep_from_one_run(local_ray, tmp_pa
     assert run_cli("run", CONFIG, "--out", str(long), *sets(*one_shard, "condense.iterations=40",
                                                             "condense.keep_checkpoints=true")) == 0
     assert run_cli("run", CONFIG, "--out", str(short), *sets(*one_shard, "condense.iterations=20", *NO_EVAL)) == 0
-    specs = plan_of(load_run(str(long)))
-    assert shards.snapshot_iterations(str(long), specs) == [20]  # the last iteration is the shard itself
-    x20, y20 = shards.load_snapshot(str(long), specs, 20)
-    x, y = shards.load_method(str(short), plan_of(load_run(str(short))), "dm")
+    assert snapshot_iterations(RunDir.load(str(long))) == [20]  # the last iteration is the shard itself
+    x20, y20 = read_method(RunDir.load(str(long)), "dm@20")
+    x, y = read_method(RunDir.load(str(short)), "dm")
     assert torch.equal(y20, y) and torch.equal(x20, x)  # the images as they were at iteration 20
     before = pq.read_table(long / "eval" / "results.parquet").to_pylist()
 
@@ -326,13 +331,30 @@ def test_workers_reuse_freed_memory_unless_switched_off(local_ray, reuse_memory)
     """resources.reuse_memory's allocator settings reach the shard tasks and evaluation actors and
     stop glibc from handing every activation buffer back to the kernel (a page fault per 4 KiB)."""
     from orchestrator.config import load_config
-    from orchestrator.driver import _task_options
-    from orchestrator.evaluation import actor_options
+    from orchestrator.ray_work import actor_options, task_options
 
     cfg = load_config(None, [f"resources.reuse_memory={reuse_memory}"])
-    for options in (_task_options(cfg), actor_options(cfg, use_gpu=False)):
+    for options in (task_options(cfg.resources), actor_options(cfg.resources, gpus=0)):
         env = options.get("runtime_env", {}).get("env_vars", {})
         remote = local_ray.remote(_page_faults_per_training_step).options(num_cpus=1, runtime_env={"env_vars": env})
         faults = local_ray.get(remote.remote())
         # one step's buffers are ~190 MiB: about 49,000 faults when they are mapped afresh
         assert (faults < 1_000) == reuse_memory, faults
+
+
+def test_evaluate_with_a_new_baseline_selects_it_per_shard_and_trains_only_its_networks(reference_run, tmp_path, capsys):
+    run = tmp_path / "k-center"
+    shutil.copytree(reference_run, run)
+    before = scores(run)
+    assert run_cli("evaluate", str(run), "--set", "evaluate.baselines=[k_center]") == 0
+    assert "2 of 4 networks were scored by an earlier attempt; training the other 2" in capsys.readouterr().out
+    handle = RunDir.load(str(run))
+    for spec in handle.shards:  # selected per shard and committed like a shard
+        selection = selection_state(handle, spec, "k_center")
+        assert selection.state == "committed" and selection.manifest.classes == list(spec.class_ids)
+    got = scores(run)
+    assert {k[0] for k in got} == {"dm", "k_center"}
+    for key, row in got.items():
+        if key[0] == "dm":  # reused, not trained again
+            assert row["train_seconds"] == before[key]["train_seconds"]
+    assert handle.config.evaluate.baselines == ["k_center"]  # the record keeps what was asked

@@ -93,44 +93,51 @@ def test_compile_auto_pays_off_only_on_long_runs(monkeypatch):
         load_config(None, ["condense.compile=sometimes"])
 
 
+def _sets(methods: list[str]) -> list:
+    from orchestrator.stages.training_sets import TrainingSet
+
+    return [TrainingSet(m, f"key-{m}") for m in methods]
+
+
 @pytest.mark.parametrize("models,methods,actors", [(3, 3, 2), (20, 3, 4), (5, 1, 8)])
 def test_evaluation_jobs_cover_every_seed_once_and_keep_actors_busy(models, methods, actors):
-    from orchestrator.evaluation import make_jobs
+    from orchestrator.stages.evaluate import make_jobs
 
     baselines = ["random", "herding"][: methods - 1]
     cfg = load_config(None, [f"evaluate.num_models={models}", f"evaluate.baselines={baselines}"])
-    jobs = make_jobs(cfg, n_actors=actors)
+    jobs = make_jobs(cfg, _sets(["dm", *baselines]), n_actors=actors)
     per_method: dict[str, list[int]] = {}
     for job in jobs:
-        per_method.setdefault(job["method"], []).extend(job["seeds"])
+        per_method.setdefault(job.data.method, []).extend(job.seeds)
     assert sorted(per_method) == sorted(["dm", *baselines])
     seeds = per_method["dm"]
     assert len(seeds) == len(set(seeds)) == models
     assert all(sorted(v) == sorted(seeds) for v in per_method.values())  # paired across methods
     # the largest job is a small share of the work: no actor waits on one long straggler
-    assert max(len(j["seeds"]) for j in jobs) <= max(1, models * methods // (2 * actors))
+    assert max(len(j.seeds) for j in jobs) <= max(1, models * methods // (2 * actors))
 
 
 def test_evaluation_jobs_leave_out_the_networks_already_scored():
-    from orchestrator.evaluation import make_jobs, planned_networks
+    from orchestrator.stages.evaluate import make_jobs, planned_networks
 
     cfg = load_config(None, ["evaluate.num_models=4", "evaluate.baselines=[random]"])
-    every = {(j["method"], j["model"], s) for j in make_jobs(cfg, n_actors=2) for s in j["seeds"]}
-    assert every == planned_networks(cfg) and len(every) == 8
+    sets = _sets(["dm", "random"])
+    every = {(j.data.method, j.model, s) for j in make_jobs(cfg, sets, n_actors=2) for s in j.seeds}
+    assert every == planned_networks(cfg, ["dm", "random"]) and len(every) == 8
     done = set(sorted(every)[:3])
-    left = {(j["method"], j["model"], s) for j in make_jobs(cfg, n_actors=2, done=done) for s in j["seeds"]}
+    left = {(j.data.method, j.model, s) for j in make_jobs(cfg, sets, n_actors=2, done=done) for s in j.seeds}
     assert left == every - done
 
 
-def test_partial_scores_are_kept_apart_by_the_settings_that_shape_a_score():
-    from orchestrator.eval_scores import partial_dir
+def test_scores_are_kept_apart_by_the_settings_that_shape_a_score():
+    from orchestrator.stages.eval_scores import settings_key
 
-    base = partial_dir("runs/r", load_config(None, []))
+    base = settings_key(load_config(None, []))
     # how the work is spread does not change a score; how a network is trained does
-    assert partial_dir("runs/r", load_config(None, ["evaluate.num_actors=1", "evaluate.num_models=3"])) == base
+    assert settings_key(load_config(None, ["evaluate.num_actors=1", "evaluate.num_models=3"])) == base
     for changed in ("evaluate.epochs=7", "evaluate.lr=0.1", "evaluate.batch=64", "evaluate.vectorized=true",
                     "condense.dsa_strategy=color_crop"):
-        assert partial_dir("runs/r", load_config(None, [changed])) != base, changed
+        assert settings_key(load_config(None, [changed])) != base, changed
 
 
 @pytest.mark.parametrize("resources,num_actors,expected", [
@@ -141,7 +148,7 @@ def test_partial_scores_are_kept_apart_by_the_settings_that_shape_a_score():
     ({"CPU": 2}, 6, (2, False)),
 ])
 def test_evaluation_pool_never_exceeds_what_the_cluster_hosts(resources, num_actors, expected):
-    from orchestrator.evaluation import pool_capacity
+    from orchestrator.stages.evaluate import pool_capacity
 
     sets = [f"evaluate.num_actors={num_actors}"] if num_actors else []
     assert pool_capacity(load_config(None, sets), resources) == expected

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from orchestrator import storage
-from orchestrator.prepare import PLAN, PrepareFailed, prepare_command, run_prepare
+from orchestrator.stages.prepare import PLAN, PrepareFailed, prepare
+from orchestrator.cli import main
 from workers.data import DatasetError, open_dataset
 from workers.data.prepared import META, commit_record, train_file
 
@@ -46,7 +47,7 @@ def _range_files(first: int, last: int) -> list[str]:
 def test_ray_prepare_reads_class_alone(tmp_path):
     root = make_image_folder(tmp_path / "src", spec=SPEC, corrupt=("c", "zz_corrupt.jpg"))
     out = str(tmp_path / "out")
-    meta = run_prepare("imagefolder", root, out, resolution=RES, classes_per_task=2)
+    meta = prepare("imagefolder", root, out, resolution=RES, classes_per_task=2)
     assert [f["file"] for f in meta["train_files"]] == [train_file(0, 1), train_file(2, 3)]
     assert [os.path.basename(s["path"]) for s in meta["skipped"]] == ["zz_corrupt.jpg"]
     reader = open_dataset("prepared", out)
@@ -61,7 +62,7 @@ def test_failed_range_resumes_without_rewriting_committed_ones(tmp_path):
     root = make_image_folder(tmp_path / "src", spec=SPEC, corrupt=("b", "broken.png"))
     out = str(tmp_path / "out")
     with pytest.raises(PrepareFailed, match="broken.png") as err:
-        run_prepare("imagefolder", root, out, resolution=RES, strict=True, classes_per_task=1)
+        prepare("imagefolder", root, out, resolution=RES, strict=True, classes_per_task=1)
     assert "1 of 5 prepare tasks failed" in str(err.value)
     assert not storage.exists(storage.join(out, META))
     assert not storage.exists(storage.join(out, train_file(1, 1)))
@@ -69,7 +70,7 @@ def test_failed_range_resumes_without_rewriting_committed_ones(tmp_path):
     before = _snapshot(out, kept)
 
     os.remove(os.path.join(root, "train", "b", "broken.png"))  # the fix
-    meta = run_prepare("imagefolder", root, out, strict=True)  # resolution and range size come from the plan
+    meta = prepare("imagefolder", root, out, strict=True)  # resolution and range size come from the plan
     assert _snapshot(out, kept) == before  # same mtime_ns and bytes: not rewritten
     assert meta["train_counts"] == [2, 1, 2, 2] and meta["skipped"] == []
     assert open_dataset("prepared", out).read_train([1]).labels.tolist() == [1]
@@ -78,7 +79,7 @@ def test_failed_range_resumes_without_rewriting_committed_ones(tmp_path):
 def test_resume_redoes_only_invalid_ranges(tmp_path):
     root = make_image_folder(tmp_path / "src", spec=SPEC, corrupt=None)
     out = str(tmp_path / "out")
-    first = run_prepare("imagefolder", root, out, resolution=RES, classes_per_task=1)
+    first = prepare("imagefolder", root, out, resolution=RES, classes_per_task=1)
     # Damage: range 0 lost its commit record (killed between the two writes), range 2's
     # file is truncated, and a killed writer left a temporary behind.
     storage.remove(storage.join(out, commit_record(train_file(0, 0))))
@@ -88,7 +89,7 @@ def test_resume_redoes_only_invalid_ranges(tmp_path):
     storage.write_bytes_atomic(leftover, b"junk")
     untouched = [f for k in (1, 3) for f in _range_files(k, k)]
     before = _snapshot(out, untouched)
-    second = run_prepare("imagefolder", root, out, resolution=RES)
+    second = prepare("imagefolder", root, out, resolution=RES)
     assert _snapshot(out, untouched) == before
     assert second["train_files"] == first["train_files"]  # redone ranges have identical bytes
     assert second["mean"] == first["mean"] and second["std"] == first["std"]
@@ -97,18 +98,18 @@ def test_resume_redoes_only_invalid_ranges(tmp_path):
 def test_other_settings_in_the_same_out_are_refused(tmp_path):
     root = make_image_folder(tmp_path / "src", spec=SPEC, corrupt=None)
     out = str(tmp_path / "out")
-    run_prepare("imagefolder", root, out, resolution=RES, classes_per_task=2)
+    prepare("imagefolder", root, out, resolution=RES, classes_per_task=2)
     with pytest.raises(DatasetError, match="resolution"):
-        run_prepare("imagefolder", root, out, resolution=RES * 2)
+        prepare("imagefolder", root, out, resolution=RES * 2)
     assert storage.read_json(storage.join(out, PLAN))["resolution"] == RES
 
 
 def test_prepare_command_exit_codes(tmp_path, capsys):
     root = make_image_folder(tmp_path / "src", spec=SPEC, corrupt=("d", "bad.jpg"))
     out = str(tmp_path / "out")
-    args = dict(source="imagefolder", root=root, out=out, resolution=RES, address=None, download=False)
-    assert prepare_command(**args, strict=True, classes_per_task=2) == 1
-    assert prepare_command(**{**args, "root": str(tmp_path / "nowhere")}, strict=False) == 2
-    assert "expected" in capsys.readouterr().err
-    assert prepare_command(**args, strict=False) == 0
+    args = ["prepare", "imagefolder", "--out", out, "--resolution", str(RES)]
+    assert main([*args, "--root", root, "--strict", "--classes-per-task", "2"]) == 1
+    assert main([*args, "--root", str(tmp_path / "nowhere")]) == 2
+    assert "expected" in capsys.readouterr().out
+    assert main([*args, "--root", root]) == 0
     assert "bad.jpg" in storage.read_json(storage.join(out, META))["skipped"][0]["path"]

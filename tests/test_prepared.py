@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from orchestrator import storage
-from orchestrator.prepare import PrepareFailed, run_prepare
+from orchestrator.stages.prepare import PrepareFailed, prepare
 from tests.conftest import moto_s3
 from workers.data import DatasetError, PreparedReader, open_dataset
 from workers.data import sources as sources_mod
@@ -46,7 +46,7 @@ def folder(tmp_path_factory):
 def prepared_folder(folder, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("out") / "prepared")
     with pytest.warns(UserWarning, match="zz_corrupt"):
-        run_prepare("imagefolder", folder, out, resolution=RES, classes_per_task=2, **QUIET)
+        prepare("imagefolder", folder, out, resolution=RES, classes_per_task=2, **QUIET)
     return out
 
 
@@ -98,14 +98,14 @@ def test_schema_and_row_groups(prepared_folder):
 def test_strict_prepare_fails_naming_the_file(folder, tmp_path):
     out = str(tmp_path / "strict")
     with pytest.raises(PrepareFailed, match="zz_corrupt.jpg"):
-        run_prepare("imagefolder", folder, out, resolution=RES, strict=True, classes_per_task=2, **QUIET)
+        prepare("imagefolder", folder, out, resolution=RES, strict=True, classes_per_task=2, **QUIET)
     assert not os.path.exists(os.path.join(out, META))  # incomplete: no meta.json
 
 
 @pytest.fixture(scope="module")
 def prepared_digits(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("digits") / "prepared")
-    run_prepare("digits", None, out, classes_per_task=3, **QUIET)
+    prepare("digits", None, out, classes_per_task=3, **QUIET)
     return out
 
 
@@ -198,7 +198,7 @@ def imagenet_like(tmp_path_factory, request):
     source = ArraySource("synthetic", [f"c{i}" for i in range(100)], (images, labels), test)
     mp.setitem(sources_mod.SOURCES, "synthetic", lambda root, resolution, download: source)
     out = str(tmp_path_factory.mktemp("inet") / "prepared")
-    run_prepare("synthetic", None, out, classes_per_task=10, **QUIET)
+    prepare("synthetic", None, out, classes_per_task=10, **QUIET)
     return out, images, labels
 
 
@@ -235,7 +235,7 @@ def s3_out():
 
 
 def test_prepare_to_and_read_from_s3(s3_out):
-    meta = run_prepare("digits", None, s3_out, classes_per_task=4, **QUIET)
+    meta = prepare("digits", None, s3_out, classes_per_task=4, **QUIET)
     assert storage.list_names(storage.join(s3_out, "train"))[:2] == [
         "classes-00000-00003.parquet", "classes-00004-00007.parquet"
     ]  # fmt: skip

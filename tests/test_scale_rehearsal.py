@@ -7,7 +7,7 @@ import json
 import pytest
 
 from benchmarks import scale_rehearsal as rehearsal
-from orchestrator.driver import load_run
+from orchestrator.run_dir import RunDir
 
 pytestmark = pytest.mark.ray
 
@@ -33,7 +33,7 @@ def test_killed_shards_are_retried_and_every_class_is_committed_once(rehearsed):
 
 
 def _kills(run) -> dict[str, str]:
-    ids = [s["shard_id"] for s in load_run(str(run))["plan"]["shards"]]
+    ids = [s.shard_id for s in RunDir.load(str(run)).shards]
     return rehearsal.plan_kills(ids, 0.15, 0)
 
 
@@ -43,7 +43,7 @@ def test_the_check_catches_a_double_commit(rehearsed):
     extra.write_bytes(b"")
     try:
         with pytest.raises(rehearsal.RehearsalError, match="shard-00004 was committed 2 times"):
-            rehearsal.check_exactly_once(str(run), load_run(str(run)), _kills(run))
+            rehearsal.check_exactly_once(RunDir.load(str(run)), _kills(run))
     finally:
         extra.unlink()
 
@@ -55,7 +55,7 @@ def test_the_check_catches_a_lost_shard(rehearsed):
     manifest.unlink()
     try:
         with pytest.raises(rehearsal.RehearsalError, match="shard-00007 is pending"):
-            rehearsal.check_exactly_once(str(run), load_run(str(run)), _kills(run))
+            rehearsal.check_exactly_once(RunDir.load(str(run)), _kills(run))
     finally:
         manifest.write_bytes(saved)
-    assert rehearsal.check_exactly_once(str(run), load_run(str(run)), _kills(run))["exactly_once"]
+    assert rehearsal.check_exactly_once(RunDir.load(str(run)), _kills(run))["exactly_once"]

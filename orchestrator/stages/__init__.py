@@ -8,6 +8,6 @@ class StageFailed(RuntimeError):
 
     def __init__(self, stage: str, failed: dict[str, str], again: str) -> None:
         self.stage, self.failed, self.again = stage, failed, again
-        lines = [f"{stage}: {len(failed)} failed; the others are committed"]
+        lines = [f"{stage}: {len(failed)} failed; everything else is committed"]
         lines += [f"  {key}: {error}" for key, error in sorted(failed.items())]
         super().__init__("\n".join(lines))

@@ -28,7 +28,7 @@ from orchestrator.stages.baselines import baseline_identity
 from orchestrator.stages.eval_scores import (
     Score, result_order, settings_key, stored_scores, write_job_scores, write_results,
 )
-from orchestrator.stages.training_sets import TrainingSet, load, training_set
+from orchestrator.stages.training_sets import TrainingSet, load, snapshot_iteration, training_set
 from orchestrator.stages.worker_setup import open_reader
 from workers.devices import compute_device
 from workers.seeding import derive_seed
@@ -55,6 +55,11 @@ class Job:
 
 def asked_methods(cfg: RunConfig) -> list[str]:
     return ["dm", *cfg.evaluate.baselines]
+
+
+def data_keys(run: RunDir) -> dict[str, str]:
+    """The identity of the current data of every method the config asks for (no file read)."""
+    return {"dm": run.record.config_hash, **{m: baseline_identity(run, m) for m in run.config.evaluate.baselines}}
 
 
 def model_seeds(cfg: RunConfig, model: str) -> list[int]:
@@ -100,10 +105,9 @@ def evaluate(run: RunDir, console: Console, methods: list[str] | None = None) ->
     and returns its rows. Raises StageFailed naming failed jobs (the others' scores are kept)."""
     cfg = run.config
     sets = [training_set(run, m) for m in (methods or asked_methods(cfg))]
-    key = settings_key(cfg)
-    scored = stored_scores(run, key, {ts.method: ts.data_key for ts in sets})
+    key, keys = settings_key(cfg), {**data_keys(run), **{ts.method: ts.data_key for ts in sets}}
     planned = planned_networks(cfg, [ts.method for ts in sets])
-    done = {s.network for s in scored} & planned
+    done = {s.network for s in stored_scores(run, key, keys)} & planned
     capacity, use_gpu = pool_capacity(cfg, ray_work.cluster_resources())
     jobs = make_jobs(cfg, sets, capacity, done)
     if done and jobs:
@@ -120,9 +124,18 @@ def evaluate(run: RunDir, console: Console, methods: list[str] | None = None) ->
             console=console, done_units=len(done))
         if outcome.failed:
             raise StageFailed(STAGE, outcome.failed, again=f"dmcondense evaluate {run.uri}")
-    everything = sorted(stored_scores(run, key, {ts.method: ts.data_key for ts in sets}), key=result_order)
-    write_results(run, everything)  # with what earlier attempts scored under these settings
-    return everything
+    results = sorted(_asked(cfg, stored_scores(run, key, keys)), key=result_order)
+    write_results(run, results)
+    return results
+
+
+def _asked(cfg: RunConfig, scores: list[Score]) -> list[Score]:
+    """The scores the config asks for, and those of every kept checkpoint scored under the same
+    settings (an iteration sweep stays in the results); the others stay in the score store."""
+    methods = set(asked_methods(cfg))
+    networks = {(model, s) for model in cfg.evaluate.models for s in model_seeds(cfg, model)}
+    return [s for s in scores if (s.model, s.seed) in networks
+            and (s.method in methods or snapshot_iteration(s.method) is not None)]
 
 
 @dataclass(frozen=True)
@@ -135,10 +148,10 @@ class EvaluationState:
 def evaluation_state(run: RunDir) -> EvaluationState:
     """What the run directory holds of the evaluation its config asks for (no file read but scores)."""
     cfg = run.config
-    methods = asked_methods(cfg)
-    keys = {"dm": run.record.config_hash, **{m: baseline_identity(run, m) for m in cfg.evaluate.baselines}}
-    planned = planned_networks(cfg, methods)
-    scored = len({s.network for s in stored_scores(run, settings_key(cfg), keys)} & planned)
+    planned = planned_networks(cfg, asked_methods(cfg))
+    scored = len({s.network for s in stored_scores(run, settings_key(cfg), data_keys(run))} & planned)
+    if not planned:
+        return EvaluationState("not asked", 0, 0)
     state = "done" if scored == len(planned) else "unfinished" if scored else "not run"
     return EvaluationState(state, scored, len(planned))
 

@@ -171,7 +171,7 @@ def prepare(
     root: str | None,
     out: str,
     *,
-    console: Console,
+    console: Console | None = None,
     resolution: int | None = None,
     strict: bool = False,
     classes_per_task: int | None = None,
@@ -187,6 +187,7 @@ def prepare(
     """
     if not out:
         raise DatasetError("--out: give the prepared dataset's location (a path or a URI)")
+    console = console or Console(stderr=True)
     existing = _existing_plan(out)  # a re-run without options resumes with the first run's settings
     resolution = resolution or existing.get("resolution")
     src = open_source(source, root, resolution=resolution, download=download)
