@@ -35,7 +35,9 @@ def ray_session(
         where = f"Ray cluster at {address}"
     else:
         # address="local" always starts a fresh instance; a bare init() would join
-        # whatever cluster Ray's temp dir last recorded, even a dead one.
+        # whatever cluster Ray's temp dir last recorded, even a dead one. Token auth is
+        # Ray's default; saying so explicitly keeps it on without a warning per run.
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
         ray.init(
             address="local",
             _node_ip_address=LOOPBACK,

@@ -183,6 +183,15 @@ def run_on_actors(cls: type, init_args: tuple, method: str, work: Sequence[Work]
             _kill(actor)
 
 
+def call(fn: Callable[..., Any], *args: Any, options: dict[str, Any]) -> Any:
+    """``fn(*args)`` as one task placed with ``options``, waited for: a probe of what a unit of
+    work will find where Ray places it."""
+    try:
+        return ray.get(ray.remote(fn).options(**options).remote(*args))
+    except RayError as exc:
+        raise RunError(short_error(exc)) from None
+
+
 def compute_shared(fn: Callable[..., Any], *args: Any, options: dict[str, Any]) -> Any:
     """``fn(*args)`` as one task whose result stays in the object store: a reference to hand
     to many actors (each node keeps one copy), the driver never holding the bytes."""
@@ -201,6 +210,8 @@ def _probe(value: Any) -> None:
 
 def _stream(work: Sequence[Work], submit: Callable[[Work], Any], release: Callable[[Any, bool], None],
             limit: int, board: Any, display: ProgressDisplay) -> Outcome:
+    if len({w.key for w in work}) != len(work):
+        raise ValueError(f"work keys must be unique: {[w.key for w in work]}")
     queue = deque(work)
     running: dict[Any, Work] = {}
     outcome = Outcome()

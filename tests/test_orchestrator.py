@@ -358,3 +358,12 @@ def test_evaluate_with_a_new_baseline_selects_it_per_shard_and_trains_only_its_n
         if key[0] == "dm":  # reused, not trained again
             assert row["train_seconds"] == before[key]["train_seconds"]
     assert handle.config.evaluate.baselines == ["k_center"]  # the record keeps what was asked
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine where CUDA is unusable")
+def test_fake_gpus_without_saying_so_fail_before_any_shard_starts(tmp_path, capsys, local_ray):
+    run = tmp_path / "fake-gpus"
+    assert run_cli("run", CONFIG, "--out", str(run), *sets("resources.device=auto", *NO_EVAL)) == 2
+    out = capsys.readouterr().out
+    assert "CUDA is unusable on" in out and "resources.gpus_per_shard=0" in out
+    assert not (run / "shards").exists() and not (run / "checkpoints").exists()

@@ -152,3 +152,12 @@ def test_evaluation_pool_never_exceeds_what_the_cluster_hosts(resources, num_act
 
     sets = [f"evaluate.num_actors={num_actors}"] if num_actors else []
     assert pool_capacity(load_config(None, sets), resources) == expected
+
+
+def test_evaluation_job_labels_are_unique_and_name_their_networks():
+    from orchestrator.stages.evaluate import make_jobs
+
+    cfg = load_config(None, ["evaluate.num_models=5", "evaluate.baselines=[random]"])
+    labels = [j.label for j in make_jobs(cfg, _sets(["dm", "random"]), n_actors=2)]
+    assert len(labels) == len(set(labels)) > 2
+    assert "dm / ConvNet, networks 1-2" in labels

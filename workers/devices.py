@@ -42,6 +42,11 @@ def compute_device(policy: str, reserved_gpu: bool) -> torch.device:
     return torch.device("cuda")
 
 
+def cuda_problem_here() -> tuple[str, str]:
+    """(this host's name, why CUDA cannot run here or '')."""
+    return socket.gethostname(), cuda_problem()
+
+
 def cuda_problem() -> str:
     """Why CUDA cannot run here ('' when it can)."""
     if torch.version.cuda is None:

@@ -22,7 +22,7 @@ from orchestrator.commits import FileEntry, UnitState
 from orchestrator.plan import ShardSpec
 from orchestrator.run_dir import RunDir
 from orchestrator.stages import StageFailed
-from orchestrator.stages.worker_setup import open_reader, shard_worker
+from orchestrator.stages.worker_setup import check_gpus_usable, open_reader, shard_worker
 from workers.coreset import embed_features, select_coreset
 from workers.data import normalize
 from workers.data.tensor_table import tensor_table, to_parquet_bytes
@@ -74,6 +74,7 @@ def baselines(run: RunDir, methods: list[str], console: Console) -> None:
         return
     resources = run.config.resources
     ray_work.check_fits(resources.cpus_per_shard, resources.gpus_per_shard, "a baseline selection")
+    check_gpus_usable(run, resources.gpus_per_shard, "baseline selections (resources.gpus_per_shard)")
     outcome = ray_work.run_tasks(select_baselines, work, shared=(run,), options=ray_work.task_options(resources),
                                  label=STAGE, unit="shards", console=console,
                                  limit=resources.max_concurrent_shards)

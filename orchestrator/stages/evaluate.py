@@ -29,7 +29,7 @@ from orchestrator.stages.eval_scores import (
     Score, result_order, settings_key, stored_scores, write_job_scores, write_results,
 )
 from orchestrator.stages.training_sets import TrainingSet, load, snapshot_iteration, training_set
-from orchestrator.stages.worker_setup import open_reader
+from orchestrator.stages.worker_setup import check_gpus_usable, open_reader
 from workers.devices import compute_device
 from workers.seeding import derive_seed
 from workers.train_eval import TrainSettings, train_and_score_many
@@ -47,10 +47,11 @@ class Job:
     model: str
     seeds: tuple[int, ...]
     settings: str
+    first: int  # the position of its first seed among the model's seeds: labels stay unique
 
     @property
     def label(self) -> str:
-        return f"{self.data.method} / {self.model}, {len(self.seeds)} network(s)"
+        return f"{self.data.method} / {self.model}, networks {self.first + 1}-{self.first + len(self.seeds)}"
 
 
 def asked_methods(cfg: RunConfig) -> list[str]:
@@ -83,8 +84,10 @@ def make_jobs(cfg: RunConfig, sets: list[TrainingSet], n_actors: int, done: set[
     for model in e.models:
         seeds = model_seeds(cfg, model)
         for ts in sets:
-            todo = [s for s in seeds if (ts.method, model, s) not in done]
-            jobs += [Job(ts, model, tuple(todo[i : i + chunk]), key) for i in range(0, len(todo), chunk)]
+            todo = [(i, s) for i, s in enumerate(seeds) if (ts.method, model, s) not in done]
+            for start in range(0, len(todo), chunk):
+                part = todo[start : start + chunk]
+                jobs.append(Job(ts, model, tuple(s for _, s in part), key, first=part[0][0]))
     return jobs
 
 
@@ -116,6 +119,7 @@ def evaluate(run: RunDir, console: Console, methods: list[str] | None = None) ->
     if jobs:
         test = ray_work.compute_shared(read_test_split, run, options={"num_cpus": 1})
         gpus = 1.0 / cfg.evaluate.actors_per_gpu if use_gpu else 0.0
+        check_gpus_usable(run, gpus, "evaluation actors (evaluate.gpus)")
         # The test split goes with every call, not to the constructor: Ray maps it from the node's
         # object store each time (no copy), and a restarted actor never needs it again.
         outcome = ray_work.run_on_actors(
