@@ -9,10 +9,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-from torch import nn
 
-from workers.networks import build_network
+from workers.network_costs import layer_costs
 
 
 @dataclass(frozen=True)
@@ -46,24 +44,8 @@ OVERHEAD_MS = 2.0  # per iteration and GPU: ~200 kernel launches, a few host syn
 
 def embed_cost(model: str, shape: tuple[int, int, int]) -> tuple[int, int]:
     """(multiply-adds, activation elements read + written) of one image through ``embed``."""
-    net = build_network(model, shape[0], 10, shape[1:])
-    macs, elems = 0, 0
-
-    def hook(m: nn.Module, inputs: tuple, out: torch.Tensor) -> None:
-        nonlocal macs, elems
-        elems += inputs[0].numel() + out.numel()
-        if isinstance(m, nn.Conv2d):
-            macs += out.numel() * m.in_channels // m.groups * math.prod(m.kernel_size)
-        elif isinstance(m, nn.Linear):
-            macs += out.numel() * m.in_features
-
-    leaves = [m for m in net.modules() if not list(m.children()) and m is not getattr(net, "classifier", None)]
-    handles = [m.register_forward_hook(hook) for m in leaves]
-    with torch.no_grad():
-        net.embed(torch.zeros(1, *shape))
-    for h in handles:
-        h.remove()
-    return macs, elems
+    costs = layer_costs(model, shape)
+    return sum(c.macs for c in costs), sum(c.in_elements + c.out_elements for c in costs)
 
 
 def iteration_flops(model: str, shape: tuple[int, int, int], classes: int, ipc: int, batch_real: int) -> int:

@@ -43,7 +43,7 @@ class ReferenceDM(DMCondenser):
         reals, syns = [], []
         for c in range(bank.num_classes):
             one = draw.params.rows(slice(c, c + 1))
-            index = draw.batch.index[draw.batch.groups == c]
+            index = draw.batch.index[draw.batch.targets == c]  # the padding rows of a small class count nowhere
             zeros = torch.zeros(len(index), dtype=torch.long, device=self.device)
             reals.append(apply_dsa(self._normalize(bank.images[index]), zeros, one))
             syn = self.syn[c * s.ipc : (c + 1) * s.ipc]

@@ -163,7 +163,8 @@ def make_run(uri: str, classes: int, classes_per_shard: int, cpus_per_shard: flo
 
     cfg = load_config(REPO / "configs" / "imagenet1k-ipc10.yaml", [
         f"plan.classes_per_shard={classes_per_shard}", f"resources.cpus_per_shard={cpus_per_shard}",
-        "resources.gpus_per_shard=1", f"resources.max_retries={max_retries}", f"seed={seed}", f"output={uri}"])
+        "resources.gpus_per_shard=1", "resources.device=cpu",  # fake GPUs, said so: the stand-in computes nothing
+        f"resources.max_retries={max_retries}", f"seed={seed}", f"output={uri}"])
     info = DatasetInfo("imagenet", [f"class-{c}" for c in range(classes)], 3, (64, 64), (0.5,) * 3, (0.25,) * 3,
                        (1300,) * classes, (50,) * classes)
     return RunDir(uri, RunRecord.build(cfg, make_plan(range(classes), classes_per_shard, cfg.seed), info))

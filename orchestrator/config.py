@@ -72,14 +72,15 @@ class CondenseConfig(_Strict):
     keep_checkpoints: bool = Field(
         default=False, description="also keep the images of every checkpoint under RUN/snapshots/ "
         "(an iteration sweep from one run: dmcondense evaluate RUN --snapshots)")
-    embed_chunk: int = Field(default=32, ge=0, description="real images per CPU forward chunk; 0 = one pass (GPU)")
-    bf16: bool = False
-    tf32: bool = True
+    embed_chunk: int | None = Field(default=None, ge=0, description="real images per forward chunk; 0 = one pass; "
+                                     "null: 32 on the CPU (cache-sized), one pass on a GPU")
+    bf16: bool = Field(default=False, description="autocast convolutions to bfloat16 in the DM loop")
     channels_last: bool = True
     compile: bool | Literal["auto"] = Field(
         default="auto", description=f"auto: on from {COMPILE_FROM_ITERATIONS} iterations (where the one-off "
         "compilation, tens of seconds, is paid back) when a C++ compiler is on PATH")
-    loss_every: int = Field(default=1, gt=0)
+    loss_every: int | None = Field(default=None, gt=0, description="read the loss back every N iterations; "
+                                   "null: every iteration on the CPU, every 20 on a GPU (a read waits for the device)")
 
     @field_validator("model")
     @classmethod
@@ -97,6 +98,15 @@ class CondenseConfig(_Strict):
         if self.lr_img is not None:
             return self.lr_img
         return 10.0 if self.ipc > 50 else 1.0
+
+
+class PrecisionConfig(_Strict):
+    """One rule for condensation and evaluation alike (workers.devices.Precision)."""
+
+    tf32: bool = Field(default=True, description="on CUDA, TF32 tensor cores for fp32 matmuls and convolutions")
+    deterministic: bool = Field(
+        default=False, description="on CUDA, deterministic algorithms only: a resumed shard gives the bytes of an "
+        "uninterrupted one there too, at a cost (docs/benchmarks.md); the CPU is deterministic anyway")
 
 
 class PlanConfig(_Strict):
@@ -174,6 +184,7 @@ class RunConfig(_Strict):
     seed: int = 0
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
     condense: CondenseConfig = Field(default_factory=CondenseConfig)
+    precision: PrecisionConfig = Field(default_factory=PrecisionConfig)
     plan: PlanConfig = Field(default_factory=PlanConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)

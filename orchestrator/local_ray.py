@@ -36,8 +36,8 @@ def ray_session(
     else:
         # address="local" always starts a fresh instance; a bare init() would join
         # whatever cluster Ray's temp dir last recorded, even a dead one. Token auth is
-        # Ray's default; saying so explicitly keeps it on without a warning per run.
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
+        # Ray's default and stays on; its notice is not news on every run.
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         ray.init(
             address="local",
             _node_ip_address=LOOPBACK,

@@ -11,7 +11,7 @@ from orchestrator.run_dir import RunDir, RunError
 from orchestrator.run_record import RunRecord
 from orchestrator.stages.baselines import baselines
 from orchestrator.stages.condense import condense
-from orchestrator.stages.evaluate import evaluate
+from orchestrator.stages.evaluate import actor_memory, evaluate
 from orchestrator.stages.report import TableRow, report
 from workers.data import open_dataset
 
@@ -84,6 +84,12 @@ def describe_plan(run: RunDir, console: Console) -> None:
                   f"retries: {r.max_retries} on worker death{' or exceptions' if r.retry_exceptions else ''}")
     console.print(f"estimated work: {work['real_images_embedded']:,} real images embedded, "
                   f"{work['synthetic_forward_backward']:,} synthetic forward+backward")
+    if cfg.evaluate.num_models > 0:
+        mem = actor_memory(run)
+        console.print(f"evaluation actors: about {mem.per_actor / 2**20:,.0f} MiB each (the training set "
+                      f"{mem.training_set / 2**20:,.1f} MiB, a training step {mem.step / 2**20:,.0f} MiB, an upper "
+                      f"estimate), and the test split {mem.test_split / 2**20:,.1f} MiB once per node (object store)",
+                      highlight=False)
     for spec in run.shards[:20]:
         console.print(f"  {spec.name}  seed {spec.seed:>20}  classes {','.join(map(str, spec.class_ids))}")
     if len(run.shards) > 20:

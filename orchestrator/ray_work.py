@@ -22,9 +22,10 @@ from ray.exceptions import RayActorError, RayError
 from rich.console import Console
 
 from orchestrator import faults
-from orchestrator.config import ResourcesConfig
+from orchestrator.config import RunConfig
 from orchestrator.progress import ProgressDisplay
 from orchestrator.run_dir import RunError
+from workers.devices import DETERMINISTIC_ENV
 
 
 @dataclass(frozen=True)
@@ -75,8 +76,9 @@ class TaskContext:
 
 
 # ------------------------------------------------------------------ options
-def task_options(resources: ResourcesConfig) -> dict[str, Any]:
+def task_options(cfg: RunConfig) -> dict[str, Any]:
     """Ray options of a shard-sized task: its resources, Ray's retries, one per node first."""
+    resources = cfg.resources
     options: dict[str, Any] = {
         "num_cpus": resources.cpus_per_shard,
         "num_gpus": resources.gpus_per_shard,
@@ -84,21 +86,22 @@ def task_options(resources: ResourcesConfig) -> dict[str, Any]:
         "retry_exceptions": resources.retry_exceptions,
         "scheduling_strategy": "SPREAD",  # every node's GPUs get work
     }
-    return _with_env(options, resources)
+    return _with_env(options, cfg)
 
 
-def actor_options(resources: ResourcesConfig, gpus: float) -> dict[str, Any]:
+def actor_options(cfg: RunConfig, gpus: float) -> dict[str, Any]:
     """Ray options of a pool actor: a CPU, a share of a GPU, restarts on death (its call runs again)."""
-    options: dict[str, Any] = {"num_cpus": 1, "max_restarts": resources.max_retries,
-                               "max_task_retries": resources.max_retries}
+    retries = cfg.resources.max_retries
+    options: dict[str, Any] = {"num_cpus": 1, "max_restarts": retries, "max_task_retries": retries}
     if gpus > 0:
         options["num_gpus"] = gpus
-    return _with_env(options, resources)
+    return _with_env(options, cfg)
 
 
-def _with_env(options: dict[str, Any], resources: ResourcesConfig) -> dict[str, Any]:
+def _with_env(options: dict[str, Any], cfg: RunConfig) -> dict[str, Any]:
     # failure tests inject faults into the workers through the driver's environment
-    runtime_env = resources.runtime_env(**faults.worker_env())
+    extra = {**faults.worker_env(), **(DETERMINISTIC_ENV if cfg.precision.deterministic else {})}
+    runtime_env = cfg.resources.runtime_env(**extra)
     return {**options, "runtime_env": runtime_env} if runtime_env else options
 
 

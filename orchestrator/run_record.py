@@ -67,8 +67,11 @@ def upgrade(data: dict[str, Any], info: DatasetInfo) -> dict[str, Any]:
     if [round(v, 6) for v in old["mean"] + old["std"]] != [round(v, 6) for v in (*info.mean, *info.std)]:
         raise ValueError(f"the dataset at {data['config']['dataset']} is not the one this run was made from "
                          "(its mean/std differ)")
-    config = {**data["config"], "resources": dict(data["config"].get("resources", {}))}
+    config = {**data["config"], "resources": dict(data["config"].get("resources", {})),
+              "condense": dict(data["config"].get("condense", {}))}
     if "retry_exceptions" in config["resources"]:  # was a count of retries, is a switch
         config["resources"]["retry_exceptions"] = bool(config["resources"]["retry_exceptions"])
+    if "tf32" in config["condense"]:  # one precision rule for condensation and evaluation now
+        config["precision"] = {"tf32": config["condense"].pop("tf32")}
     return {"format": FORMAT, "config": config, "config_hash": data["config_hash"],
             "shards": data["plan"]["shards"], "dataset": info, "versions": data["versions"]}

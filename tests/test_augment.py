@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import math
 from dataclasses import replace
 
@@ -207,28 +209,61 @@ def test_gradients_flow_through_the_mixed_path() -> None:
 
 def test_same_seed_same_output_other_seed_different() -> None:
     x = torch.randn(16, 3, 12, 12)
-    a = augment_batch(x, DEFAULT_STRATEGY, _gen(11))
-    b = augment_batch(x, DEFAULT_STRATEGY, _gen(11))
-    c = augment_batch(x, DEFAULT_STRATEGY, _gen(12))
+    a = augment_batch(x, DEFAULT_STRATEGY, _gen(11), random.Random(1))
+    b = augment_batch(x, DEFAULT_STRATEGY, _gen(11), random.Random(1))
+    c = augment_batch(x, DEFAULT_STRATEGY, _gen(12), random.Random(1))
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
 
 
-def test_augment_batch_uses_one_op_per_call() -> None:
+@pytest.mark.parametrize("seed", range(4))
+def test_augment_batch_applies_the_one_op_drawn_on_the_host(seed: int) -> None:
     x = torch.randn(32, 1, 8, 8)
-    params = draw_params("flip_cutout", 32, _gen(4), "cpu", shared_op=True)
-    out = augment_batch(x, "flip_cutout", _gen(4))
-    if OPS[int(params.op[0])] == "flip":
+    op = ["flip", "cutout"][random.Random(seed).randrange(2)]
+    out = augment_batch(x, "flip_cutout", _gen(4), random.Random(seed))
+    if op == "flip":
         assert all(torch.equal(o, i) or torch.equal(o, i.flip(-1)) for o, i in zip(out, x))
     else:
         assert ((out == 0).flatten(1).sum(1) > 0).all()
+
+
+def test_the_static_path_gives_every_image_its_own_ops_result_exactly() -> None:
+    x = torch.randn(24, 3, 10, 10, requires_grad=True)
+    groups = torch.arange(24) % 6
+    params = draw_params(DEFAULT_STRATEGY, 6, _gen(9), "cpu")
+    sorted_path, static_path = apply_dsa(x, groups, params), apply_dsa(x, groups, params, static=True)
+    assert torch.equal(sorted_path, static_path)
+    grad_sorted, = torch.autograd.grad(sorted_path.square().sum(), x)
+    grad_static, = torch.autograd.grad(static_path.square().sum(), x)
+    assert torch.equal(grad_sorted, grad_static)
+
+
+def test_deterministic_mode_samples_by_gathers_like_grid_sample() -> None:
+    from workers.augment import bilinear_sample
+
+    x = torch.randn(5, 2, 9, 7, requires_grad=True)
+    params = draw_params("scale_rotate", 5, _gen(3), "cpu")
+    grid_sample = apply_dsa(x, torch.arange(5), params)
+    torch.use_deterministic_algorithms(True)
+    try:
+        gathered = apply_dsa(x, torch.arange(5), params)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    torch.testing.assert_close(gathered, grid_sample, rtol=0, atol=1e-5)
+    g1, = torch.autograd.grad(gathered.sum(), x)
+    g2, = torch.autograd.grad(grid_sample.sum(), x)
+    torch.testing.assert_close(g1, g2, rtol=0, atol=1e-5)
+    theta = torch.tensor([[[1.3, 0.2, 0.0], [-0.1, 0.8, 0.0]]]).repeat(5, 1, 1)  # points outside too
+    grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=True)
+    torch.testing.assert_close(bilinear_sample(x, grid),
+                               torch.nn.functional.grid_sample(x, grid, align_corners=True), rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("strategy", [DEFAULT_STRATEGY, *OPS])
 def test_shapes_preserved_for_channels_and_non_square(channels: int, strategy: str) -> None:
     x = torch.randn(10, channels, 6, 10)
-    out = augment_batch(x, strategy, _gen())
+    out = augment_batch(x, strategy, _gen(), random.Random(0))
     assert out.shape == x.shape and out.dtype == x.dtype
     params = draw_params(strategy, 3, _gen(), "cpu")
     assert apply_dsa(x, torch.arange(10) % 3, params).shape == x.shape
@@ -237,7 +272,7 @@ def test_shapes_preserved_for_channels_and_non_square(channels: int, strategy: s
 @pytest.mark.parametrize("strategy", ["none", "None", ""])
 def test_none_is_identity(strategy: str) -> None:
     x = torch.randn(4, 3, 8, 8)
-    assert torch.equal(augment_batch(x, strategy, _gen()), x)
+    assert torch.equal(augment_batch(x, strategy, _gen(), random.Random(0)), x)
     assert parse_strategy(strategy) == ()
 
 

@@ -6,6 +6,8 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
+from workers.network_costs import training_bytes_per_image
+from workers.train_eval import models_per_step
 from workers.train_eval import TrainSettings, should_vectorize, train_and_score, train_and_score_many, train_many
 
 NET = "ConvNetW32"  # the paper's ConvNet, narrower so the tests stay fast
@@ -139,12 +141,33 @@ def test_vectorised_models_are_trained_in_chunks_that_bound_memory(digits, monke
     common = dict(**DIGITS, settings=TrainSettings(epochs=1, batch=64), seeds=[1, 2, 3], device="cpu",
                   vectorized=True)
     whole = train_many(NET, train_x, train_y, **common)
-    monkeypatch.setattr(train_eval, "VMAP_MAX_IMAGES", 128)  # 2 models of 64 images per step
+    steps: list[int] = []
+    real = train_eval.train_stacked
+    monkeypatch.setattr(train_eval, "train_stacked", lambda nets, *a, **k: steps.append(len(nets)) or real(nets, *a, **k))
+    shape = (DIGITS["channels"], *DIGITS["im_size"])
+    two = 2 * 64 * training_bytes_per_image(NET, shape, DIGITS["num_classes"])  # 2 models of 64 images per step
     seen: set[int] = set()
-    chunked = train_many(NET, train_x, train_y, on_epoch=lambda m, e, lr, loss: seen.add(m), **common)
-    assert seen == {0, 1, 2}
+    chunked = train_many(NET, train_x, train_y, on_epoch=lambda m, e, lr, loss: seen.add(m), memory_budget=two,
+                         **common)
+    assert steps == [2, 1] and seen == {0, 1, 2}
     for a, b in zip(whole, chunked):
         assert _max_gap(a, b) < 1e-4
+
+
+def test_models_per_step_follow_the_architecture_the_resolution_and_the_budget():
+    share = (24 << 30) // 4  # a 24 GiB GPU shared by 4 evaluation actors
+    small = models_per_step("ConvNet", (3, 32, 32), 10, 256, share)
+    large = models_per_step("ConvNetD4", (3, 64, 64), 1000, 256, share)
+    assert small >= 4 * large >= 4
+    assert models_per_step("ConvNet", (3, 32, 32), 10, 256, share // 4) < small  # fewer with more actors per GPU
+    assert models_per_step("ResNet18", (3, 64, 64), 1000, 256, 1) == 1  # at least one, however small the budget
+
+
+def test_training_memory_per_image_counts_every_layer_by_hand():
+    # ConvNetW32 on 1x8x8 (3 blocks, padding 3 on the grey first layer: 12 -> 6 -> 3 -> 1) plus the classifier
+    block1, block2, block3 = 3 * 32 * 12 * 12 + 32 * 6 * 6, 3 * 32 * 6 * 6 + 32 * 3 * 3, 3 * 32 * 3 * 3 + 32
+    kept = 64 + block1 + block2 + block3 + 10
+    assert training_bytes_per_image("ConvNetW32", (1, 8, 8), 10) == 2 * 4 * kept
 
 
 def test_auto_path_vectorises_several_models_on_cuda_only():

@@ -12,7 +12,9 @@ masks, so gradients reach the pixels they keep).
 
 from __future__ import annotations
 
+import functools
 import math
+import random
 from dataclasses import dataclass, fields, replace
 from typing import Callable
 
@@ -98,9 +100,11 @@ def draw_params(strategy: str, n_groups: int, generator: torch.Generator,
 
     op = torch.zeros(n_groups, dtype=torch.int64, device=device)
     if ops:
-        table = torch.tensor([OPS.index(o) for o in ops], device=device)
         pick = torch.randint(len(ops), (1 if shared_op else n_groups,), generator=generator, device=device)
-        op = table[pick].expand(n_groups).contiguous()
+        if len(ops) == 1:  # no table to look up (the draw stays, so the stream does too)
+            op = torch.full((n_groups,), OPS.index(ops[0]), dtype=torch.int64, device=device)
+        else:
+            op = _op_table(ops, device)[pick].expand(n_groups).contiguous()
     lo = 1.0 / RATIO_SCALE
     return DSAParams(
         ops=ops, op=op,
@@ -109,6 +113,12 @@ def draw_params(strategy: str, n_groups: int, generator: torch.Generator,
         scale=rand(n_groups, 2) * (RATIO_SCALE - lo) + lo,
         rotate=(rand(n_groups) - 0.5) * (2 * RATIO_ROTATE / 180 * math.pi),
     )
+
+
+@functools.lru_cache(maxsize=64)
+def _op_table(ops: tuple[str, ...], device: torch.device) -> torch.Tensor:
+    """The OPS index of each op of a strategy, made once per device (no copy per draw)."""
+    return torch.tensor([OPS.index(o) for o in ops], device=device)
 
 
 # ---------------------------------------------------------------- ops (per-image params)
@@ -126,23 +136,23 @@ def _color(x: torch.Tensor, p: DSAParams) -> torch.Tensor:
     return (x - m) * (_per_image(p.contrast, x) + CONTRAST) + m
 
 
-def _uniform_int(u: torch.Tensor, high: tuple[int, int]) -> torch.Tensor:
-    """Uniforms [n, 2] -> integers in [0, high) per column (clamped against rounding up)."""
-    h = torch.tensor(high, device=u.device)
-    return torch.minimum(torch.floor(u * h).long(), h - 1)
+def _uniform_int(u: torch.Tensor, high: tuple[int, int], shift: tuple[int, int]) -> torch.Tensor:
+    """Uniforms [n, 2] -> integers in [0, high) per column (clamped against rounding up),
+    minus ``shift``; Python scalars only, so nothing is copied to the device."""
+    cols = [torch.clamp(torch.floor(u[:, i] * h).long(), max=h - 1) - d for i, (h, d) in enumerate(zip(high, shift))]
+    return torch.stack(cols, dim=1)
 
 
 def crop_translation(p: DSAParams, size: tuple[int, int]) -> torch.Tensor:
     """int64 [n, 2] translations (rows, cols) in [-s, s], s = int(side * RATIO_CROP_PAD + 0.5)."""
     s = [int(d * RATIO_CROP_PAD + 0.5) for d in size]
-    return _uniform_int(p.crop, (2 * s[0] + 1, 2 * s[1] + 1)) - torch.tensor(s, device=p.crop.device)
+    return _uniform_int(p.crop, (2 * s[0] + 1, 2 * s[1] + 1), (s[0], s[1]))
 
 
 def cutout_start(p: DSAParams, size: tuple[int, int]) -> torch.Tensor:
     """int64 [n, 2] first row/col of the cutout square (may be negative: it is clipped)."""
     cut = [int(d * RATIO_CUTOUT + 0.5) for d in size]
-    centre = _uniform_int(p.cutout, (size[0] + 1 - cut[0] % 2, size[1] + 1 - cut[1] % 2))
-    return centre - torch.tensor([c // 2 for c in cut], device=p.cutout.device)
+    return _uniform_int(p.cutout, (size[0] + 1 - cut[0] % 2, size[1] + 1 - cut[1] % 2), (cut[0] // 2, cut[1] // 2))
 
 
 def _crop(x: torch.Tensor, p: DSAParams) -> torch.Tensor:
@@ -176,7 +186,28 @@ def _affine(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, 
     zero = torch.zeros_like(a)
     theta = torch.stack([torch.stack([a, b, zero], -1), torch.stack([c, d, zero], -1)], 1)
     grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=True)
+    if torch.are_deterministic_algorithms_enabled():  # grid_sample's CUDA backward uses atomics
+        return bilinear_sample(x, grid)
     return F.grid_sample(x, grid, align_corners=True)
+
+
+def bilinear_sample(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """``F.grid_sample(x, grid, align_corners=True)`` (bilinear, zeros outside) from gathers,
+    whose backward is deterministic on CUDA under ``torch.use_deterministic_algorithms``."""
+    n, c, h, w = x.shape
+    gx = (grid[..., 0] + 1) * ((w - 1) / 2)  # [n, H, W] source columns
+    gy = (grid[..., 1] + 1) * ((h - 1) / 2)
+    x0, y0 = torch.floor(gx), torch.floor(gy)
+    flat = x.reshape(n, c, h * w)
+    out = x.new_zeros(n, c, *grid.shape[1:3])
+    for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)):
+        xs, ys = x0 + dx, y0 + dy
+        weight = (1 - (gx - xs).abs()) * (1 - (gy - ys).abs())
+        inside = (xs >= 0) & (xs <= w - 1) & (ys >= 0) & (ys <= h - 1)
+        index = (ys.clamp(0, h - 1) * w + xs.clamp(0, w - 1)).long().view(n, 1, -1).expand(n, c, -1)
+        corner = flat.gather(2, index).view_as(out)
+        out = out + corner * (weight * inside).unsqueeze(1).to(x.dtype)
+    return out
 
 
 def _scale(x: torch.Tensor, p: DSAParams) -> torch.Tensor:
@@ -209,16 +240,26 @@ def _check(x: torch.Tensor, groups: torch.Tensor, params: DSAParams) -> None:
                          "must be on one device")
 
 
-def apply_dsa(x: torch.Tensor, groups: torch.Tensor, params: DSAParams) -> torch.Tensor:
-    """Augment each image with the draw of its group (``groups``: int64 [N] into [0, G))."""
+def apply_dsa(x: torch.Tensor, groups: torch.Tensor, params: DSAParams, *, static: bool = False) -> torch.Tensor:
+    """Augment each image with the draw of its group (``groups``: int64 [N] into [0, G)).
+
+    ``static``: no host synchronisation (every op of the strategy runs on every image and
+    each image keeps its own op's result: more arithmetic, fixed shapes), for CUDA.
+    Otherwise images are sorted by op and each op runs once on its run of images, which
+    needs the run lengths on the host (one synchronisation)."""
     _check(x, groups, params)
     if not params.ops:
         return x
     p = params.rows(groups)
     if len(set(params.ops)) == 1:
         return _APPLY[params.ops[0]](x, p)
-    # Sort images by op so that each op runs once, batched, on its contiguous run.
-    counts = torch.bincount(p.op, minlength=len(OPS)).tolist()  # the one host sync
+    if static:
+        out = x
+        for name in dict.fromkeys(params.ops):
+            chosen = (p.op == OPS.index(name)).view(-1, 1, 1, 1)
+            out = torch.where(chosen, _APPLY[name](x, p), out)
+        return out
+    counts = torch.bincount(p.op, minlength=len(OPS)).tolist()
     order = torch.argsort(p.op, stable=True)
     xs, ps = x[order], p.rows(order)
     outs, start = [], 0
@@ -229,7 +270,13 @@ def apply_dsa(x: torch.Tensor, groups: torch.Tensor, params: DSAParams) -> torch
     return x.new_empty(x.shape).index_copy(0, order, torch.cat(outs))
 
 
-def augment_batch(x: torch.Tensor, strategy: str, generator: torch.Generator) -> torch.Tensor:
-    """Training-time DSA: one op per call, independent parameters per image."""
-    params = draw_params(strategy, x.shape[0], generator, x.device, shared_op=True)
-    return apply_dsa(x, torch.arange(x.shape[0], device=x.device), params)
+def augment_batch(x: torch.Tensor, strategy: str, generator: torch.Generator, op_rng: random.Random) -> torch.Tensor:
+    """Training-time DSA: one op per call, independent parameters per image. The op is
+    drawn on the host (``op_rng``), so choosing it never waits for the device; the
+    parameters come from ``generator`` on the images' device."""
+    ops = parse_strategy(strategy)
+    if not ops:
+        return x
+    op = ops[op_rng.randrange(len(ops))]
+    params = draw_params(op, x.shape[0], generator, x.device)
+    return _APPLY[op](x, params)

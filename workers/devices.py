@@ -67,17 +67,44 @@ def compiler_available() -> bool:
 
 @dataclass(frozen=True)
 class Precision:
-    """Numerics and layout switches: fp32 everywhere by default (bf16 and TF32 are opt-in),
-    NHWC activations by default (faster convolutions and pooling on CPU and GPU)."""
+    """The numerics of condensation and evaluation alike, one rule on every device:
 
-    bf16: bool = False  # autocast matmuls/convs to bfloat16
-    tf32: bool = False  # TF32 tensor cores for fp32 matmuls (CUDA only)
-    channels_last: bool = True  # NHWC memory format for convolutions
+    - fp32 arithmetic, except that on CUDA fp32 matmuls and convolutions use TF32 tensor
+      cores (``tf32``, on by default: 10-bit mantissas in the products, fp32 sums);
+    - ``bf16``: autocast of convolutions and matmuls to bfloat16 (norm, ReLU, pooling and
+      the images stay fp32);
+    - ``deterministic``: on CUDA, deterministic algorithms only (cuDNN's deterministic
+      convolutions, no atomics in index_add_ or the sampling backward), so that a resumed
+      shard gives the bytes of an uninterrupted one there too; the CPU is deterministic
+      anyway.
 
-    def apply_global(self, device: torch.device) -> None:
-        if device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = self.tf32
-            torch.backends.cudnn.allow_tf32 = self.tf32
+    The switches are process-global in torch, so ``numerics`` sets them around each step
+    and puts the previous values back: two configurations in one process never mix.
+    ``channels_last`` picks the NHWC layout (faster convolutions and pooling)."""
+
+    bf16: bool = False
+    tf32: bool = True
+    channels_last: bool = True
+    deterministic: bool = False
+
+    @contextlib.contextmanager
+    def numerics(self, device: torch.device) -> Iterator[None]:
+        if device.type != "cuda":
+            yield
+            return
+        matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+        saved = (matmul.fp32_precision, cudnn.conv.fp32_precision, cudnn.deterministic, cudnn.benchmark,
+                 torch.are_deterministic_algorithms_enabled())
+        fp32 = "tf32" if self.tf32 else "ieee"
+        matmul.fp32_precision = cudnn.conv.fp32_precision = fp32
+        if self.deterministic:
+            cudnn.deterministic, cudnn.benchmark = True, False
+            torch.use_deterministic_algorithms(True)
+        try:
+            yield
+        finally:
+            matmul.fp32_precision, cudnn.conv.fp32_precision, cudnn.deterministic, cudnn.benchmark = saved[:4]
+            torch.use_deterministic_algorithms(saved[4])
 
     @contextlib.contextmanager
     def autocast(self, device: torch.device) -> Iterator[None]:
@@ -89,3 +116,7 @@ class Precision:
 
     def memory_format(self) -> torch.memory_format:
         return torch.channels_last if self.channels_last else torch.contiguous_format
+
+
+# cuBLAS needs this in the environment before its first use to be deterministic.
+DETERMINISTIC_ENV = {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"}

@@ -29,6 +29,7 @@ from workers.seeding import derive_seed, generator
 
 # Real images normalised and augmented per call of apply_dsa (fp32 3x32x32: 12 MiB).
 _AUGMENT_BLOCK = 1024
+LOSS_EVERY_CUDA = 20
 
 
 @dataclass(frozen=True)
@@ -41,14 +42,22 @@ class DMSettings:
     init: Literal["real", "noise"] = "real"
     model: str = "ConvNet"
     dsa_strategy: str = DEFAULT_STRATEGY
-    # Real images are embedded in chunks of this many (0 = one pass). Chunks keep
-    # first-layer activations in cache on the CPU (32 images of ConvNet at 32x32:
-    # 16 MiB, inside a 32 MiB L3; 64 spill, up to 1.4x slower); results do not
-    # depend on it (instance norm is per image). BatchNorm models use one pass.
-    embed_chunk: int = 32
+    # Real images are embedded in chunks of this many (0 = one pass; None = 32 on the CPU,
+    # one pass on CUDA). Chunks keep first-layer activations in cache on the CPU (32
+    # images of ConvNet at 32x32: 16 MiB, inside a 32 MiB L3; 64 spill, up to 1.4x
+    # slower); the means do not depend on it but for float rounding (instance norm is
+    # per image). BatchNorm models use one pass.
+    embed_chunk: int | None = None
     precision: Precision = field(default_factory=Precision)
     compile: bool = False
-    loss_every: int = 1  # read the loss back to the host every N iterations
+    # Read the loss back to the host every N iterations (None: every iteration on the
+    # CPU, where it costs nothing, every LOSS_EVERY_CUDA on CUDA, where it waits for
+    # the device).
+    loss_every: int | None = None
+    # No host synchronisation inside an iteration (static shapes: augmentation applies
+    # every op of the strategy and keeps each image's own). None: on CUDA only, where a
+    # synchronisation stalls the device; the CPU's sorted path is 5x cheaper there.
+    sync_free: bool | None = None
 
     def __post_init__(self) -> None:
         if self.ipc <= 0:
@@ -59,7 +68,7 @@ class DMSettings:
             raise ValueError(f"condense.batch_real must be >= 1, got {self.batch_real}")
         if self.init not in ("real", "noise"):
             raise ValueError(f"condense.init must be 'real' or 'noise', got {self.init!r}")
-        if self.loss_every <= 0:
+        if self.loss_every is not None and self.loss_every <= 0:
             raise ValueError(f"loss_every must be >= 1, got {self.loss_every}")
 
 
@@ -73,11 +82,13 @@ class Progress:
 
 @dataclass
 class RealBatch:
-    """Indices of one iteration's real batch, with each image's class slot."""
+    """One iteration's real batch: a fixed number of rows per class (static shapes), the
+    rows beyond a class's size repeating its images and summed into a discarded slot."""
 
-    index: torch.Tensor  # int64 [M], rows of the shard's real tensor
-    groups: torch.Tensor  # int64 [M], class slot 0..K-1
-    counts: torch.Tensor  # float [K], images per class slot
+    index: torch.Tensor  # int64 [K * take], rows of the shard's real tensor, class-major
+    groups: torch.Tensor  # int64 [K * take], each row's class slot 0..K-1 (its augmentation draw)
+    targets: torch.Tensor  # int64 [K * take], the slot its embedding is summed into: K for padding
+    counts: torch.Tensor  # float [K], real images per class slot
 
 
 class ClassBank:
@@ -99,6 +110,7 @@ class ClassBank:
         empty = [self.class_ids[i] for i in range(len(counts)) if counts[i] == 0]
         if empty:
             raise ValueError(f"classes {empty} have no real images")
+        self.host_counts = counts.tolist()  # known once, on the host: no read-back per iteration
         self.counts = counts.to(device)
         self.offsets = (torch.cumsum(counts, 0) - counts).to(device)
         self.device = device
@@ -109,7 +121,7 @@ class ClassBank:
 
     def sample(self, per_class: int, gen: torch.Generator) -> RealBatch:
         """Up to ``per_class`` images of every class, without replacement, in one shot."""
-        k, max_n = self.num_classes, int(self.counts.max())
+        k, max_n = self.num_classes, max(self.host_counts)
         keys = torch.rand(k, max_n, generator=gen, device=self.device)
         col = torch.arange(max_n, device=self.device)
         keys = keys.masked_fill(col[None, :] >= self.counts[:, None], 2.0)  # padding sorts last
@@ -117,9 +129,11 @@ class ClassBank:
         order = torch.argsort(keys, dim=1)[:, :take]
         taken = torch.clamp(self.counts, max=per_class)
         valid = col[None, :take] < taken[:, None]
-        index = (self.offsets[:, None] + order)[valid]
-        groups = torch.arange(k, device=self.device)[:, None].expand(k, take)[valid]
-        return RealBatch(index=index, groups=groups, counts=taken.to(torch.float32))
+        # a class with fewer than ``take`` images repeats its first ones, summed into slot K
+        index = self.offsets[:, None] + torch.where(valid, order, order[:, :1])
+        groups = torch.arange(k, device=self.device)[:, None].expand(k, take)
+        targets = torch.where(valid, groups, k)
+        return RealBatch(index.flatten(), groups.flatten(), targets.flatten(), taken.to(torch.float32))
 
 
 @dataclass
@@ -144,6 +158,10 @@ class DMCondenser:
         self.seed = int(seed)
         self.info = info
         self.device = torch.device(device)
+        on_cpu = self.device.type == "cpu"
+        self.embed_chunk = settings.embed_chunk if settings.embed_chunk is not None else (32 if on_cpu else 0)
+        self.loss_every = settings.loss_every or (1 if on_cpu else LOSS_EVERY_CUDA)
+        self.sync_free = settings.sync_free if settings.sync_free is not None else not on_cpu
         self.bank = ClassBank(real, class_ids, self.device)
         self.mean = torch.tensor(info.mean, device=self.device).view(1, -1, 1, 1)
         self.std = torch.tensor(info.std, device=self.device).view(1, -1, 1, 1)
@@ -156,7 +174,6 @@ class DMCondenser:
         self.optimizer = torch.optim.SGD([self.syn], lr=settings.lr_img, momentum=settings.momentum)
         self.iteration = 0
         self.losses: list[tuple[int, float]] = []
-        settings.precision.apply_global(self.device)
 
     # ----------------------------------------------------------------- setup
     def _build_network(self, info: DatasetInfo) -> nn.Module:
@@ -193,19 +210,22 @@ class DMCondenser:
         # small ones), then embedded chunk by chunk with class sums accumulated per
         # chunk, so only one chunk's activations are ever alive.
         n = batch.index.shape[0]
-        chunk = n if self.batchnorm or self.settings.embed_chunk <= 0 else min(self.settings.embed_chunk, n)
+        chunk = n if self.batchnorm or self.embed_chunk <= 0 else min(self.embed_chunk, n)
         block = max(chunk, _AUGMENT_BLOCK // chunk * chunk)
+        k = batch.counts.shape[0]
         sums = None
         with torch.no_grad(), self.settings.precision.autocast(self.device):
             for first in range(0, n, block):
-                idx, groups = batch.index[first : first + block], batch.groups[first : first + block]
-                x = apply_dsa(self._normalize(self.bank.images[idx]), groups, params)
-                for start in range(0, len(idx), chunk):
+                rows = slice(first, first + block)
+                x = apply_dsa(self._normalize(self.bank.images[batch.index[rows]]), batch.groups[rows], params,
+                              static=self.sync_free)
+                targets = batch.targets[rows]
+                for start in range(0, x.shape[0], chunk):
                     emb = self._embed_fixed(x[start : start + chunk], chunk)
                     if sums is None:
-                        sums = emb.new_zeros(batch.counts.shape[0], emb.shape[1])
-                    sums.index_add_(0, groups[start : start + chunk], emb)
-        return sums / batch.counts[:, None]
+                        sums = emb.new_zeros(k + 1, emb.shape[1])  # the last slot takes the padding
+                    sums.index_add_(0, targets[start : start + chunk], emb)
+        return sums[:k] / batch.counts[:, None]
 
     def _embed_fixed(self, x: torch.Tensor, size: int) -> torch.Tensor:
         """Embeddings (fp32) of ``x``; compiled, a short last chunk is padded to ``size``
@@ -220,9 +240,9 @@ class DMCondenser:
         # count): a smaller working set (1.35x faster at 50 images per class on the CPU)
         # and one shape for a compiled embedding. BatchNorm models use one pass.
         x = self.syn.contiguous(memory_format=self.settings.precision.memory_format())
-        x = apply_dsa(x, self.syn_groups, params)
+        x = apply_dsa(x, self.syn_groups, params, static=self.sync_free)
         k, ipc = self.bank.num_classes, self.settings.ipc
-        fits = k if self.batchnorm or self.settings.embed_chunk <= 0 else max(1, self.settings.embed_chunk // ipc)
+        fits = k if self.batchnorm or self.embed_chunk <= 0 else max(1, self.embed_chunk // ipc)
         per = max(d for d in range(1, min(fits, k) + 1) if k % d == 0)
         means = []
         with self.settings.precision.autocast(self.device):
@@ -245,10 +265,11 @@ class DMCondenser:
 
     def step(self) -> torch.Tensor:
         """One DM iteration; returns the loss as a device tensor (no host sync)."""
-        loss = self.loss(self.draw())
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        with self.settings.precision.numerics(self.device):
+            loss = self.loss(self.draw())
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
         self.iteration += 1
         return loss.detach()
 
@@ -262,7 +283,7 @@ class DMCondenser:
     ) -> None:
         """Iterate up to ``until`` (default: the configured total)."""
         total = self.settings.iterations if until is None else until
-        every = self.settings.loss_every
+        every = self.loss_every
         pending: list[tuple[int, torch.Tensor]] = []
         started, start_it = time.perf_counter(), self.iteration
         while self.iteration < total:

@@ -15,7 +15,8 @@ each model the same draws, so the two paths differ only by float rounding.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import random
+from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -24,6 +25,8 @@ from torch import nn
 
 from workers.augment import DEFAULT_STRATEGY, augment_batch
 from workers.data import normalize
+from workers.devices import Precision
+from workers.network_costs import training_bytes_per_image
 from workers.networks import build_network, init_parameters_
 from workers.seeding import derive_seed, generator
 from workers.vmap_train import StackedNetworks
@@ -32,7 +35,10 @@ EpochCallback = Callable[[int, float, float], None]  # (epoch, lr, mean train lo
 ManyEpochCallback = Callable[[int, int, float, float], None]  # (model index, epoch, lr, loss)
 
 _NO_AUGMENTATION = ("", "none")
-VMAP_MAX_IMAGES = 4096  # images per vectorised step (all models): bounds activation memory
+# Memory for one vectorised training step when the caller gives no budget: on CUDA a
+# share of the device (an evaluation actor passes its own share), on the CPU a fixed cap.
+CUDA_BUDGET_FRACTION = 0.5
+CPU_BUDGET_BYTES = 8 << 30
 
 
 @dataclass
@@ -44,6 +50,7 @@ class TrainSettings:
     batch: int = 256
     dsa_strategy: str | None = DEFAULT_STRATEGY  # None, "" or "none": no augmentation
     test_batch: int = 512
+    precision: Precision = field(default_factory=Precision)  # TF32 on CUDA, deterministic mode
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch", "test_batch"):
@@ -69,13 +76,15 @@ class ModelStreams:
     """The random streams of one model, all derived from its seed."""
 
     order: torch.Generator  # CPU: batch order
-    augment: torch.Generator  # on the training device: DSA draws
+    augment: torch.Generator  # on the training device: DSA parameters
+    ops: random.Random  # host: which DSA op each batch applies (no wait for the device)
 
     @classmethod
     def for_seed(cls, seed: int, device: torch.device) -> "ModelStreams":
         return cls(
             order=generator(derive_seed(seed, "batch_order")),
             augment=generator(derive_seed(seed, "dsa"), device),
+            ops=random.Random(derive_seed(seed, "dsa_op")),
         )
 
 
@@ -105,9 +114,15 @@ def restarts_optimizer(settings: TrainSettings, epoch: int) -> bool:
     return epoch == 0 or epoch == settings.decay_epoch
 
 
-def epoch_batches(n: int, batch: int, order: torch.Generator) -> list[torch.Tensor]:
-    """One epoch's shuffled mini-batches of indices into a set of ``n`` samples."""
-    return list(torch.randperm(n, generator=order).split(batch))
+def epoch_batches(n: int, batch: int, order: torch.Generator, device: torch.device) -> list[torch.Tensor]:
+    """One epoch's shuffled mini-batches of indices into a set of ``n`` samples, on ``device``.
+
+    The order is drawn on the CPU (the same batches on any device) and copied once per
+    epoch; on CUDA from pinned memory without waiting, so no training step waits for it."""
+    perm = torch.randperm(n, generator=order)
+    if device.type == "cuda":
+        perm = perm.pin_memory().to(device, non_blocking=True)
+    return list(perm.split(batch))
 
 
 def maybe_augment(
@@ -115,7 +130,7 @@ def maybe_augment(
 ) -> torch.Tensor:
     if not settings.augments:
         return x
-    return augment_batch(x, settings.dsa_strategy, streams.augment)
+    return augment_batch(x, settings.dsa_strategy, streams.augment, streams.ops)
 
 
 def train_network(
@@ -128,24 +143,36 @@ def train_network(
 ) -> nn.Module:
     """Train ``net`` in place on (train_x, train_y), already on the network's device."""
     device = train_x.device
-    streams = ModelStreams.for_seed(seed, device)
+    with settings.precision.numerics(device):
+        _train(net, train_x, train_y, settings, ModelStreams.for_seed(seed, device), on_epoch)
+    return net
+
+
+def _train(net: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, settings: TrainSettings,
+           streams: ModelStreams, on_epoch: EpochCallback | None) -> None:
+    device = train_x.device
     net.train()
     for epoch in range(settings.epochs):
         lr = settings.lr_at(epoch)
         if restarts_optimizer(settings, epoch):
             optimizer = make_sgd(net.parameters(), settings, lr)
         total = torch.zeros((), device=device)
-        for idx in epoch_batches(len(train_x), settings.batch, streams.order):
-            idx = idx.to(device)
-            xb = maybe_augment(train_x[idx], settings, streams)
-            loss = F.cross_entropy(net(xb), train_y[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.detach() * len(idx)
+        for idx in epoch_batches(len(train_x), settings.batch, streams.order, device):
+            total += train_step(net, optimizer, train_x, train_y, idx, settings, streams) * len(idx)
         if on_epoch is not None:
             on_epoch(epoch, lr, (total / len(train_x)).item())
-    return net
+
+
+def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, train_x: torch.Tensor, train_y: torch.Tensor,
+               idx: torch.Tensor, settings: TrainSettings, streams: ModelStreams) -> torch.Tensor:
+    """One mini-batch of ``idx`` (on the device); returns its loss as a device tensor, so that
+    no step waits for the device."""
+    xb = maybe_augment(train_x[idx], settings, streams)
+    loss = F.cross_entropy(net(xb), train_y[idx])
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
 
 
 def train_stacked(
@@ -162,6 +189,13 @@ def train_stacked(
     the batches and augmentations it would see alone; augmentation runs per model.
     """
     device = train_x.device
+    with settings.precision.numerics(device):
+        _train_stacked(nets, train_x, train_y, settings, seeds, on_epoch)
+
+
+def _train_stacked(nets: Sequence[nn.Module], train_x: torch.Tensor, train_y: torch.Tensor, settings: TrainSettings,
+                   seeds: Sequence[int], on_epoch: ManyEpochCallback | None) -> None:
+    device = train_x.device
     stacked = StackedNetworks(nets).train()
     streams = [ModelStreams.for_seed(s, device) for s in seeds]
     for epoch in range(settings.epochs):
@@ -169,9 +203,9 @@ def train_stacked(
         if restarts_optimizer(settings, epoch):
             optimizer = make_sgd(stacked.parameters(), settings, lr)
         total = torch.zeros(len(nets), device=device)
-        orders = [epoch_batches(len(train_x), settings.batch, s.order) for s in streams]
+        orders = [epoch_batches(len(train_x), settings.batch, s.order, device) for s in streams]
         for step in zip(*orders):
-            idx = torch.stack(step).to(device)  # [M, b]
+            idx = torch.stack(step)  # [M, b]
             xb = torch.stack([maybe_augment(train_x[i], settings, s) for i, s in zip(idx, streams)])
             logits = stacked(xb)  # [M, b, K]
             losses = F.cross_entropy(logits.flatten(0, 1), train_y[idx].flatten(), reduction="none")
@@ -231,9 +265,10 @@ def score_networks(
     for net in nets:
         net.eval()
     correct = torch.zeros(len(nets), dtype=torch.int64, device=device)
-    for xb, yb in scored_batches(test_x, test_y, settings.test_batch, device, mean, std):
-        for i, net in enumerate(nets):
-            correct[i] += (net(xb).argmax(dim=1) == yb).sum()
+    with settings.precision.numerics(device):
+        for xb, yb in scored_batches(test_x, test_y, settings.test_batch, device, mean, std):
+            for i, net in enumerate(nets):
+                correct[i] += (net(xb).argmax(dim=1) == yb).sum()
     return (correct.double() / len(test_x)).tolist()
 
 
@@ -300,8 +335,12 @@ def train_many(
     device: torch.device | str,
     vectorized: bool | None = None,
     on_epoch: ManyEpochCallback | None = None,
+    memory_budget: int | None = None,
 ) -> list[nn.Module]:
-    """Trained networks, one per seed, on the vectorised path or one after the other."""
+    """Trained networks, one per seed, on the vectorised path or one after the other.
+
+    Vectorised, as many models train together as one step of theirs fits in
+    ``memory_budget`` bytes (``models_per_step``)."""
     device = torch.device(device)
     nets = [
         fresh_network(model_name, channels=channels, num_classes=num_classes, im_size=im_size, seed=s, device=device)
@@ -311,7 +350,9 @@ def train_many(
     if vectorized is None:
         vectorized = should_vectorize(len(seeds), device)
     if vectorized:
-        chunk = max(1, VMAP_MAX_IMAGES // min(settings.batch, len(train_x)))
+        budget = memory_budget if memory_budget is not None else default_memory_budget(device)
+        chunk = models_per_step(model_name, (channels, *im_size), num_classes, min(settings.batch, len(train_x)),
+                                budget)
         for start in range(0, len(nets), chunk):
             part = slice(start, start + chunk)
             callback = None if on_epoch is None else (lambda m, e, lr, loss, s=start: on_epoch(s + m, e, lr, loss))
@@ -321,6 +362,18 @@ def train_many(
         callback = None if on_epoch is None else (lambda e, lr, loss, i=i: on_epoch(i, e, lr, loss))
         train_network(net, train_x, train_y, settings, seed, callback)
     return nets
+
+
+def default_memory_budget(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory * CUDA_BUDGET_FRACTION)
+    return CPU_BUDGET_BYTES
+
+
+def models_per_step(model: str, shape: tuple[int, int, int], num_classes: int, batch: int, budget: int) -> int:
+    """How many models one vectorised step can hold in ``budget`` bytes (at least one): the
+    activation memory of a batch depends on the architecture and the resolution."""
+    return max(1, budget // (training_bytes_per_image(model, shape, num_classes) * batch))
 
 
 def train_and_score_many(
@@ -340,12 +393,13 @@ def train_and_score_many(
     std: Sequence[float] | None = None,
     vectorized: bool | None = None,
     on_epoch: ManyEpochCallback | None = None,
+    memory_budget: int | None = None,
 ) -> list[float]:
     """Test accuracy of one fresh ``model_name`` per seed, trained together when that is faster.
 
     ``vectorized=None`` picks the faster path (``should_vectorize``); True forces the
-    vectorised path (torch.func vmap over stacked parameters, in chunks of at most
-    ``VMAP_MAX_IMAGES`` images per step), False trains the models one after the other.
+    vectorised path (torch.func vmap over stacked parameters, as many models per step as
+    ``memory_budget`` holds), False trains the models one after the other.
     Both give each model the draws of ``train_and_score`` with its seed. Every network of
     the zoo vmaps, BatchNorm included: its running statistics are stacked per model.
     """
@@ -358,5 +412,6 @@ def train_and_score_many(
     nets = train_many(
         model_name, train_x, train_y, channels=channels, num_classes=num_classes, im_size=im_size,
         settings=settings, seeds=seeds, device=device, vectorized=vectorized, on_epoch=on_epoch,
+        memory_budget=memory_budget,
     )
     return score_networks(nets, test_x, test_y, settings, device, mean, std)

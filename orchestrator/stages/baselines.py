@@ -75,7 +75,7 @@ def baselines(run: RunDir, methods: list[str], console: Console) -> None:
     resources = run.config.resources
     ray_work.check_fits(resources.cpus_per_shard, resources.gpus_per_shard, "a baseline selection")
     check_gpus_usable(run, resources.gpus_per_shard, "baseline selections (resources.gpus_per_shard)")
-    outcome = ray_work.run_tasks(select_baselines, work, shared=(run,), options=ray_work.task_options(resources),
+    outcome = ray_work.run_tasks(select_baselines, work, shared=(run,), options=ray_work.task_options(run.config),
                                  label=STAGE, unit="shards", console=console,
                                  limit=resources.max_concurrent_shards)
     by_name = {spec.name: spec for spec in run.shards}

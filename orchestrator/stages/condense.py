@@ -60,7 +60,7 @@ def condense(run: RunDir, console: Console) -> None:
     check_gpus_usable(run, resources.gpus_per_shard, "shards (resources.gpus_per_shard)")
     outcome = ray_work.run_tasks(
         condense_shard, [ray_work.Work(spec.name, (spec,), units=iterations) for spec in todo], shared=(run,),
-        options=ray_work.task_options(resources), label=STAGE, unit="it", console=console,
+        options=ray_work.task_options(run.config), label=STAGE, unit="it", console=console,
         limit=resources.max_concurrent_shards, with_context=True, done_units=done * iterations,
     )
     by_name = {spec.name: spec for spec in todo}

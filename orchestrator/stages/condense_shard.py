@@ -58,12 +58,12 @@ class ShardManifest(BaseModel):
 
 
 def dm_settings(cfg: RunConfig) -> DMSettings:
-    c = cfg.condense
+    c, p = cfg.condense, cfg.precision
     return DMSettings(
         ipc=c.ipc, iterations=c.iterations, lr_img=c.effective_lr_img, momentum=c.momentum,
         batch_real=c.batch_real, init=c.init, model=c.model, dsa_strategy=c.dsa_strategy,
-        embed_chunk=c.embed_chunk, precision=Precision(bf16=c.bf16, tf32=c.tf32, channels_last=c.channels_last),
-        compile=c.effective_compile, loss_every=c.loss_every,
+        embed_chunk=c.embed_chunk, compile=c.effective_compile, loss_every=c.loss_every,
+        precision=Precision(bf16=c.bf16, tf32=p.tf32, channels_last=c.channels_last, deterministic=p.deterministic),
     )
 
 

@@ -56,7 +56,7 @@ def settings_key(cfg: RunConfig) -> str:
     """A key of every setting that shapes a score; how the work is spread shapes none."""
     e = cfg.evaluate
     shaping = {"epochs": e.epochs, "batch": e.batch, "lr": e.lr, "vectorized": e.vectorized,
-               "dsa_strategy": cfg.condense.dsa_strategy}
+               "dsa_strategy": cfg.condense.dsa_strategy, "precision": cfg.precision.model_dump()}
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -30,9 +30,10 @@ from orchestrator.stages.eval_scores import (
 )
 from orchestrator.stages.training_sets import TrainingSet, load, snapshot_iteration, training_set
 from orchestrator.stages.worker_setup import check_gpus_usable, open_reader
-from workers.devices import compute_device
+from workers.devices import Precision, compute_device
 from workers.seeding import derive_seed
-from workers.train_eval import TrainSettings, train_and_score_many
+from workers.network_costs import training_bytes_per_image
+from workers.train_eval import CUDA_BUDGET_FRACTION, TrainSettings, train_and_score_many
 
 STAGE = "evaluate"
 JOBS_PER_ACTOR = 4
@@ -124,7 +125,7 @@ def evaluate(run: RunDir, console: Console, methods: list[str] | None = None) ->
         # object store each time (no copy), and a restarted actor never needs it again.
         outcome = ray_work.run_on_actors(
             EvalActor, (run, use_gpu), "score", [ray_work.Work(j.label, (j, test), len(j.seeds)) for j in jobs],
-            actors=capacity, options=ray_work.actor_options(cfg.resources, gpus), label=STAGE, unit="networks",
+            actors=capacity, options=ray_work.actor_options(cfg, gpus), label=STAGE, unit="networks",
             console=console, done_units=len(done))
         if outcome.failed:
             raise StageFailed(STAGE, outcome.failed, again=f"dmcondense evaluate {run.uri}")
@@ -166,6 +167,28 @@ def read_test_split(run: RunDir) -> tuple[np.ndarray, np.ndarray]:
     return test.images.numpy(), test.labels.numpy()
 
 
+@dataclass(frozen=True)
+class ActorMemory:
+    """What one evaluation actor holds, an estimate from the dataset's info (bytes)."""
+
+    training_set: int  # the largest method's images, float32
+    step: int  # one training step of the largest model (workers.network_costs, an upper estimate)
+    test_split: int  # uint8, shared through the object store: one copy per node, not per actor
+
+    @property
+    def per_actor(self) -> int:
+        return self.training_set + self.step
+
+
+def actor_memory(run: RunDir) -> ActorMemory:
+    cfg, info = run.config, run.dataset
+    image = info.channels * info.im_size[0] * info.im_size[1]
+    images = len(run.record.classes) * cfg.condense.ipc
+    shape = (info.channels, *info.im_size)
+    step = max(training_bytes_per_image(m, shape, info.num_classes) for m in cfg.evaluate.models)
+    return ActorMemory(4 * images * image, step * min(cfg.evaluate.batch, images), sum(info.test_counts) * image)
+
+
 class EvalActor:
     """Keeps the training sets it has loaded; trains and scores jobs."""
 
@@ -173,6 +196,10 @@ class EvalActor:
         torch.set_num_threads(1)
         self.run = run
         self.device = compute_device(run.config.resources.device, reserved_gpu=use_gpu)
+        self.memory_budget = None  # the CPU's default
+        if self.device.type == "cuda":  # this actor's share of the GPU, of which the usual fraction for a step
+            share = torch.cuda.get_device_properties(self.device).total_memory / run.config.evaluate.actors_per_gpu
+            self.memory_budget = int(share * CUDA_BUDGET_FRACTION)
         self._sets: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def score(self, job: Job, test: tuple[np.ndarray, np.ndarray]) -> list[Score]:
@@ -185,12 +212,14 @@ class EvalActor:
         x, y = self._sets[job.data.data_key]
         cfg, info = self.run.config, self.run.dataset
         e = cfg.evaluate
-        settings = TrainSettings(epochs=e.epochs, lr=e.lr, batch=e.batch, dsa_strategy=cfg.condense.dsa_strategy)
+        precision = Precision(tf32=cfg.precision.tf32, deterministic=cfg.precision.deterministic)
+        settings = TrainSettings(epochs=e.epochs, lr=e.lr, batch=e.batch, dsa_strategy=cfg.condense.dsa_strategy,
+                                 precision=precision)
         started = time.perf_counter()
         accs = train_and_score_many(
             job.model, x, y, test_x, test_y, channels=info.channels, num_classes=info.num_classes,
             im_size=tuple(info.im_size), settings=settings, seeds=list(job.seeds), device=self.device,
-            mean=info.mean, std=info.std, vectorized=e.vectorized,
+            mean=info.mean, std=info.std, vectorized=e.vectorized, memory_budget=self.memory_budget,
         )
         per_model = (time.perf_counter() - started) / len(accs)
         scores = [Score(job.data.method, job.model, s, float(a), cfg.condense.ipc, per_model, str(self.device),
