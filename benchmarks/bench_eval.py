@@ -47,9 +47,14 @@ def dataset(ipc: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(CLASSES * ipc, *SHAPE, generator=gen), torch.arange(CLASSES).repeat_interleave(ipc)
 
 
-def timed(fn) -> tuple[float, float]:
+def timed(fn, device: torch.device = torch.device("cpu")) -> tuple[float, float]:
+    """(wall, CPU) seconds of ``fn``; on CUDA the wall time waits for the device's work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     wall, cpu = time.perf_counter(), time.process_time()
     fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
@@ -97,7 +102,7 @@ def bench_ipc(args: argparse.Namespace, ipc: int, device: torch.device) -> dict:
     best = {False: (float("inf"),) * 2, True: (float("inf"),) * 2}
     for _ in range(args.repeats):  # interleaved, best of: the machine is shared
         for vectorized in (False, True):
-            wall, cpu = timed(run(vectorized))
+            wall, cpu = timed(run(vectorized), device)
             best[vectorized] = (min(best[vectorized][0], wall), min(best[vectorized][1], cpu))
     (loop_wall, loop_cpu), (vec_wall, vec_cpu) = best[False], best[True]
     share, gflops = float("nan"), float("nan")

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import torch
 
 from workers.data.types import DatasetInfo, ImageSet
-from workers.devices import Precision, compiler_available, resolve_device
+from workers.devices import Precision, resolve_device
 from workers.dm import DMCondenser, DMSettings
 from benchmarks.gpu_cost_model import estimate, iteration_flops, print_estimate
 from benchmarks.reference_dm import ReferenceDM
@@ -63,14 +63,14 @@ def variant_settings(base: DMSettings, spec: str) -> DMSettings:
         key, _, value = item.partition("=")
         if key == "chunk" and value.isdigit():
             s = dataclasses.replace(s, embed_chunk=int(value))
-        elif key == "compile":
-            s = dataclasses.replace(s, compile=_switch(key, value))
-        elif key in ("channels_last", "bf16", "tf32"):
+        elif key in ("compile", "cuda_graphs"):
+            s = dataclasses.replace(s, **{key: _switch(key, value)})
+        elif key in ("channels_last", "bf16", "tf32", "deterministic"):
             s = dataclasses.replace(s, precision=dataclasses.replace(s.precision, **{key: _switch(key, value)}))
         else:
             raise argparse.ArgumentTypeError(
-                f"unknown variant {item!r}; use chunk=N, channels_last=on|off, compile=on|off, "
-                "bf16=on|off or tf32=on|off, joined by '+' (e.g. chunk=32+compile=on), or 'all'")
+                f"unknown variant {item!r}; use chunk=N, channels_last=on|off, compile=on|off, cuda_graphs=on|off, "
+                "bf16=on|off, tf32=on|off or deterministic=on|off, joined by '+' (e.g. chunk=32+compile=on), or 'all'")
     return s
 
 
@@ -226,13 +226,23 @@ def measure(configs: list[Timed], warmup: int, iterations: int, device: torch.de
         probe.record(cfg)
 
 
+def ours_settings(args: argparse.Namespace) -> DMSettings:
+    """What a run of paper length condenses with: the config's defaults for this setting, mapped
+    by the shard task's own function (resolved per device when the condenser is built)."""
+    from orchestrator.config import load_config
+    from orchestrator.stages.condense_shard import dm_settings
+
+    cfg = load_config(None, [f"condense.ipc={args.ipc}", f"condense.batch_real={args.batch_real}",
+                             f"condense.model={args.model}"])
+    return dataclasses.replace(dm_settings(cfg), iterations=args.warmup + args.iterations)
+
+
 def run_benchmark(args: argparse.Namespace, device: torch.device, log: Callable[[str], None]) -> dict[str, Any]:
     real, info = random_dataset(args.shape, args.classes, max(args.batch_real, args.ipc), args.seed)
     classes = list(range(args.classes))
-    # "ours" = the settings a run of paper length gets by default (condense.compile: auto).
-    ours = DMSettings(ipc=args.ipc, iterations=args.warmup + args.iterations, batch_real=args.batch_real,
-                      model=args.model, compile=compiler_available())
-    plain = dataclasses.replace(ours, precision=Precision(channels_last=False), compile=False)  # as published
+    ours = ours_settings(args)
+    plain = dataclasses.replace(ours, precision=Precision(channels_last=False, tf32=ours.precision.tf32),
+                                compile=False)  # as published
     specs = [v for v in args.variants.split(",") if v]
     variant_cfgs = {v: variant_settings(ours, v) for v in specs}
     log(f"bench on {device}: shape {args.shape}, {args.classes} classes, ipc {args.ipc}, "
@@ -250,7 +260,7 @@ def _diff(a: DMCondenser, b: DMCondenser) -> float:
 
 def _summary(cfg: Timed, ref: Timed, gflop_per_it: float) -> dict[str, Any]:
     first = cfg.warmup_s[0] if cfg.warmup_s else None
-    compiled = cfg.condenser.settings.compile and first is not None
+    compiled = cfg.condenser.compile_state.startswith("on") and first is not None
     return {
         "it_per_s": cfg.it_per_s, "best_it_per_s": cfg.best_it_per_s, "gflop_s": gflop_per_it * cfg.it_per_s,
         "speedup": cfg.it_per_s / ref.it_per_s, "speedup_best": cfg.best_it_per_s / ref.best_it_per_s,
@@ -270,7 +280,7 @@ def _result(args: argparse.Namespace, device: torch.device, ours: DMSettings, co
         "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
         "shape": list(args.shape), "classes": args.classes, "ipc": args.ipc, "batch_real": args.batch_real,
         "model": args.model, "iterations": args.iterations, "warmup": args.warmup,
-        "settings": dataclasses.asdict(ours), "gflop_per_it": gflop,
+        "settings": dataclasses.asdict(ours.resolve(device)), "gflop_per_it": gflop,
         **_summary(mine, ref, gflop),
         "reference_it_per_s": ref.it_per_s, "reference_best_it_per_s": ref.best_it_per_s,
         "reference_gflop_s": gflop * ref.it_per_s,

@@ -18,7 +18,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from workers.augment import DEFAULT_STRATEGY
-from workers.devices import compiler_available
 from workers.networks import check_network_name
 
 # condense.compile: auto compiles the embedding from this many iterations on: a cold
@@ -77,8 +76,11 @@ class CondenseConfig(_Strict):
     bf16: bool = Field(default=False, description="autocast convolutions to bfloat16 in the DM loop")
     channels_last: bool = True
     compile: bool | Literal["auto"] = Field(
-        default="auto", description=f"auto: on from {COMPILE_FROM_ITERATIONS} iterations (where the one-off "
-        "compilation, tens of seconds, is paid back) when a C++ compiler is on PATH")
+        default="auto", description=f"auto: on from {COMPILE_FROM_ITERATIONS} iterations, where the one-off "
+        "compilation (tens of seconds) is paid back; a worker that cannot compile (no C++ compiler; on CUDA no "
+        "Triton or a GPU older than compute capability 7.0) runs eager with a warning")
+    cuda_graphs: bool = Field(default=False, description="on CUDA, compile the embedding with CUDA graphs "
+                              "(torch.compile mode reduce-overhead); off until a GPU check shows the gain")
     loss_every: int | None = Field(default=None, gt=0, description="read the loss back every N iterations; "
                                    "null: every iteration on the CPU, every 20 on a GPU (a read waits for the device)")
 
@@ -89,8 +91,9 @@ class CondenseConfig(_Strict):
 
     @property
     def effective_compile(self) -> bool:
+        """Whether to compile, where the worker can (workers.devices.compile_problem decides there)."""
         if self.compile == "auto":
-            return self.iterations >= COMPILE_FROM_ITERATIONS and compiler_available()
+            return self.iterations >= COMPILE_FROM_ITERATIONS
         return self.compile
 
     @property

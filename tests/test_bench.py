@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
 import pytest
+import torch
 
 from benchmarks.dm_loop import main
 from benchmarks.gpu_cost_model import embed_cost, iteration_flops
 from workers.dm import DMSettings
+
+from .conftest import REPO
 
 TINY = ["--shape", "1,8,8", "--classes", "2", "--ipc", "1", "--batch-real", "4", "--model", "ConvNetW32",
         "--iterations", "1", "--device", "cpu"]
@@ -27,7 +31,7 @@ def test_measurement_reports_both_loops_and_they_agree(capsys):
     assert r["it_per_s"] > 0 and r["reference_it_per_s"] > 0 and r["speedup"] > 0
     assert r["speedup"] == pytest.approx(r["it_per_s"] / r["reference_it_per_s"])
     assert r["device"] == "cpu" and r["peak_mem_mb"] > 0
-    assert r["settings"]["embed_chunk"] == DMSettings(ipc=1, iterations=1).embed_chunk  # the defaults
+    assert r["settings"]["embed_chunk"] == DMSettings(ipc=1, iterations=1).resolve(torch.device("cpu")).embed_chunk
     assert r["max_abs_diff_vs_reference"] < 1e-4  # same draws: same images
     assert r["gflop_per_it"] == pytest.approx(iteration_flops("ConvNetW32", (1, 8, 8), 2, 1, 4) / 1e9)
     assert r["gflop_s"] == pytest.approx(r["gflop_per_it"] * r["it_per_s"])
@@ -38,6 +42,18 @@ def test_measurement_reports_both_loops_and_they_agree(capsys):
     assert set(r["variants"]) == {"chunk=0", "chunk=3+channels_last=off"}
     for v in r["variants"].values():
         assert v["it_per_s"] > 0 and v["speedup"] > 0 and v["max_abs_diff_vs_reference"] < 1e-4
+
+
+def test_ours_is_what_a_shipped_gpu_config_runs():
+    from benchmarks.dm_loop import ours_settings, parse_args
+    from orchestrator.config import load_config
+    from orchestrator.stages.condense_shard import dm_settings
+
+    cuda = torch.device("cuda")
+    config = dm_settings(load_config(REPO / "configs" / "cifar10-ipc10.yaml")).resolve(cuda)
+    ours = ours_settings(parse_args(["--shape", "3,32,32", "--ipc", "10"])).resolve(cuda)
+    assert dataclasses.replace(ours, iterations=config.iterations) == config
+    assert (ours.embed_chunk, ours.precision.tf32, ours.compile, ours.sync_free) == (0, True, True, True)
 
 
 def test_table_without_json(capsys):
@@ -68,7 +84,30 @@ def test_gpu_estimate_scales_with_gpus_and_work(capsys):
         wall = {r["gpus"]: r["wall_h"] for r in inet10["runs"] if r["precision"] == precision}
         assert wall[64] / wall[8] == pytest.approx(1 / 8, rel=0.15)
     cifar = by_name["CIFAR-10 ipc50"]["runs"]
-    assert max(r["gpus_used"] for r in cifar) == 10  # no more GPUs than classes
+    assert max(r["gpus_used"] for r in cifar) == 1  # one shard of 10 classes: one GPU
+    for s in e["scenarios"]:  # the host's dispatch of every op is charged per shard-iteration
+        assert s["kernels_per_shard_iteration"] > 100
+        assert all(r["seconds_per_shard_iteration"] >= r["host_seconds_per_shard_iteration"] > 0 for r in s["runs"])
+
+
+def test_kernels_of_an_iteration_are_counted_from_the_loop():
+    from benchmarks.gpu_cost_model import kernels_per_iteration
+
+    small = kernels_per_iteration("ConvNetW32", 8, 2, 1, 8)
+    assert small > 50
+    # one pass over every class and image (the CUDA path): the count does not grow with the shard...
+    assert kernels_per_iteration("ConvNetW32", 8, 8, 1, 256) == small
+    # ...but with the network's layers
+    assert kernels_per_iteration("ConvNetD4", 16, 2, 1, 8) > small
+
+
+def test_bf16_moves_half_the_bytes_of_convolutions_only():
+    from benchmarks.gpu_cost_model import embed_bytes
+    from workers.network_costs import layer_costs
+
+    costs = layer_costs("ConvNet", (3, 32, 32))
+    conv_out = sum(c.out_elements for c in costs if c.kind in ("conv", "linear"))
+    assert embed_bytes("ConvNet", (3, 32, 32), False) - embed_bytes("ConvNet", (3, 32, 32), True) == 2 * conv_out
 
 
 def test_estimate_as_text(capsys):

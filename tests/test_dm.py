@@ -126,3 +126,30 @@ def test_checkpoint_of_another_shard_is_refused():
     b = DMCondenser(real, info, [0, 1, 2], SETTINGS, seed=4)
     with pytest.raises(ValueError, match="another shard"):
         b.load_state_dict(a.state_dict())
+
+
+def test_a_worker_that_cannot_compile_runs_eager_with_a_warning(monkeypatch):
+    import workers.devices as devices
+
+    monkeypatch.setattr(devices, "compiler_available", lambda: False)
+    real, info = tiny_set()
+    with pytest.warns(UserWarning, match=r"running eager on cpu: no C\+\+ compiler"):
+        condenser = DMCondenser(real, info, [0, 1, 2], DMSettings(ipc=1, iterations=2, batch_real=4,
+                                                                   model="ConvNetW32", compile=True), seed=0)
+    assert condenser.compile_state.startswith("off: no C++ compiler")
+    condenser.run()  # the shard goes on, eager
+    assert condenser.iteration == 2
+
+
+def test_compiling_for_cuda_needs_triton_and_a_recent_gpu(monkeypatch):
+    import torch.utils._triton as triton
+
+    import workers.devices as devices
+
+    monkeypatch.setattr(devices, "compiler_available", lambda: True)
+    monkeypatch.setattr(triton, "has_triton", lambda: False)
+    assert "Triton is not installed" in devices.compile_problem(torch.device("cuda"))
+    monkeypatch.setattr(triton, "has_triton", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (6, 1))
+    assert "compute capability 6.1 is below inductor's 7.0" in devices.compile_problem(torch.device("cuda"))
+    assert devices.compile_problem(torch.device("cpu")) == ""

@@ -65,6 +65,22 @@ def compiler_available() -> bool:
     return any(shutil.which(cc) for cc in ("g++", "c++", "clang++"))
 
 
+def compile_problem(device: torch.device) -> str:
+    """Why torch.compile's inductor cannot run on ``device`` here ('' when it can): a C++
+    compiler on every device; on CUDA also Triton and a GPU of compute capability 7.0 or more."""
+    if not compiler_available():
+        return "no C++ compiler on PATH (g++, c++ or clang++)"
+    if device.type == "cuda":
+        from torch.utils._triton import has_triton
+
+        if not has_triton():
+            return "Triton is not installed (inductor generates its GPU kernels with it)"
+        major, minor = torch.cuda.get_device_capability(device)
+        if major < 7:
+            return f"the GPU's compute capability {major}.{minor} is below inductor's 7.0"
+    return ""
+
+
 @dataclass(frozen=True)
 class Precision:
     """The numerics of condensation and evaluation alike, one rule on every device:

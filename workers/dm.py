@@ -14,7 +14,8 @@ continue bit-identically.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Literal, Sequence
 
 import torch
@@ -22,7 +23,7 @@ from torch import nn
 
 from workers.augment import DEFAULT_STRATEGY, DSAParams, apply_dsa, draw_params
 from workers.data.types import DatasetInfo, ImageSet
-from workers.devices import Precision
+from workers.devices import Precision, compile_problem
 from workers.networks import build_network, init_parameters_, uses_batchnorm
 from workers.seeding import derive_seed, generator
 
@@ -58,6 +59,9 @@ class DMSettings:
     # every op of the strategy and keeps each image's own). None: on CUDA only, where a
     # synchronisation stalls the device; the CPU's sorted path is 5x cheaper there.
     sync_free: bool | None = None
+    # CUDA only: compile the embedding with CUDA graphs (torch.compile's "reduce-overhead"),
+    # replaying each shape's kernels in one launch. Off until a GPU check shows the gain.
+    cuda_graphs: bool = False
 
     def __post_init__(self) -> None:
         if self.ipc <= 0:
@@ -70,6 +74,16 @@ class DMSettings:
             raise ValueError(f"condense.init must be 'real' or 'noise', got {self.init!r}")
         if self.loss_every is not None and self.loss_every <= 0:
             raise ValueError(f"loss_every must be >= 1, got {self.loss_every}")
+
+    def resolve(self, device: torch.device) -> "DMSettings":
+        """These settings with the device's defaults filled in (what a run on ``device`` runs)."""
+        on_cpu = device.type == "cpu"
+        return replace(
+            self,
+            embed_chunk=self.embed_chunk if self.embed_chunk is not None else (32 if on_cpu else 0),
+            loss_every=self.loss_every or (1 if on_cpu else LOSS_EVERY_CUDA),
+            sync_free=self.sync_free if self.sync_free is not None else not on_cpu,
+        )
 
 
 @dataclass(frozen=True)
@@ -154,20 +168,16 @@ class DMCondenser:
         seed: int,
         device: torch.device | str = "cpu",
     ):
-        self.settings = settings
+        self.device = torch.device(device)
+        self.settings = settings = settings.resolve(self.device)
         self.seed = int(seed)
         self.info = info
-        self.device = torch.device(device)
-        on_cpu = self.device.type == "cpu"
-        self.embed_chunk = settings.embed_chunk if settings.embed_chunk is not None else (32 if on_cpu else 0)
-        self.loss_every = settings.loss_every or (1 if on_cpu else LOSS_EVERY_CUDA)
-        self.sync_free = settings.sync_free if settings.sync_free is not None else not on_cpu
         self.bank = ClassBank(real, class_ids, self.device)
         self.mean = torch.tensor(info.mean, device=self.device).view(1, -1, 1, 1)
         self.std = torch.tensor(info.std, device=self.device).view(1, -1, 1, 1)
         self.net = self._build_network(info)
         self.batchnorm = uses_batchnorm(settings.model)
-        self._embed = torch.compile(self.net.embed) if settings.compile else self.net.embed
+        self.compile_state = self._compile_embedding()
         k = self.bank.num_classes
         self.syn_groups = torch.arange(k, device=self.device).repeat_interleave(settings.ipc)
         self.syn = nn.Parameter(self._initial_images())
@@ -176,6 +186,21 @@ class DMCondenser:
         self.losses: list[tuple[int, float]] = []
 
     # ----------------------------------------------------------------- setup
+    def _compile_embedding(self) -> str:
+        """Compile the embedding when asked and this device can: "on", "off", or "off: <why>".
+        A machine that cannot compile runs eager with a warning, never a failed shard."""
+        self._embed = self.net.embed
+        graphs = self.settings.cuda_graphs and self.device.type == "cuda"
+        if not (self.settings.compile or graphs):
+            return "off"
+        problem = compile_problem(self.device)
+        if problem:
+            warnings.warn(f"condense.compile: running eager on {self.device.type}: {problem}", stacklevel=2)
+            return f"off: {problem}"
+        torch._dynamo.config.suppress_errors = True  # a graph that fails to compile runs eager instead
+        self._embed = torch.compile(self.net.embed, mode="reduce-overhead" if graphs else None)
+        return "on, CUDA graphs" if graphs else "on"
+
     def _build_network(self, info: DatasetInfo) -> nn.Module:
         net = build_network(self.settings.model, info.channels, info.num_classes, tuple(info.im_size))
         net = net.to(self.device, memory_format=self.settings.precision.memory_format())
@@ -210,7 +235,7 @@ class DMCondenser:
         # small ones), then embedded chunk by chunk with class sums accumulated per
         # chunk, so only one chunk's activations are ever alive.
         n = batch.index.shape[0]
-        chunk = n if self.batchnorm or self.embed_chunk <= 0 else min(self.embed_chunk, n)
+        chunk = n if self.batchnorm or self.settings.embed_chunk <= 0 else min(self.settings.embed_chunk, n)
         block = max(chunk, _AUGMENT_BLOCK // chunk * chunk)
         k = batch.counts.shape[0]
         sums = None
@@ -218,7 +243,7 @@ class DMCondenser:
             for first in range(0, n, block):
                 rows = slice(first, first + block)
                 x = apply_dsa(self._normalize(self.bank.images[batch.index[rows]]), batch.groups[rows], params,
-                              static=self.sync_free)
+                              static=self.settings.sync_free)
                 targets = batch.targets[rows]
                 for start in range(0, x.shape[0], chunk):
                     emb = self._embed_fixed(x[start : start + chunk], chunk)
@@ -231,7 +256,7 @@ class DMCondenser:
         """Embeddings (fp32) of ``x``; compiled, a short last chunk is padded to ``size``
         so that one input shape serves every call (no recompilation)."""
         keep = x.shape[0]
-        if self.settings.compile and keep < size:
+        if self.compile_state.startswith("on") and keep < size:
             x = torch.cat([x, x[-1:].expand(size - keep, *x.shape[1:])])
         return self._embed(x)[:keep].float()
 
@@ -240,9 +265,9 @@ class DMCondenser:
         # count): a smaller working set (1.35x faster at 50 images per class on the CPU)
         # and one shape for a compiled embedding. BatchNorm models use one pass.
         x = self.syn.contiguous(memory_format=self.settings.precision.memory_format())
-        x = apply_dsa(x, self.syn_groups, params, static=self.sync_free)
+        x = apply_dsa(x, self.syn_groups, params, static=self.settings.sync_free)
         k, ipc = self.bank.num_classes, self.settings.ipc
-        fits = k if self.batchnorm or self.embed_chunk <= 0 else max(1, self.embed_chunk // ipc)
+        fits = k if self.batchnorm or self.settings.embed_chunk <= 0 else max(1, self.settings.embed_chunk // ipc)
         per = max(d for d in range(1, min(fits, k) + 1) if k % d == 0)
         means = []
         with self.settings.precision.autocast(self.device):
@@ -283,7 +308,7 @@ class DMCondenser:
     ) -> None:
         """Iterate up to ``until`` (default: the configured total)."""
         total = self.settings.iterations if until is None else until
-        every = self.loss_every
+        every = self.settings.loss_every
         pending: list[tuple[int, torch.Tensor]] = []
         started, start_it = time.perf_counter(), self.iteration
         while self.iteration < total:

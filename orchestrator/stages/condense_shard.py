@@ -53,6 +53,7 @@ class ShardManifest(BaseModel):
     loss_curve: list[list[float]]
     device: str
     threads: int | None = None
+    compile: str = "off"  # on | on, CUDA graphs | off | off: <why the worker could not compile>
     host: str
     node_id: str | None = None
 
@@ -62,7 +63,7 @@ def dm_settings(cfg: RunConfig) -> DMSettings:
     return DMSettings(
         ipc=c.ipc, iterations=c.iterations, lr_img=c.effective_lr_img, momentum=c.momentum,
         batch_real=c.batch_real, init=c.init, model=c.model, dsa_strategy=c.dsa_strategy,
-        embed_chunk=c.embed_chunk, compile=c.effective_compile, loss_every=c.loss_every,
+        embed_chunk=c.embed_chunk, compile=c.effective_compile, loss_every=c.loss_every, cuda_graphs=c.cuda_graphs,
         precision=Precision(bf16=c.bf16, tf32=p.tf32, channels_last=c.channels_last, deterministic=p.deterministic),
     )
 
@@ -133,6 +134,7 @@ def _commit(run: RunDir, spec: ShardSpec, condenser: DMCondenser, resumed_from: 
         files={"dm": entry}, iterations=condenser.iteration, resumed_from=resumed_from,
         wall_time_s=round(time.time() - started, 3), final_loss=losses[-1][1] if losses else None,
         loss_curve=_downsample(losses, 200), device=str(device), threads=torch.get_num_threads(),
+        compile=condenser.compile_state,
         host=socket.gethostname(), node_id=node_id,
     )
     commits.write_manifest(run.manifest(spec), manifest)
