@@ -22,10 +22,10 @@ from typing import Any, Callable
 
 import torch
 
-from workers.data.types import DatasetInfo, ImageSet
 from workers.devices import Precision, resolve_device
 from workers.dm import DMCondenser, DMSettings
 from benchmarks.gpu_cost_model import estimate, iteration_flops, print_estimate
+from benchmarks.random_data import random_dataset
 from benchmarks.reference_dm import ReferenceDM
 
 # Each is one change to the defaults (chunk 32, channels_last on, compile on where a C++ compiler is, bf16 off:
@@ -155,16 +155,6 @@ def _proc_status_mb(key: str) -> float | None:
 
 
 # ------------------------------------------------------------------ measurement
-def random_dataset(shape: tuple[int, int, int], classes: int, per_class: int, seed: int) -> tuple[ImageSet, DatasetInfo]:
-    gen = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (classes * per_class, *shape), generator=gen, dtype=torch.uint8)
-    labels = torch.arange(classes).repeat_interleave(per_class)
-    c = shape[0]
-    info = DatasetInfo("random", [str(i) for i in range(classes)], c, shape[1:], (0.5,) * c, (0.25,) * c,
-                       (per_class,) * classes, (0,) * classes)
-    return ImageSet(images, labels), info
-
-
 @dataclass
 class Timed:
     """One configuration under measurement."""

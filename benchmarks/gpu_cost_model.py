@@ -82,7 +82,7 @@ def kernels_per_iteration(model: str, depth_side: int, classes: int, ipc: int, b
     the image size, only on the network, the classes and the batch)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from benchmarks.dm_loop import random_dataset
+    from benchmarks.random_data import random_dataset
     from workers.dm import DMCondenser, DMSettings
 
     real, info = random_dataset((3, depth_side, depth_side), classes, max(batch_real, ipc), 0)
