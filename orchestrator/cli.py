@@ -50,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="run directory: a local path or s3:// gs:// URI (default: the config's output)")
     _add_address(run)
     run.add_argument("--dry-run", action="store_true", help="check the config against the dataset, print the plan, stop")
+    _add_make_pool(run)
     run.set_defaults(func=cmd_run)
 
     res = sub.add_parser("resume", help="finish an interrupted or failed run: compute only what is missing")
@@ -57,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     res.add_argument("--config", help="refuse to resume unless the run used this config")
     _add_set(res, "overrides; only keys that do not change the images (resources, evaluate, output)")
     _add_address(res)
+    _add_make_pool(res)
     res.set_defaults(func=cmd_resume)
 
     st = sub.add_parser("status", help="every shard, the baselines and the evaluation, from the run directory alone")
@@ -71,7 +73,16 @@ def _parser() -> argparse.ArgumentParser:
                          "sweep from one run")
     _add_set(ev, "evaluate.* (and resources.*) overrides, kept in the run's record")
     _add_address(ev)
+    _add_make_pool(ev)
     ev.set_defaults(func=cmd_evaluate)
+
+    po = sub.add_parser("pool", help="train a pool of networks on the real training set (condense.networks: pool, "
+                                     "the forgetting baseline)")
+    po.add_argument("source", help="a YAML config, or a run directory (its own config)")
+    _add_set(po)
+    po.add_argument("--out", help="where pools live (pool.uri; default: the run directory's pool/)")
+    _add_address(po)
+    po.set_defaults(func=cmd_pool)
 
     rp = sub.add_parser("report", help="write the report again from what the run directory holds")
     rp.add_argument("run")
@@ -103,32 +114,65 @@ def _add_set(p: argparse.ArgumentParser, help_text: str = "override a config key
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help_text)
 
 
+def _add_make_pool(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--make-pool", action="store_true",
+                   help="train the pool the run needs first, when it lacks one (a shard never trains one)")
+
+
 def _add_address(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray on 127.0.0.1)")
 
 
 # ------------------------------------------------------------------ commands
 def cmd_run(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, list(args.overrides) + ([f"output={args.out}"] if args.out else []))
-    run = pipeline.new_run(cfg)
+    sets = list(args.overrides) + ([f"output={args.out}"] if args.out else [])
+    cfg = load_config(args.config, sets)
+    hint = " ".join(["dmcondense pool", args.config, *(f"--set {s}" for s in sets)])
+    run = pipeline.new_run(cfg, pool_hint=hint, make_pool=args.make_pool)
     if args.dry_run:
         pipeline.describe_plan(run, console)
         console.print("dry run: nothing was written and no task started")
         return EXIT_OK
     run.save()
-    return _execute(run, args.address)
+    return _execute(run, args.address, make_pool=args.make_pool)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    run = pipeline.reopened_run(args.run, args.overrides, args.config)
+    run = pipeline.reopened_run(args.run, args.overrides, args.config, make_pool=args.make_pool)
     run.save()
-    return _execute(run, args.address)
+    return _execute(run, args.address, make_pool=args.make_pool)
+
+
+def cmd_pool(args: argparse.Namespace) -> int:
+    from orchestrator.pool_dir import PoolDir
+    from orchestrator.stages.pool import accuracy_bins, make_pool
+
+    sets = list(args.overrides) + ([f"pool.uri={args.out}"] if args.out else [])
+    if RunDir.exists(args.source):
+        run = pipeline.reopened_run(args.source, sets, make_pool=True)
+        cfg, info = run.config, run.dataset
+    else:
+        cfg = load_config(args.source, sets)
+        info = pipeline.dataset_info(cfg)
+    pool = PoolDir.for_run(cfg, info)
+    try:
+        with ray_session(args.address) as where:
+            console.print(f"pool: running on {where}; pool {pool.uri}", highlight=False)
+            make_pool(pool, cfg, console, again=" ".join(["dmcondense pool", args.source, *args.overrides]))
+    except StageFailed as exc:
+        console.print(f"[red]{exc}[/]", highlight=False)
+        console.print(f"Finish with: {exc.again}", highlight=False)
+        return EXIT_FAILED_UNITS
+    bins = ", ".join(f"{lo}-{lo + 10}%: {n}" for lo, n in sorted(accuracy_bins(pool).items()))
+    console.print(f"pool {pool.record.key}: {pool.networks} networks of {pool.record.settings.model}; states by "
+                  f"validation accuracy: {bins}; histogram {pool.histogram()}", highlight=False)
+    return EXIT_OK
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from orchestrator.stages.training_sets import SNAPSHOT_PREFIX, snapshot_iterations
 
-    run = pipeline.reopened_run(args.run, args.overrides)
+    run = pipeline.reopened_run(args.run, args.overrides, make_pool=args.make_pool)
     methods = None
     if args.snapshots:
         methods = [f"{SNAPSHOT_PREFIX}{it}" for it in snapshot_iterations(run)]
@@ -136,7 +180,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise ConfigError(f"{args.run} kept no checkpoints of every shard; a run keeps them with "
                               "--set condense.keep_checkpoints=true")
     run.save()
-    return _execute(run, args.address, condensing=False, methods=methods)
+    return _execute(run, args.address, condensing=False, methods=methods, make_pool=args.make_pool)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -165,6 +209,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     console.print(status.shard_summary(), highlight=False)
     for method, count in status.baselines.items():
         console.print(f"baseline {method}: {count} of {len(status.shards)} shards selected", highlight=False)
+    if status.pool is not None:
+        p = status.pool
+        console.print(f"pool: {p.committed} of {p.networks} networks committed, {p.states} states, at {p.uri}",
+                      highlight=False)
     ev = status.evaluation
     more = f"; `dmcondense evaluate {args.run}` trains the others" if ev.state == "unfinished" else ""
     console.print(f"evaluation: {ev.state}, {ev.scored} of {ev.planned} networks scored{more}", highlight=False)
@@ -194,11 +242,12 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------ execution
-def _execute(run: RunDir, address: str | None, condensing: bool = True, methods: list[str] | None = None) -> int:
+def _execute(run: RunDir, address: str | None, condensing: bool = True, methods: list[str] | None = None,
+             make_pool: bool = False) -> int:
     try:
         with ray_session(address) as where:
             console.print(f"{run.config.name}: running on {where}; run directory {run.uri}", highlight=False)
-            table = pipeline.run_stages(run, console, condensing=condensing, methods=methods)
+            table = pipeline.run_stages(run, console, condensing=condensing, methods=methods, make_pool=make_pool)
     except StageFailed as exc:
         console.print(f"[red]{exc}[/]", highlight=False)
         console.print(f"Finish with: {exc.again}", highlight=False)
@@ -214,7 +263,7 @@ def _print_results(rows: list[TableRow], run: RunDir) -> None:
             table.add_column(col)
         for r in rows:
             paper = f"{r.paper:.1f}" if r.paper is not None else "-"
-            table.add_row(r.method, r.model, str(r.n), f"{r.mean:.2f} ± {r.std:.2f}", paper)
+            table.add_row(r.label, r.model, str(r.n), f"{r.mean:.2f} ± {r.std:.2f}", paper)
         console.print(table)
     console.print(f"report: {run.path('report.md')} (grid.png, loss.png)", highlight=False)
 

@@ -11,12 +11,11 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass
-from typing import Generic, Literal, TypeVar
+from typing import Generic, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from orchestrator import storage
-from orchestrator.run_dir import RunDir
 
 M = TypeVar("M", bound=BaseModel)
 State = Literal["committed", "corrupt", "failed", "in_progress", "pending"]
@@ -24,6 +23,16 @@ State = Literal["committed", "corrupt", "failed", "in_progress", "pending"]
 
 class CorruptFile(RuntimeError):
     """A committed file no longer matches its manifest."""
+
+
+class Folder(Protocol):
+    """A directory whose units are committed: a run, a pool."""
+
+    uri: str
+
+    def path(self, *parts: str) -> str: ...
+
+    def relative(self, path: str) -> str: ...
 
 
 class FileEntry(BaseModel):
@@ -40,7 +49,7 @@ class UnitState(Generic[M]):
     manifest: M | None = None
 
 
-def write_file(run: RunDir, uri: str, data: bytes, rows: int) -> FileEntry:
+def write_file(run: Folder, uri: str, data: bytes, rows: int) -> FileEntry:
     storage.write_bytes_atomic(uri, data)
     return FileEntry(path=run.relative(uri), sha256=hashlib.sha256(data).hexdigest(), bytes=len(data), rows=rows)
 
@@ -50,7 +59,7 @@ def write_manifest(uri: str, manifest: BaseModel) -> None:
     storage.write_json_atomic(uri, manifest.model_dump(mode="json"))
 
 
-def read_state(run: RunDir, uri: str, model: type[M], *, deep: bool = True) -> UnitState[M]:
+def read_state(run: Folder, uri: str, model: type[M], *, deep: bool = True) -> UnitState[M]:
     """committed (every file matches, checked only with ``deep``), corrupt, or pending."""
     if not storage.exists(uri):
         return UnitState("pending")
@@ -62,7 +71,7 @@ def read_state(run: RunDir, uri: str, model: type[M], *, deep: bool = True) -> U
     return UnitState("corrupt", problem, manifest) if problem else UnitState("committed", "", manifest)
 
 
-def check_files(run: RunDir, files: "list[FileEntry] | object") -> str:
+def check_files(run: Folder, files: "list[FileEntry] | object") -> str:
     """'' when every file is there with its recorded sha256, else what is wrong."""
     for entry in files:  # type: ignore[attr-defined]
         uri = run.path(entry.path)
@@ -74,12 +83,12 @@ def check_files(run: RunDir, files: "list[FileEntry] | object") -> str:
     return ""
 
 
-def read_checked(run: RunDir, entry: FileEntry) -> bytes:
+def read_checked(run: Folder, entry: FileEntry) -> bytes:
     """A committed file's bytes, hashed as read: a file changed since its commit is an error."""
     data = storage.read_bytes(run.path(entry.path))
     if hashlib.sha256(data).hexdigest() != entry.sha256:
-        raise CorruptFile(f"{entry.path} no longer matches its manifest; `dmcondense status {run.uri}` shows "
-                          f"what is corrupt and `dmcondense resume {run.uri}` recomputes it")
+        raise CorruptFile(f"{run.path(entry.path)} no longer matches its manifest; the stage that made it "
+                          "recomputes it when run again")
     return data
 
 

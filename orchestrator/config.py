@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from workers.augment import DEFAULT_STRATEGY
 from workers.networks import check_network_name
@@ -58,7 +58,18 @@ class DatasetConfig(_Strict):
 
 
 class CondenseConfig(_Strict):
-    method: Literal["dm"] = "dm"
+    method: Literal["dm", "mmd_pixel"] = Field(
+        default="dm", description="dm: Distribution Matching; mmd_pixel: MMD of the images themselves, no network "
+        "and no augmentation (the paper's appendix B.2), with condense.kernel")
+    networks: Literal["random", "pool"] = Field(
+        default="random", description="random: a fresh random network every iteration (DM); pool: a state of a "
+        "trained network of the pool (pool: section), drawn from condense.pool_group (paper 3.4)")
+    pool_group: tuple[float, float] | None = Field(
+        default=None, description="[lo, hi]: the pool states whose validation accuracy (%) is at least lo and "
+        "below hi (hi 100 includes 100); null: every state")
+    kernel: Literal["linear", "rbf"] = Field(
+        default="linear", description="mmd_pixel's kernel: linear (the squared distance of the means) or rbf "
+        "(Gaussian, three bandwidths)")
     ipc: int = Field(default=10, gt=0, description="synthetic images per class")
     iterations: int = Field(default=20000, ge=0)
     lr_img: float | None = Field(default=None, gt=0, description="null: 1, or 10 above 50 images per class")
@@ -89,6 +100,20 @@ class CondenseConfig(_Strict):
     def _known_model(cls, name: str) -> str:
         return check_network_name(name)
 
+    @field_validator("pool_group")
+    @classmethod
+    def _group(cls, group: tuple[float, float] | None) -> tuple[float, float] | None:
+        if group is not None and not 0 <= group[0] < group[1] <= 100:
+            raise ValueError(f"an accuracy group is [lo, hi] in percent with 0 <= lo < hi <= 100, got {list(group)}")
+        return group
+
+    @model_validator(mode="after")
+    def _pixels_have_no_network(self) -> "CondenseConfig":
+        if self.method == "mmd_pixel" and self.networks != "random":
+            raise ValueError("condense.method mmd_pixel matches pixels, with no network: leave condense.networks "
+                             "at random")
+        return self
+
     @property
     def effective_compile(self) -> bool:
         """Whether to compile, where the worker can (workers.devices.compile_problem decides there)."""
@@ -110,6 +135,33 @@ class PrecisionConfig(_Strict):
     deterministic: bool = Field(
         default=False, description="on CUDA, deterministic algorithms only: a resumed shard gives the bytes of an "
         "uninterrupted one there too, at a cost (docs/benchmarks.md); the CPU is deterministic anyway")
+
+
+class PoolConfig(_Strict):
+    """Networks trained on the real training set, shared by every shard (paper 3.4; the forgetting
+    baseline). Named by a hash of what shapes it, under ``uri``: runs on the same data reuse it."""
+
+    uri: str | None = Field(default=None, description="where pools live (one folder per pool); null: RUN/pool")
+    networks: int = Field(default=8, gt=0, description="networks in the pool, each from its own seed")
+    model: str | None = Field(default=None, description="null: condense.model")
+    epochs: int = Field(default=1, gt=0)
+    batch: int = Field(default=256, gt=0)
+    lr: float = Field(default=0.01, gt=0)
+    momentum: float = Field(default=0.9, ge=0)
+    weight_decay: float = Field(default=5e-4, ge=0)
+    augment: bool = Field(default=False, description="train with condense.dsa_strategy's augmentation")
+    states_every: int = Field(default=50, gt=0, description="keep a state every N steps (and the first and "
+                              "last), from the random initialisation to the final state")
+    early_states: bool = Field(default=True, description="also keep the states at steps 1, 2, 4, ... below "
+                               "states_every, where accuracy rises fastest")
+    validation_fraction: float = Field(default=0.1, gt=0, lt=1, description="share of each class held out of "
+                                       "training, with a fixed seed, to score every kept state")
+    seed: int = 0
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, name: str | None) -> str | None:
+        return None if name is None else check_network_name(name)
 
 
 class PlanConfig(_Strict):
@@ -172,7 +224,9 @@ class EvaluateConfig(_Strict):
     epochs: int = Field(default=1000, gt=0)
     batch: int = Field(default=256, gt=0)
     lr: float = Field(default=0.01, gt=0)
-    baselines: list[Literal["random", "herding", "k_center"]] = Field(default_factory=lambda: ["random", "herding"])
+    baselines: list[Literal["random", "herding", "k_center", "forgetting"]] = Field(
+        default_factory=lambda: ["random", "herding"], description="coreset baselines of the same size; "
+        "forgetting ranks the real images by their forgetting events in the pool (pool: section)")
     actors_per_gpu: int = Field(default=4, gt=0)
     gpus: bool = Field(default=True, description="use GPUs for evaluation when the cluster has them")
     num_actors: int | None = Field(default=None, gt=0, description="null: one per free CPU, at most 4")
@@ -188,6 +242,7 @@ class RunConfig(_Strict):
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
     condense: CondenseConfig = Field(default_factory=CondenseConfig)
     precision: PrecisionConfig = Field(default_factory=PrecisionConfig)
+    pool: PoolConfig = Field(default_factory=PoolConfig)
     plan: PlanConfig = Field(default_factory=PlanConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
@@ -283,10 +338,13 @@ def to_dict(cfg: RunConfig) -> dict[str, Any]:
 
 
 def identity(cfg: RunConfig | dict[str, Any]) -> dict[str, Any]:
-    """The part of the config that determines the synthetic images."""
+    """The part of the config that determines the synthetic images (the pool's settings only
+    when the images come from its networks)."""
     data = to_dict(cfg) if isinstance(cfg, RunConfig) else copy.deepcopy(cfg)
     for key in MUTABLE_SECTIONS:
         data.pop(key, None)
+    if data.get("condense", {}).get("networks", "random") != "pool":
+        data.pop("pool", None)
     return data
 
 

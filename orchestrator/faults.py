@@ -1,8 +1,8 @@
 """Fault injection for the failure tests, set through the driver's environment.
 
 DMCONDENSE_FAULTS="shard-00001=kill-after-checkpoint,eval-random=raise" names a
-fault per target: a shard (``shard-NNNNN``) or the evaluation jobs of one method
-(``eval-<method>``). "-once" faults fire on the first attempt only, marked in
+fault per target: a shard (``shard-NNNNN``), the evaluation jobs of one method
+(``eval-<method>``) or a pool network (``net-NNNNN``). "-once" faults fire on the first attempt only, marked in
 RUN/faults/ so that a retry (in another process) runs clean.
 """
 
@@ -12,7 +12,7 @@ import os
 import signal
 
 from orchestrator import storage
-from orchestrator.run_dir import RunDir
+from orchestrator.commits import Folder
 
 FAULTS_ENV = "DMCONDENSE_FAULTS"
 
@@ -23,9 +23,9 @@ def fault_for(target: str) -> str | None:
     return dict(item.split("=", 1) for item in spec.split(",") if "=" in item).get(target)
 
 
-def first_time(run: RunDir, target: str, fault: str) -> bool:
-    """True the first time a run reaches this fault (and marks it reached)."""
-    marker = run.fault_marker(target, fault)
+def first_time(folder: Folder, target: str, fault: str) -> bool:
+    """True the first time a run (or a pool) reaches this fault (and marks it reached)."""
+    marker = folder.path("faults", f"{target}.{fault}")
     if storage.exists(marker):
         return False
     storage.write_bytes_atomic(marker, b"1")

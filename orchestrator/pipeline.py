@@ -8,19 +8,22 @@ from rich.console import Console
 from orchestrator.config import RunConfig, apply_overrides, differing_keys, from_dict, identity, load_config
 from orchestrator.plan import PlanError, check_config_against_dataset, estimate_work, make_plan, planned_classes
 from orchestrator.run_dir import RunDir, RunError
+from orchestrator.pool_dir import pool_of, pool_root, pools_at
 from orchestrator.run_record import RunRecord
 from orchestrator.stages.baselines import baselines
 from orchestrator.stages.condense import condense
 from orchestrator.stages.evaluate import actor_memory, evaluate
+from orchestrator.stages.pool import check_pool_ready
+from orchestrator.stages.pool import make_pool as make_pool_stage
 from orchestrator.stages.report import TableRow, report
-from workers.data import open_dataset
+from workers.data import DatasetInfo, open_dataset
 
 
-def new_run(cfg: RunConfig) -> RunDir:
+def new_run(cfg: RunConfig, pool_hint: str = "dmcondense pool CONFIG", make_pool: bool = False) -> RunDir:
     """The run ``cfg`` asks for at ``cfg.output``: the dataset opened once (its info goes into the
-    record), the plan made or grown, everything checked; nothing is written."""
-    d = cfg.dataset
-    info = open_dataset(d.name, d.root, resolution=d.resolution, download=d.download).info
+    record), the plan made or grown, everything checked, the pool too unless ``make_pool``
+    (``pool_hint``: the command that makes it); nothing is written."""
+    info = dataset_info(cfg)
     try:
         classes = planned_classes(cfg, info)
         check_config_against_dataset(cfg, info, classes)
@@ -32,19 +35,46 @@ def new_run(cfg: RunConfig) -> RunDir:
         plan = make_plan(classes, cfg.plan.classes_per_shard, cfg.seed, existing)
     except PlanError as exc:
         raise RunError(str(exc)) from None
-    return RunDir(cfg.output, RunRecord.build(cfg, plan, info))
+    run = RunDir(cfg.output, RunRecord.build(cfg, plan, info))
+    if not make_pool:
+        check_pool(run, pool_hint)
+    return run
 
 
-def reopened_run(uri: str, overrides: list[str], config_path: str | None = None) -> RunDir:
+def dataset_info(cfg: RunConfig) -> DatasetInfo:
+    """The dataset's info, found once in the driver (a statistics pass for raw sources)."""
+    d = cfg.dataset
+    return open_dataset(d.name, d.root, resolution=d.resolution, download=d.download).info
+
+
+def check_pool(run: RunDir, hint: str) -> None:
+    """Before any shard starts: the pool the run needs exists, verifies and has its group."""
+    pool = pool_of(run.config, run.dataset)
+    if pool is None:
+        return
+    others = [r.describe() for r in pools_at(pool_root(run.config)) if r.key != pool.record.key]
+    try:
+        check_pool_ready(pool, run.config.condense.pool_group if run.config.condense.networks == "pool" else None,
+                         hint)
+    except RunError as exc:
+        seen = f" (the pools there were made from other data or settings: {'; '.join(others)})" if others else ""
+        raise RunError(f"{exc}{seen}") from None
+
+
+def reopened_run(uri: str, overrides: list[str], config_path: str | None = None, make_pool: bool = False) -> RunDir:
     """The run at ``uri`` under ``overrides`` that do not change its images (resources,
-    evaluation, output); refuses, naming the keys, any that would."""
+    evaluation, output); refuses, naming the keys, any that would. Its pool is checked
+    unless ``make_pool``."""
     run = RunDir.load(uri)
     if config_path:
         asked = load_config(config_path, overrides)
         _refuse_other_images(run.config, asked, uri, allow_growth=False, advice="start a new run with --out instead")
     cfg = from_dict(apply_overrides(run.config.model_dump(mode="json"), [*overrides, f"output={uri}"]))
     _refuse_other_images(run.config, cfg, uri, allow_growth=False)
-    return run.with_config(cfg)
+    run = run.with_config(cfg)
+    if not make_pool:
+        check_pool(run, f"dmcondense pool {uri}")
+    return run
 
 
 def _refuse_other_images(old: RunConfig, new: RunConfig, uri: str, *, allow_growth: bool,
@@ -60,11 +90,16 @@ def _refuse_other_images(old: RunConfig, new: RunConfig, uri: str, *, allow_grow
                        f"which would change its images; {advice}")
 
 
-def run_stages(run: RunDir, console: Console, *, condensing: bool = True,
-               methods: list[str] | None = None) -> list[TableRow]:
+def run_stages(run: RunDir, console: Console, *, condensing: bool = True, methods: list[str] | None = None,
+               make_pool: bool = False) -> list[TableRow]:
     """The stages of a run, each doing only what the run directory lacks; returns the results
-    table. ``methods``: evaluate only these (e.g. kept checkpoints), keeping earlier results."""
+    table. ``methods``: evaluate only these (e.g. kept checkpoints), keeping earlier results.
+    ``make_pool``: train the pool the run needs first (a shard never trains one)."""
     cfg = run.config
+    pool = pool_of(run.config, run.dataset)
+    if make_pool and pool is not None:
+        make_pool_stage(pool, cfg, console, again=f"dmcondense pool {run.uri}")
+        check_pool(run, f"dmcondense pool {run.uri}")
     if condensing:
         condense(run, console)
     if methods is None and cfg.evaluate.baselines:

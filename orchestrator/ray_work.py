@@ -238,7 +238,7 @@ def _stream(work: Sequence[Work], submit: Callable[[Work], Any], release: Callab
             partial = ray.get(board.snapshot.remote()) if board is not None else {}
             in_flight = sum(min(partial.get(w.key, 0), w.units) for w in running.values())
             display.update(finished_units + in_flight, f"{len(outcome.results)}/{len(work)} done, "
-                                                       f"{len(running)} running, {len(outcome.failed)} failed")
+                                                       f"{len(running)} in flight, {len(outcome.failed)} failed")
     return outcome
 
 

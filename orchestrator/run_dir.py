@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
@@ -75,11 +74,7 @@ class RunDir:
         return storage.join(self.uri, *parts)
 
     def relative(self, path: str) -> str:
-        """``path`` relative to the run; a URI's query string (endpoint options) belongs to neither."""
-        run = self.uri
-        if "://" in run:
-            run, path = urlsplit(run).path, urlsplit(path).path
-        return path[len(run.rstrip("/")) + 1 :]
+        return storage.relative(self.uri, path)
 
     def shard_file(self, spec: ShardSpec) -> str:
         return self.path("shards", f"{spec.name}.parquet")
@@ -113,9 +108,6 @@ class RunDir:
 
     def results(self) -> str:
         return self.path("eval", "results.parquet")
-
-    def fault_marker(self, target: str, fault: str) -> str:
-        return self.path("faults", f"{target}.{fault}")
 
 
 def _open_info(config: dict) -> DatasetInfo:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from orchestrator.pool_dir import pool_of
 from orchestrator.run_dir import RunDir
 from orchestrator.stages.baselines import selection_state
 from orchestrator.stages.condense import shard_state
 from orchestrator.stages.evaluate import EvaluationState, evaluation_state
+from orchestrator.stages.pool import network_state
 
 STATES = ("committed", "in_progress", "failed", "corrupt", "pending")
 
@@ -23,12 +25,21 @@ class ShardRow:
 
 
 @dataclass(frozen=True)
+class PoolStatus:
+    uri: str
+    committed: int  # networks with a valid commit
+    networks: int  # asked for
+    states: int  # kept states of the committed networks
+
+
+@dataclass(frozen=True)
 class RunStatus:
     run: str
     config_hash: str
     shards: list[ShardRow]
     baselines: dict[str, int]  # method -> shards with a valid selection
     evaluation: EvaluationState
+    pool: PoolStatus | None  # the pool the run reads, if any
 
     @property
     def exit_code(self) -> int:
@@ -49,4 +60,12 @@ def run_status(run: RunDir) -> RunStatus:
                              m.wall_time_s if m else None, st.detail))
     baselines = {method: sum(selection_state(run, spec, method).state == "committed" for spec in run.shards)
                  for method in run.config.evaluate.baselines}
-    return RunStatus(run.uri, run.record.config_hash, rows, baselines, evaluation_state(run))
+    return RunStatus(run.uri, run.record.config_hash, rows, baselines, evaluation_state(run), _pool_status(run))
+
+
+def _pool_status(run: RunDir) -> PoolStatus | None:
+    pool = pool_of(run.config, run.dataset)
+    if pool is None:
+        return None
+    manifests = [st.manifest for i in range(pool.networks) if (st := network_state(pool, i)).state == "committed"]
+    return PoolStatus(pool.uri, len(manifests), pool.networks, sum(len(m.steps) for m in manifests))

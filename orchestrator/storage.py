@@ -21,6 +21,7 @@ import json
 import posixpath
 import uuid
 from collections.abc import Callable
+from urllib.parse import urlsplit
 from typing import Any
 
 import numpy as np
@@ -31,13 +32,20 @@ import pyarrow.parquet as pq
 from workers.data.uri import join, resolve
 
 __all__ = [
-    "TMP_PREFIX", "resolve", "join", "ensure_dir", "exists", "read_bytes", "write_bytes_atomic",
+    "TMP_PREFIX", "resolve", "join", "relative", "ensure_dir", "exists", "read_bytes", "write_bytes_atomic",
     "read_json", "write_json_atomic", "write_parquet_atomic", "list_names", "remove",
     "sha256_of", "mtime_ns",
 ]
 
 TMP_PREFIX = ".tmp-"
 _CHUNK = 1 << 20
+
+
+def relative(base: str, path: str) -> str:
+    """``path`` relative to ``base``; a URI's query string (endpoint options) belongs to neither."""
+    if "://" in base:
+        base, path = urlsplit(base).path, urlsplit(path).path
+    return path[len(base.rstrip("/")) + 1 :]
 
 
 def ensure_dir(uri: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -72,7 +73,25 @@ def test_errors_name_the_problem():
     with pytest.raises(ValueError, match="features"):
         select_coreset("herding", images, labels, 1, class_ids=[0], seed=0)
     with pytest.raises(ValueError, match="unknown coreset method"):
+        select_coreset("influence", images, labels, 1, class_ids=[0], seed=0)
+    with pytest.raises(ValueError, match="forgetting selects on forgetting scores"):
         select_coreset("forgetting", images, labels, 1, class_ids=[0], seed=0)
+
+
+def test_forgetting_picks_the_most_forgotten_never_learned_first_ties_from_the_seed():
+    images, labels = _labelled({0: 6, 1: 4})
+    never = 1_000_000
+    scores = {0: np.array([0, 3, never, 3, np.nan, 1.0]), 1: np.array([2.0, 2.0, 2.0, 2.0])}
+    idx = select_coreset("forgetting", images, labels, 3, class_ids=[0, 1], seed=5, scores=scores)
+    class0, class1 = idx[:3].tolist(), idx[3:].tolist()
+    assert class0[0] == 2 and set(class0[1:]) == {1, 3}  # never learned, then the two most forgotten
+    assert all(labels[i] == 1 for i in class1) and len(set(class1)) == 3  # all tied: the seed decides
+    again = select_coreset("forgetting", images, labels, 3, class_ids=[0, 1], seed=5, scores=scores)
+    other = [select_coreset("forgetting", images, labels, 3, class_ids=[1], seed=s, scores=scores).tolist()
+             for s in range(8)]
+    assert torch.equal(idx, again) and len({tuple(o) for o in other}) > 1
+    with pytest.raises(ValueError, match="only 5 images of the class have forgetting scores"):
+        select_coreset("forgetting", images, labels, 6, class_ids=[0], seed=0, scores=scores)
 
 
 def test_embed_features_random_and_trained():

@@ -28,9 +28,9 @@ def _run(tmp_path, name):  # noqa: ANN001, ANN202
 
 def _checkpoint_at_3(run, identity: dict) -> None:  # noqa: ANN001
     spec = run.shards[0]
-    from orchestrator.stages.worker_setup import open_reader
+    from orchestrator.stages.worker_setup import run_reader
 
-    condenser = DMCondenser(open_reader(run).read_train(list(spec.class_ids)), run.dataset, spec.class_ids,
+    condenser = DMCondenser(run_reader(run).read_train(list(spec.class_ids)), run.dataset, spec.class_ids,
                             dm_settings(run.config), spec.seed)
     condenser.run(until=3)
     buf = io.BytesIO()

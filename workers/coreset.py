@@ -1,4 +1,4 @@
-"""Coreset baselines: random, herding and k-center selection, class by class.
+"""Coreset baselines: random, herding, k-center and forgetting selection, class by class.
 
 ``select_coreset`` returns indices into ``images`` laid out like DM's synthetic
 set: class after class in ``class_ids`` order, ``ipc`` per class, in selection
@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from workers.seeding import derive_seed, generator
 from workers.train_eval import TrainSettings, fresh_network, train_network
 
-METHODS = ("random", "herding", "k_center")
+METHODS = ("random", "herding", "k_center", "forgetting")
 
 
 def select_coreset(
@@ -28,6 +29,7 @@ def select_coreset(
     class_ids: Sequence[int],
     seed: int,
     features: torch.Tensor | None = None,
+    scores: dict[int, np.ndarray] | None = None,
 ) -> torch.Tensor:
     """int64 indices of ``ipc`` images per class of ``class_ids``, class-major.
 
@@ -40,7 +42,7 @@ def select_coreset(
         raise ValueError(f"ipc must be >= 1, got {ipc}")
     if labels.dim() != 1 or len(labels) != len(images):
         raise ValueError(f"labels must be [N] with N = len(images) = {len(images)}, got {list(labels.shape)}")
-    if method != "random":
+    if method in ("herding", "k_center"):
         if features is None:
             raise ValueError(f"{method} selects on embedding features: pass features=embed_features(...)")
         if features.dim() != 2 or len(features) != len(images):
@@ -55,11 +57,31 @@ def select_coreset(
             )
         if method == "random":
             picks = torch.randperm(len(members), generator=generator(derive_seed(seed, "coreset", c)))[:ipc]
+        elif method == "forgetting":
+            picks = most_forgotten(_class_scores(scores, c, len(members)), ipc, derive_seed(seed, "coreset", c))
         else:
             feats = features[members.to(features.device)].double()
             picks = (herding if method == "herding" else k_center)(feats, ipc).cpu()
         chosen.append(members[picks])
     return torch.cat(chosen) if chosen else torch.zeros(0, dtype=torch.int64)
+
+
+def _class_scores(scores: dict[int, np.ndarray] | None, c: int, n: int) -> np.ndarray:
+    if scores is None or c not in scores or len(scores[c]) != n:
+        raise ValueError(f"forgetting selects on forgetting scores: pass scores[{c}] with one per image of the class "
+                         f"({n})")
+    return scores[c]
+
+
+def most_forgotten(scores: np.ndarray, k: int, seed: int) -> torch.Tensor:
+    """The ``k`` positions with the highest scores (NaN: never scored, never chosen), ties
+    broken by a permutation drawn from ``seed``."""
+    known = np.flatnonzero(~np.isnan(scores))
+    if len(known) < k:
+        raise ValueError(f"only {len(known)} images of the class have forgetting scores, {k} were asked for")
+    tie = np.random.default_rng(seed).permutation(len(scores))
+    order = known[np.lexsort((tie[known], -scores[known]))]  # by score descending, then by the draw
+    return torch.from_numpy(order[:k].astype(np.int64))
 
 
 def herding(features: torch.Tensor, k: int) -> torch.Tensor:

@@ -24,7 +24,8 @@ from torch import nn
 from workers.augment import DEFAULT_STRATEGY, DSAParams, apply_dsa, draw_params
 from workers.data.types import DatasetInfo, ImageSet
 from workers.devices import Precision, compile_problem
-from workers.networks import build_network, init_parameters_, uses_batchnorm
+from workers.matching import NetworkSource, PoolNetworks, RandomNetworks, mmd
+from workers.networks import build_network, uses_batchnorm
 from workers.seeding import derive_seed, generator
 
 
@@ -62,6 +63,12 @@ class DMSettings:
     # CUDA only: compile the embedding with CUDA graphs (torch.compile's "reduce-overhead"),
     # replaying each shape's kernels in one launch. Off until a GPU check shows the gain.
     cuda_graphs: bool = False
+    # The recipe's pieces (workers.matching): where the embedding network comes from
+    # (random: DM; pool: a state of a trained network; pixels: no network, matching in pixel
+    # space), and how real and synthetic embeddings compare (mean: DM; mmd with ``kernel``).
+    networks: Literal["random", "pool", "pixels"] = "random"
+    loss: Literal["mean", "mmd"] = "mean"
+    kernel: Literal["linear", "rbf"] = "linear"
 
     def __post_init__(self) -> None:
         if self.ipc <= 0:
@@ -167,6 +174,7 @@ class DMCondenser:
         settings: DMSettings,
         seed: int,
         device: torch.device | str = "cpu",
+        pool_states: Sequence[dict[str, torch.Tensor]] = (),
     ):
         self.device = torch.device(device)
         self.settings = settings = settings.resolve(self.device)
@@ -175,8 +183,10 @@ class DMCondenser:
         self.bank = ClassBank(real, class_ids, self.device)
         self.mean = torch.tensor(info.mean, device=self.device).view(1, -1, 1, 1)
         self.std = torch.tensor(info.std, device=self.device).view(1, -1, 1, 1)
-        self.net = self._build_network(info)
-        self.batchnorm = uses_batchnorm(settings.model)
+        self.pixels = settings.networks == "pixels"
+        self.net = None if self.pixels else self._build_network(info)
+        self.networks = self._network_source(pool_states)
+        self.batchnorm = not self.pixels and uses_batchnorm(settings.model)
         self.compile_state = self._compile_embedding()
         k = self.bank.num_classes
         self.syn_groups = torch.arange(k, device=self.device).repeat_interleave(settings.ipc)
@@ -186,9 +196,19 @@ class DMCondenser:
         self.losses: list[tuple[int, float]] = []
 
     # ----------------------------------------------------------------- setup
+    def _network_source(self, pool_states: Sequence[dict[str, torch.Tensor]]) -> NetworkSource | None:
+        if self.pixels:
+            return None
+        if self.settings.networks == "pool":
+            return PoolNetworks(pool_states, self.device)
+        return RandomNetworks()
+
     def _compile_embedding(self) -> str:
         """Compile the embedding when asked and this device can: "on", "off", or "off: <why>".
         A machine that cannot compile runs eager with a warning, never a failed shard."""
+        if self.net is None:
+            self._embed = lambda x: x.flatten(1)  # pixel space: nothing to compile
+            return "off"
         self._embed = self.net.embed
         graphs = self.settings.cuda_graphs and self.device.type == "cuda"
         if not (self.settings.compile or graphs):
@@ -229,16 +249,16 @@ class DMCondenser:
         return x.contiguous(memory_format=self.settings.precision.memory_format())
 
     # ------------------------------------------------------------------ loop
-    def _real_means(self, batch: RealBatch, params: DSAParams) -> torch.Tensor:
-        # No autograd here: the real side is a constant of the loss. Images are
-        # normalised and augmented a block at a time (few large ops instead of many
-        # small ones), then embedded chunk by chunk with class sums accumulated per
-        # chunk, so only one chunk's activations are ever alive.
+    def _real_pass(self, batch: RealBatch, params: DSAParams,
+                   consume: Callable[[torch.Tensor, torch.Tensor], None]) -> None:
+        """``consume(embeddings fp32, their target slots)`` chunk by chunk over the real batch.
+
+        No autograd here: the real side is a constant of the loss. Images are normalised
+        and augmented a block at a time (few large ops instead of many small ones), then
+        embedded chunk by chunk, so only one chunk's activations are ever alive."""
         n = batch.index.shape[0]
         chunk = n if self.batchnorm or self.settings.embed_chunk <= 0 else min(self.settings.embed_chunk, n)
         block = max(chunk, _AUGMENT_BLOCK // chunk * chunk)
-        k = batch.counts.shape[0]
-        sums = None
         with torch.no_grad(), self.settings.precision.autocast(self.device):
             for first in range(0, n, block):
                 rows = slice(first, first + block)
@@ -246,11 +266,28 @@ class DMCondenser:
                               static=self.settings.sync_free)
                 targets = batch.targets[rows]
                 for start in range(0, x.shape[0], chunk):
-                    emb = self._embed_fixed(x[start : start + chunk], chunk)
-                    if sums is None:
-                        sums = emb.new_zeros(k + 1, emb.shape[1])  # the last slot takes the padding
-                    sums.index_add_(0, targets[start : start + chunk], emb)
-        return sums[:k] / batch.counts[:, None]
+                    consume(self._embed_fixed(x[start : start + chunk], chunk), targets[start : start + chunk])
+
+    def _real_means(self, batch: RealBatch, params: DSAParams) -> torch.Tensor:
+        """[K, D]: class sums accumulated chunk by chunk (the last slot takes the padding)."""
+        k = batch.counts.shape[0]
+        sums: list[torch.Tensor] = []
+
+        def add(emb: torch.Tensor, targets: torch.Tensor) -> None:
+            if not sums:
+                sums.append(emb.new_zeros(k + 1, emb.shape[1]))
+            sums[0].index_add_(0, targets, emb)
+
+        self._real_pass(batch, params, add)
+        return sums[0][:k] / batch.counts[:, None]
+
+    def _real_embeddings(self, batch: RealBatch, params: DSAParams) -> tuple[torch.Tensor, torch.Tensor]:
+        """([K, take, D] embeddings, [K, take] weights: 0 for a small class's padding rows)."""
+        k = batch.counts.shape[0]
+        parts: list[torch.Tensor] = []
+        self._real_pass(batch, params, lambda emb, targets: parts.append(emb))
+        embeddings = torch.cat(parts).view(k, batch.index.shape[0] // k, -1)
+        return embeddings, (batch.targets != k).view(k, -1).to(embeddings.dtype)
 
     def _embed_fixed(self, x: torch.Tensor, size: int) -> torch.Tensor:
         """Embeddings (fp32) of ``x``; compiled, a short last chunk is padded to ``size``
@@ -260,32 +297,40 @@ class DMCondenser:
             x = torch.cat([x, x[-1:].expand(size - keep, *x.shape[1:])])
         return self._embed(x)[:keep].float()
 
-    def _syn_means(self, params: DSAParams) -> torch.Tensor:
-        # Forward in chunks of whole classes, all of one size (a divisor of the class
-        # count): a smaller working set (1.35x faster at 50 images per class on the CPU)
-        # and one shape for a compiled embedding. BatchNorm models use one pass.
+    def _syn_embeddings(self, params: DSAParams) -> torch.Tensor:
+        """[K, ipc, D], with autograd. Forward in chunks of whole classes, all of one size (a
+        divisor of the class count): a smaller working set (1.35x faster at 50 images per class
+        on the CPU) and one shape for a compiled embedding. BatchNorm models use one pass."""
         x = self.syn.contiguous(memory_format=self.settings.precision.memory_format())
         x = apply_dsa(x, self.syn_groups, params, static=self.settings.sync_free)
         k, ipc = self.bank.num_classes, self.settings.ipc
         fits = k if self.batchnorm or self.settings.embed_chunk <= 0 else max(1, self.settings.embed_chunk // ipc)
         per = max(d for d in range(1, min(fits, k) + 1) if k % d == 0)
-        means = []
+        parts = []
         with self.settings.precision.autocast(self.device):
             for start in range(0, k * ipc, per * ipc):
-                emb = self._embed(x[start : start + per * ipc]).float()
-                means.append(emb.view(per, ipc, -1).mean(dim=1))
-        return torch.cat(means)
+                parts.append(self._embed(x[start : start + per * ipc]).float().view(per, ipc, -1))
+        return torch.cat(parts)
+
+    def _syn_means(self, params: DSAParams) -> torch.Tensor:
+        return self._syn_embeddings(params).mean(dim=1)
 
     def draw(self) -> Draw:
-        """This iteration's random network, real batch and augmentation draws."""
+        """This iteration's network, real batch and augmentation draws."""
         gen = generator(derive_seed(self.seed, "iter", self.iteration), self.device)
-        init_parameters_(self.net, gen)
+        if self.networks is not None:
+            self.networks.draw(self.net, gen, self.seed, self.iteration)
         batch = self.bank.sample(self.settings.batch_real, gen)
         params = draw_params(self.settings.dsa_strategy, self.bank.num_classes, gen, self.device)
         return Draw(batch, params)
 
     def loss(self, draw: Draw) -> torch.Tensor:
-        """sum over classes of ||mean real embedding - mean synthetic embedding||^2."""
+        """Sum over classes of the distance between real and synthetic embeddings: of their
+        means (DM, and MMD with the linear kernel, which is the same), or a kernel MMD."""
+        s = self.settings
+        if s.loss == "mmd" and s.kernel != "linear":
+            real, weights = self._real_embeddings(draw.batch, draw.params)
+            return mmd(real, weights, self._syn_embeddings(draw.params), s.kernel)
         return ((self._real_means(draw.batch, draw.params) - self._syn_means(draw.params)) ** 2).sum()
 
     def step(self) -> torch.Tensor:

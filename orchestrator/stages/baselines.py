@@ -1,4 +1,4 @@
-"""The baselines stage: coreset selections (random, herding, k-center) of every shard's classes.
+"""The baselines stage: coreset selections (random, herding, k-center, forgetting) of every shard's classes.
 
 One task per shard that lacks a selection asked for; each selection is committed like a
 shard (its Parquet file, then a manifest) under RUN/baselines/<method>/. A selection is
@@ -20,9 +20,11 @@ from rich.console import Console
 from orchestrator import commits, ray_work, storage
 from orchestrator.commits import FileEntry, UnitState
 from orchestrator.plan import ShardSpec
+from orchestrator.pool_dir import PoolDir
 from orchestrator.run_dir import RunDir
 from orchestrator.stages import StageFailed
-from orchestrator.stages.worker_setup import check_gpus_usable, open_reader, shard_worker
+from orchestrator.stages.pool import forgetting_scores
+from orchestrator.stages.worker_setup import check_gpus_usable, run_reader, task_device
 from workers.coreset import embed_features, select_coreset
 from workers.data import normalize
 from workers.data.tensor_table import tensor_table, to_parquet_bytes
@@ -49,8 +51,10 @@ def baseline_identity(run: RunDir, method: str) -> str:
     plan, seeds, ipc) and, for selections in a feature space, the feature network."""
     e = run.config.evaluate
     shaping: dict = {"method": method, "run": run.record.config_hash}
-    if method != "random":
+    if method in ("herding", "k_center"):
         shaping.update(feature_model=run.config.condense.model, feature_epochs=e.coreset_feature_epochs)
+    if method == "forgetting":
+        shaping.update(pool=PoolDir.for_run(run.config, run.dataset).record.key, networks=run.config.pool.networks)
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -74,7 +78,7 @@ def baselines(run: RunDir, methods: list[str], console: Console) -> None:
         return
     resources = run.config.resources
     ray_work.check_fits(resources.cpus_per_shard, resources.gpus_per_shard, "a baseline selection")
-    check_gpus_usable(run, resources.gpus_per_shard, "baseline selections (resources.gpus_per_shard)")
+    check_gpus_usable(run.config.resources, resources.gpus_per_shard, "baseline selections (resources.gpus_per_shard)")
     outcome = ray_work.run_tasks(select_baselines, work, shared=(run,), options=ray_work.task_options(run.config),
                                  label=STAGE, unit="shards", console=console,
                                  limit=resources.max_concurrent_shards)
@@ -88,12 +92,12 @@ def baselines(run: RunDir, methods: list[str], console: Console) -> None:
 def select_baselines(run: RunDir, spec: ShardSpec, methods: list[str]) -> list[str]:
     """The task body: select ``methods`` among the shard's real images and commit each."""
     started = time.time()
-    device = shard_worker(run)
+    device = task_device(run.config.resources)
     info, cfg = run.dataset, run.config
-    real = open_reader(run).read_train(list(spec.class_ids))
+    real = run_reader(run).read_train(list(spec.class_ids))
     x = normalize(real.images, info.mean, info.std)
     features = None
-    if any(m != "random" for m in methods):
+    if any(m in ("herding", "k_center") for m in methods):
         # Labels remapped to 0..K-1: the feature network only sees this shard's classes.
         local = torch.searchsorted(torch.tensor(sorted(spec.class_ids)), real.labels)
         features = embed_features(
@@ -101,8 +105,9 @@ def select_baselines(run: RunDir, spec: ShardSpec, methods: list[str]) -> list[s
             seed=spec.seed, device=device, train_epochs=cfg.evaluate.coreset_feature_epochs, labels=local,
         )
     for method in methods:
+        scores = forgetting_scores(PoolDir.for_run(cfg, info), list(spec.class_ids)) if method == "forgetting" else None
         idx = select_coreset(method, x, real.labels, cfg.condense.ipc, class_ids=spec.class_ids, seed=spec.seed,
-                             features=features)
+                             features=features, scores=scores)
         meta = {"dataset": info.name, "mean": list(info.mean), "std": list(info.std), "ipc": cfg.condense.ipc,
                 "shard_id": spec.shard_id, "seed": spec.seed, "method": method}
         table = tensor_table(x[idx].numpy(), real.labels[idx].numpy(), info.class_names, index=True, metadata=meta)

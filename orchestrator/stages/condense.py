@@ -57,7 +57,7 @@ def condense(run: RunDir, console: Console) -> None:
         return
     resources, iterations = run.config.resources, run.config.condense.iterations
     ray_work.check_fits(resources.cpus_per_shard, resources.gpus_per_shard, "a shard")
-    check_gpus_usable(run, resources.gpus_per_shard, "shards (resources.gpus_per_shard)")
+    check_gpus_usable(run.config.resources, resources.gpus_per_shard, "shards (resources.gpus_per_shard)")
     outcome = ray_work.run_tasks(
         condense_shard, [ray_work.Work(spec.name, (spec,), units=iterations) for spec in todo], shared=(run,),
         options=ray_work.task_options(run.config), label=STAGE, unit="it", console=console,

@@ -19,8 +19,10 @@ from orchestrator import commits, faults, storage
 from orchestrator.commits import FileEntry
 from orchestrator.config import RunConfig
 from orchestrator.plan import ShardSpec
+from orchestrator.pool_dir import PoolDir
 from orchestrator.run_dir import RunDir
-from orchestrator.stages.worker_setup import open_reader, shard_worker
+from orchestrator.stages.pool import group_states
+from orchestrator.stages.worker_setup import run_reader, task_device
 from workers.data.tensor_table import tensor_table, to_parquet_bytes
 from workers.devices import Precision
 from workers.dm import DMCondenser, DMSettings
@@ -60,12 +62,21 @@ class ShardManifest(BaseModel):
 
 def dm_settings(cfg: RunConfig) -> DMSettings:
     c, p = cfg.condense, cfg.precision
+    pixels = c.method == "mmd_pixel"  # no network, no augmentation: MMD of the images themselves
     return DMSettings(
         ipc=c.ipc, iterations=c.iterations, lr_img=c.effective_lr_img, momentum=c.momentum,
-        batch_real=c.batch_real, init=c.init, model=c.model, dsa_strategy=c.dsa_strategy,
+        batch_real=c.batch_real, init=c.init, model=c.model, dsa_strategy="none" if pixels else c.dsa_strategy,
         embed_chunk=c.embed_chunk, compile=c.effective_compile, loss_every=c.loss_every, cuda_graphs=c.cuda_graphs,
         precision=Precision(bf16=c.bf16, tf32=p.tf32, channels_last=c.channels_last, deterministic=p.deterministic),
+        networks="pixels" if pixels else c.networks, loss="mmd" if pixels else "mean", kernel=c.kernel,
     )
+
+
+def pool_states(run: RunDir) -> list[dict[str, torch.Tensor]]:
+    """The pool states a shard draws its networks from (none for random networks)."""
+    if run.config.condense.networks != "pool":
+        return []
+    return group_states(PoolDir.for_run(run.config, run.dataset), run.config.condense.pool_group)
 
 
 def condense_shard(run: RunDir, spec: ShardSpec, context: Context | None = None) -> ShardManifest:
@@ -75,10 +86,11 @@ def condense_shard(run: RunDir, spec: ShardSpec, context: Context | None = None)
     if state.state == "committed":  # a retry after a commit that the driver never heard of
         return state.manifest  # type: ignore[return-value]
     _maybe_fault(run, spec, "start")
-    device = shard_worker(run)
+    device = task_device(run.config.resources)
     started = time.time()
-    real = open_reader(run).read_train(list(spec.class_ids))
-    condenser = DMCondenser(real, run.dataset, spec.class_ids, dm_settings(run.config), spec.seed, device)
+    real = run_reader(run).read_train(list(spec.class_ids))
+    condenser = DMCondenser(real, run.dataset, spec.class_ids, dm_settings(run.config), spec.seed, device,
+                            pool_states=pool_states(run))
     resumed_from = _restore(run, spec, condenser, device)
 
     def on_checkpoint(st: dict) -> None:

@@ -29,7 +29,7 @@ from orchestrator.stages.eval_scores import (
     Score, result_order, settings_key, stored_scores, write_job_scores, write_results,
 )
 from orchestrator.stages.training_sets import TrainingSet, load, snapshot_iteration, training_set
-from orchestrator.stages.worker_setup import check_gpus_usable, open_reader
+from orchestrator.stages.worker_setup import check_gpus_usable, run_reader
 from workers.devices import Precision, compute_device
 from workers.seeding import derive_seed
 from workers.network_costs import training_bytes_per_image
@@ -120,7 +120,7 @@ def evaluate(run: RunDir, console: Console, methods: list[str] | None = None) ->
     if jobs:
         test = ray_work.compute_shared(read_test_split, run, options={"num_cpus": 1})
         gpus = 1.0 / cfg.evaluate.actors_per_gpu if use_gpu else 0.0
-        check_gpus_usable(run, gpus, "evaluation actors (evaluate.gpus)")
+        check_gpus_usable(run.config.resources, gpus, "evaluation actors (evaluate.gpus)")
         # The test split goes with every call, not to the constructor: Ray maps it from the node's
         # object store each time (no copy), and a restarted actor never needs it again.
         outcome = ray_work.run_on_actors(
@@ -163,7 +163,7 @@ def evaluation_state(run: RunDir) -> EvaluationState:
 
 def read_test_split(run: RunDir) -> tuple[np.ndarray, np.ndarray]:
     """The real test split as uint8 arrays: numpy, so actors map it from the object store."""
-    test = open_reader(run).read_test()
+    test = run_reader(run).read_test()
     return test.images.numpy(), test.labels.numpy()
 
 

@@ -16,10 +16,13 @@ import torch.nn.functional as F  # noqa: E402
 from torchvision.utils import save_image  # noqa: E402
 
 from orchestrator import storage  # noqa: E402
+from orchestrator.config import RunConfig  # noqa: E402
+from orchestrator.pool_dir import pool_of  # noqa: E402
 from orchestrator.run_dir import RunDir  # noqa: E402
 from orchestrator.stages.condense import shard_state  # noqa: E402
 from orchestrator.stages.condense_shard import ShardManifest  # noqa: E402
 from orchestrator.stages.eval_scores import Score, summarize  # noqa: E402
+from orchestrator.stages.pool import histogram_png  # noqa: E402
 from orchestrator.stages.training_sets import read_method, snapshot_iteration  # noqa: E402
 from workers.data import denormalize  # noqa: E402
 
@@ -45,7 +48,8 @@ def paper_figure(dataset: str, method: str, ipc: int, model: str) -> float | Non
 
 @dataclass(frozen=True)
 class TableRow:
-    method: str
+    method: str  # as scored: dm, dm@<iteration>, a baseline
+    label: str  # as shown: the synthetic set named by its recipe (synthetic_label)
     model: str
     n: int
     mean: float
@@ -53,16 +57,33 @@ class TableRow:
     paper: float | None  # Table 1 of the paper, where this setting is one of its
 
 
-def results_table(scores: list[Score], dataset: str, ipc: int) -> list[TableRow]:
-    return [TableRow(s.method, s.model, s.n, s.mean, s.std, paper_figure(dataset, s.method, ipc, s.model))
-            for s in summarize(scores)]
+def synthetic_label(cfg: RunConfig) -> str:
+    """The name of the run's synthetic set in tables: its method, and its networks' source."""
+    c = cfg.condense
+    if c.method == "mmd_pixel":
+        return f"mmd_pixel ({c.kernel})"
+    if c.networks == "pool":
+        group = "all states" if c.pool_group is None else f"{c.pool_group[0]:g}-{c.pool_group[1]:g}%"
+        return f"dm, pool {group}"
+    return "dm"
+
+
+def results_table(scores: list[Score], cfg: RunConfig, dataset: str) -> list[TableRow]:
+    """mean +- std per (method, model), the synthetic set named by ``synthetic_label``; the paper's
+    Table 1 figure where the setting is one of its (DM with random networks, the baselines)."""
+    name, rows = synthetic_label(cfg), []
+    for s in summarize(scores):
+        label = name + s.method[2:] if s.method.startswith("dm") else s.method  # dm@200 -> <name>@200
+        paper = paper_figure(dataset, s.method, cfg.condense.ipc, s.model) if label == s.method else None
+        rows.append(TableRow(s.method, label, s.model, s.n, s.mean, s.std, paper))
+    return rows
 
 
 def markdown_table(table: list[TableRow]) -> str:
     lines = ["| method | model | networks | accuracy (%) | paper (%) |", "|---|---|---|---|---|"]
     for r in table:
         paper = f"{r.paper:.1f}" if r.paper is not None else "-"
-        lines.append(f"| {r.method} | {r.model} | {r.n} | {r.mean:.2f} ± {r.std:.2f} | {paper} |")
+        lines.append(f"| {r.label} | {r.model} | {r.n} | {r.mean:.2f} ± {r.std:.2f} | {paper} |")
     return "\n".join(lines)
 
 
@@ -70,7 +91,7 @@ def report(run: RunDir, scores: list[Score]) -> list[TableRow]:
     """Write report.md, grid.png, loss.png (and sweep.png with scored checkpoints); return the table."""
     cfg, ds = run.config, run.dataset
     manifests = [m for spec in run.shards if (m := shard_state(run, spec, deep=False).manifest) is not None]
-    table = results_table(scores, ds.name, cfg.condense.ipc)
+    table = results_table(scores, cfg, ds.name)
     walls = [m.wall_time_s for m in manifests]
     text = [
         f"# {cfg.name}",
@@ -96,6 +117,13 @@ def report(run: RunDir, scores: list[Score]) -> list[TableRow]:
         per = sum(s.train_seconds for s in scores) / len(scores)
         text.append(f"- evaluation: {len(scores)} networks, {per:.2f} s of training each")
     text += ["", "![synthetic images](grid.png)", "", "![loss per shard](loss.png)", ""]
+    pool = pool_of(cfg, ds)
+    if pool is not None and pool.exists():
+        s = pool.record.settings
+        text += ["## The pool", "", f"{pool.networks} {s.model} networks trained {s.epochs} epoch(s) on the real "
+                 f"training set ({pool.uri}); the validation accuracy of their kept states:", "",
+                 "![pool accuracy histogram](pool.png)", ""]
+        storage.write_bytes_atomic(run.path("pool.png"), histogram_png(pool))
     sweep = sweep_points(table, cfg.condense.iterations)
     if sweep:
         text += ["## Iteration sweep", "", "Images of the kept checkpoints (`condense.keep_checkpoints`), "

@@ -1,0 +1,133 @@
+"""The pool handle: a folder of trained networks with its typed record (POOL/pool.json).
+
+A pool is an artifact of its own, named by a hash of what shapes it (the dataset as its info
+describes it, the architecture, the training settings and seeds, the schedule of kept
+states), under a root (``pool.uri``, default RUN/pool): any run on the same data and
+architecture finds and reuses it. Its networks are units committed like shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from orchestrator import storage
+from orchestrator.config import DatasetConfig, RunConfig
+from workers.data.types import DatasetInfo
+
+RECORD = "pool.json"
+
+
+class PoolSettings(BaseModel):
+    """Everything that shapes a pool's networks (and so its key)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str
+    epochs: int
+    batch: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    dsa_strategy: str | None  # None: no augmentation
+    states_every: int
+    early_states: bool
+    validation_fraction: float
+    seed: int
+
+    @classmethod
+    def of(cls, cfg: RunConfig) -> "PoolSettings":
+        p = cfg.pool
+        return cls(model=p.model or cfg.condense.model, epochs=p.epochs, batch=p.batch, lr=p.lr, momentum=p.momentum,
+                   weight_decay=p.weight_decay, dsa_strategy=cfg.condense.dsa_strategy if p.augment else None,
+                   states_every=p.states_every, early_states=p.early_states,
+                   validation_fraction=p.validation_fraction, seed=p.seed)
+
+
+class PoolRecord(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    format: Literal[1] = 1
+    key: str
+    dataset: DatasetConfig  # where its images are read from (not part of the key)
+    info: DatasetInfo  # what they are
+    settings: PoolSettings
+
+    def describe(self) -> str:
+        i = self.info
+        return (f"{self.key}: {self.settings.model} on {i.name} {i.channels}x{i.im_size[0]}x{i.im_size[1]}, "
+                f"{self.settings.epochs} epoch(s), seed {self.settings.seed}")
+
+
+def pool_key(info: DatasetInfo, settings: PoolSettings) -> str:
+    shaping = {"dataset": {"name": info.name, "classes": info.class_names, "channels": info.channels,
+                           "im_size": list(info.im_size), "train_counts": list(info.train_counts),
+                           "mean": list(info.mean), "std": list(info.std)},
+               "settings": settings.model_dump()}
+    return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class PoolDir:
+    uri: str
+    record: PoolRecord
+    networks: int  # how many networks are asked for (a pool grows: more seeds, same key)
+
+    @classmethod
+    def for_run(cls, cfg: RunConfig, info: DatasetInfo) -> "PoolDir":
+        settings = PoolSettings.of(cfg)
+        key = pool_key(info, settings)
+        record = PoolRecord(key=key, dataset=cfg.dataset, info=info, settings=settings)
+        return cls(storage.join(pool_root(cfg), key), record, cfg.pool.networks)
+
+    def exists(self) -> bool:
+        return storage.exists(self.path(RECORD))
+
+    def save(self) -> None:
+        storage.ensure_dir(self.uri)
+        storage.write_json_atomic(self.path(RECORD), self.record.model_dump(mode="json"))
+
+    def path(self, *parts: str) -> str:
+        return storage.join(self.uri, *parts)
+
+    def relative(self, path: str) -> str:
+        return storage.relative(self.uri, path)
+
+    def states_file(self, index: int) -> str:
+        return self.path(f"net-{index:05d}.pt")
+
+    def forgetting_file(self, index: int) -> str:
+        return self.path(f"net-{index:05d}.forgetting.parquet")
+
+    def manifest(self, index: int) -> str:
+        return self.path("manifest", f"net-{index:05d}.json")
+
+    def failure(self, index: int) -> str:
+        return self.path("failed", f"net-{index:05d}.json")
+
+    def histogram(self) -> str:
+        return self.path("pool.png")
+
+
+def pool_root(cfg: RunConfig) -> str:
+    return cfg.pool.uri or storage.join(cfg.output, "pool")
+
+
+def pools_at(root: str) -> list[PoolRecord]:
+    """The pools a root holds (to name them when none fits)."""
+    records = []
+    for name in storage.list_names(root):
+        path = storage.join(root, name, RECORD)
+        if storage.exists(path):
+            records.append(PoolRecord.model_validate(storage.read_json(path)))
+    return records
+
+
+def pool_of(cfg: RunConfig, info: DatasetInfo) -> PoolDir | None:
+    """The pool a run's shards or baselines read, if any."""
+    needed = cfg.condense.networks == "pool" or "forgetting" in cfg.evaluate.baselines
+    return PoolDir.for_run(cfg, info) if needed else None

@@ -1,0 +1,133 @@
+"""The pool stage and its users on a local Ray: commits, retries, resume, plan-time errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from orchestrator.cli import main
+from orchestrator.run_dir import RunDir
+from orchestrator.stages.baselines import selection_state
+
+from .conftest import REPO, start_local_ray
+
+pytestmark = pytest.mark.ray
+
+CONFIG = str(REPO / "configs" / "digits.yaml")
+POOL = ["pool.networks=2", "pool.epochs=2", "pool.states_every=2", "pool.model=ConvNetW32"]
+RUN = ["condense.model=ConvNetW32", "condense.iterations=30", "condense.checkpoint_every=10", "condense.ipc=2",
+       "condense.batch_real=16", "plan.classes_per_shard=5", "resources.gpus_per_shard=0", "evaluate.num_models=0",
+       "evaluate.baselines=[]"]
+
+
+def sets(*items: str) -> list[str]:
+    return [a for s in items for a in ("--set", s)]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import ray
+
+    start_local_ray(num_cpus=3)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def pools(ray_cluster, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("pools")
+    assert main(["pool", CONFIG, "--out", str(root), *sets(*POOL)]) == 0
+    return root
+
+
+def _pool_dir(root: Path) -> Path:
+    [folder] = [p for p in root.iterdir() if (p / "pool.json").exists()]
+    return folder
+
+
+def test_a_pool_commits_every_network_and_a_second_call_trains_nothing(pools, capsys):
+    folder = _pool_dir(pools)
+    manifests = [json.loads(p.read_text()) for p in sorted((folder / "manifest").glob("net-*.json"))]
+    assert [m["index"] for m in manifests] == [0, 1] and (folder / "pool.png").stat().st_size > 0
+    for m in manifests:  # the states from the initialisation to the end, each with its accuracy
+        assert m["steps"][0] == 0 and len(m["steps"]) == len(m["val_accuracy"]) > 3
+        assert m["val_accuracy"][-1] > m["val_accuracy"][0]
+    mtimes = {p.name: p.stat().st_mtime_ns for p in folder.glob("net-*")}
+    capsys.readouterr()
+    assert main(["pool", CONFIG, "--out", str(pools), *sets(*POOL)]) == 0
+    assert "training" not in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in folder.glob("net-*")} == mtimes
+
+
+def test_a_killed_network_is_retried_and_a_failed_one_is_all_the_next_call_trains(ray_cluster, tmp_path,
+                                                                                  monkeypatch):
+    monkeypatch.setenv("DMCONDENSE_FAULTS", "net-00001=kill-once")
+    assert main(["pool", CONFIG, "--out", str(tmp_path / "killed"), *sets(*POOL)]) == 0
+    assert (_pool_dir(tmp_path / "killed") / "faults" / "net-00001.kill-once").exists()
+    monkeypatch.setenv("DMCONDENSE_FAULTS", "net-00001=raise")
+    root = tmp_path / "failed"
+    assert main(["pool", CONFIG, "--out", str(root), *sets(*POOL, "resources.max_retries=0")]) == 1
+    folder = _pool_dir(root)
+    first = (folder / "net-00000.pt").stat().st_mtime_ns
+    assert not (folder / "manifest" / "net-00001.json").exists()
+    monkeypatch.delenv("DMCONDENSE_FAULTS")
+    assert main(["pool", CONFIG, "--out", str(root), *sets(*POOL)]) == 0
+    assert (folder / "manifest" / "net-00001.json").exists() and (folder / "net-00000.pt").stat().st_mtime_ns == first
+
+
+def test_a_shard_on_pool_networks_resumes_to_the_bytes_of_an_uninterrupted_one(pools, tmp_path, monkeypatch):
+    on_pool = [*RUN, *POOL, f"pool.uri={pools}", "condense.networks=pool", "condense.pool_group=[20,100]"]
+    assert main(["run", CONFIG, "--out", str(tmp_path / "whole"), *sets(*on_pool)]) == 0
+    monkeypatch.setenv("DMCONDENSE_FAULTS", "shard-00001=kill-after-checkpoint")
+    assert main(["run", CONFIG, "--out", str(tmp_path / "killed"), *sets(*on_pool)]) == 0
+    assert json.loads((tmp_path / "killed" / "manifest" / "shard-00001.json").read_text())["resumed_from"] == 10
+    for name in ("shard-00000.parquet", "shard-00001.parquet"):
+        assert (tmp_path / "killed" / "shards" / name).read_bytes() == (tmp_path / "whole" / "shards" / name).read_bytes()
+    random = tmp_path / "random"  # the pool changes the images
+    assert main(["run", CONFIG, "--out", str(random), *sets(*RUN)]) == 0
+    assert (random / "shards" / "shard-00000.parquet").read_bytes() != \
+        (tmp_path / "whole" / "shards" / "shard-00000.parquet").read_bytes()
+
+
+def test_what_is_wrong_with_a_pool_is_named_before_any_shard_starts(pools, tmp_path, capsys):
+    def dry(*extra: str) -> str:
+        capsys.readouterr()
+        assert main(["run", CONFIG, "--dry-run", "--out", str(tmp_path / "r"),
+                     *sets(*RUN, *POOL, f"pool.uri={pools}", "condense.networks=pool", *extra)]) == 2
+        return capsys.readouterr().out
+
+    out = dry("pool.epochs=3")  # another pool than the one there
+    assert "no pool made from this run's data and settings" in out and "dmcondense pool" in out
+    assert "--make-pool" in out and "the pools there were made from other data or settings" in out
+    out = dry("condense.pool_group=[99.5,100]")
+    assert "holds no state of the pool; its states by validation accuracy:" in out and "%: " in out
+    folder = _pool_dir(pools)
+    states = folder / "net-00001.pt"
+    saved = states.read_bytes()
+    states.write_bytes(saved[: len(saved) // 2])
+    try:
+        out = dry()
+        assert "is not complete" in out and "net-00001 is corrupt" in out
+    finally:
+        states.write_bytes(saved)
+    assert not (tmp_path / "r").exists()
+
+
+def test_make_pool_trains_the_pool_first_and_the_forgetting_baseline_reads_it(ray_cluster, tmp_path, capsys):
+    run = tmp_path / "run"
+    pool = [*POOL, f"pool.uri={tmp_path / 'pools'}"]
+    assert main(["run", CONFIG, "--out", str(run), "--make-pool",
+                 *sets(*RUN, *pool, "condense.networks=pool", "condense.iterations=10")]) == 0
+    assert (tmp_path / "pools").exists()
+    assert main(["evaluate", str(run), *sets("evaluate.baselines=[forgetting]", "evaluate.num_models=1",
+                                             "evaluate.epochs=1", "evaluate.models=[ConvNetW32]")]) == 0
+    handle = RunDir.load(str(run))
+    for spec in handle.shards:
+        assert selection_state(handle, spec, "forgetting").state == "committed"
+    capsys.readouterr()
+    assert main(["status", str(run), "--json"]) == 0
+    pool = json.loads(capsys.readouterr().out)["pool"]
+    assert (pool["committed"], pool["networks"]) == (2, 2) and pool["states"] > 6
+    assert (run / "pool.png").exists() and "## The pool" in (run / "report.md").read_text()
