@@ -57,19 +57,43 @@ class DatasetConfig(_Strict):
     download: bool = False
 
 
+# Named recipes: each a combination of the condense pieces. The papers' figures (ConvNet,
+# CIFAR-10 at 1/10/50 images per class) are in the configs that run them (configs/*-<recipe>.yaml).
+RECIPES: dict[str, dict[str, Any]] = {
+    "dm": {},
+    "m3d": {"factor": 2, "loss": "mmd", "kernel": "rbf"},
+    "idm": {"factor": 2, "networks": "pool", "ce_weight": 0.5, "ce_network": "matching"},
+    "dance": {"factor": 2, "networks": "blend", "ce_weight": 0.5, "ce_network": "trained"},
+    "ncfm": {"factor": 2, "networks": "blend", "loss": "cfd", "ce_weight": 0.5, "ce_network": "trained"},
+}
+
+
 class CondenseConfig(_Strict):
     method: Literal["dm", "mmd_pixel"] = Field(
         default="dm", description="dm: Distribution Matching; mmd_pixel: MMD of the images themselves, no network "
         "and no augmentation (the paper's appendix B.2), with condense.kernel")
-    networks: Literal["random", "pool"] = Field(
+    recipe: Literal["dm", "m3d", "idm", "dance", "ncfm"] | None = Field(
+        default=None, description="a named combination of the pieces below (RECIPES); a key set beside it wins")
+    networks: Literal["random", "pool", "blend"] = Field(
         default="random", description="random: a fresh random network every iteration (DM); pool: a state of a "
-        "trained network of the pool (pool: section), drawn from condense.pool_group (paper 3.4)")
+        "trained network of the pool (pool: section), drawn from condense.pool_group (paper 3.4, IDM); blend: a "
+        "pool network between its initial and final states, a ~ U(0, 1) (DANCE, NCFM)")
+    loss: Literal["mean", "mmd", "cfd"] = Field(
+        default="mean", description="mean: squared distance of the class means (DM); mmd: kernel MMD with "
+        "condense.kernel (M3D: rbf); cfd: distance of the characteristic functions (NCFM)")
+    factor: int = Field(default=1, ge=1, le=4, description="each stored image holds factor x factor images at "
+                        "1/factor resolution, decoded before any training (IDM, M3D, DANCE, NCFM: 2)")
+    ce_weight: float = Field(default=0.0, ge=0, description="weight of the cross-entropy of the synthetic images' "
+                             "labels (IDM, DANCE calibration); needs pool or blend networks")
+    ce_network: Literal["matching", "trained"] = Field(
+        default="trained", description="the cross-entropy's network: the matching network itself (IDM) or the final "
+        "state of the pool network drawn (DANCE)")
     pool_group: tuple[float, float] | None = Field(
         default=None, description="[lo, hi]: the pool states whose validation accuracy (%) is at least lo and "
         "below hi (hi 100 includes 100); null: every state")
     kernel: Literal["linear", "rbf"] = Field(
-        default="linear", description="mmd_pixel's kernel: linear (the squared distance of the means) or rbf "
-        "(Gaussian, three bandwidths)")
+        default="linear", description="the MMD's kernel (loss: mmd, and mmd_pixel): linear (the squared distance of "
+        "the means) or rbf (Gaussian, three bandwidths)")
     ipc: int = Field(default=10, gt=0, description="synthetic images per class")
     iterations: int = Field(default=20000, ge=0)
     lr_img: float | None = Field(default=None, gt=0, description="null: 1, or 10 above 50 images per class")
@@ -107,11 +131,23 @@ class CondenseConfig(_Strict):
             raise ValueError(f"an accuracy group is [lo, hi] in percent with 0 <= lo < hi <= 100, got {list(group)}")
         return group
 
+    @model_validator(mode="before")
+    @classmethod
+    def _recipe(cls, data: Any) -> Any:
+        """A recipe fills in its pieces; any piece set beside it stays as set."""
+        if isinstance(data, dict) and data.get("recipe") is not None:
+            recipe = RECIPES.get(data["recipe"])
+            if recipe is not None:
+                return {**recipe, **data}
+        return data
+
     @model_validator(mode="after")
-    def _pixels_have_no_network(self) -> "CondenseConfig":
-        if self.method == "mmd_pixel" and self.networks != "random":
-            raise ValueError("condense.method mmd_pixel matches pixels, with no network: leave condense.networks "
-                             "at random")
+    def _pieces_fit(self) -> "CondenseConfig":
+        if self.method == "mmd_pixel" and (self.networks != "random" or self.loss != "mean" or self.factor != 1):
+            raise ValueError("condense.method mmd_pixel matches pixels with condense.kernel: leave condense.networks, "
+                             "loss and factor at their defaults")
+        if self.ce_weight > 0 and self.networks == "random":
+            raise ValueError("condense.ce_weight needs trained networks: condense.networks pool or blend")
         return self
 
     @property
@@ -343,7 +379,7 @@ def identity(cfg: RunConfig | dict[str, Any]) -> dict[str, Any]:
     data = to_dict(cfg) if isinstance(cfg, RunConfig) else copy.deepcopy(cfg)
     for key in MUTABLE_SECTIONS:
         data.pop(key, None)
-    if data.get("condense", {}).get("networks", "random") != "pool":
+    if data.get("condense", {}).get("networks", "random") == "random":
         data.pop("pool", None)
     return data
 

@@ -90,16 +90,22 @@ def planned_classes(cfg: RunConfig, info: DatasetInfo) -> list[int]:
 def check_config_against_dataset(cfg: RunConfig, info: DatasetInfo, classes: Sequence[int]) -> None:
     """What would otherwise fail inside every shard task: too few images per class for the
     images asked for, networks that cannot take the dataset's image size."""
-    ipc = cfg.condense.ipc
-    needs_ipc_real = cfg.condense.init == "real" or bool(cfg.evaluate.baselines)
-    if needs_ipc_real and classes:
-        smallest = min(classes, key=lambda c: info.train_counts[c])
+    c = cfg.condense
+    if info.im_size[0] % c.factor or info.im_size[1] % c.factor:
+        raise PlanError(f"condense.factor={c.factor} splits each image into {c.factor}x{c.factor} tiles, but "
+                        f"{info.name}'s images are {info.im_size[0]}x{info.im_size[1]}; choose a factor that divides "
+                        "both sides")
+    need = max(c.ipc * c.factor**2 if c.init == "real" else 0, c.ipc if cfg.evaluate.baselines else 0)
+    if need and classes:
+        smallest = min(classes, key=lambda k: info.train_counts[k])
         count = info.train_counts[smallest]
-        if count < ipc:
-            why = "condense.init: real starts from" if cfg.condense.init == "real" else "the coreset baselines select"
+        if count < need:
+            why = (f"condense.init: real starts from ipc x factor^2 = {need}" if c.init == "real" and need > c.ipc
+                   else "condense.init: real starts from" if c.init == "real" else "the coreset baselines select")
+            most = count // c.factor**2 if c.init == "real" else count
             raise PlanError(
-                f"condense.ipc={ipc} but class {smallest} ({info.class_names[smallest]!r}) of {info.name} has only "
-                f"{count} train images, and {why} ipc real images per class; set condense.ipc to at most {count}"
+                f"condense.ipc={c.ipc} but class {smallest} ({info.class_names[smallest]!r}) of {info.name} has only "
+                f"{count} train images, and {why} real images per class; set condense.ipc to at most {most}"
             )
     for key, name in [("condense.model", cfg.condense.model)] + [("evaluate.models", m) for m in cfg.evaluate.models]:
         try:

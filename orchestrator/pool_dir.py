@@ -129,5 +129,5 @@ def pools_at(root: str) -> list[PoolRecord]:
 
 def pool_of(cfg: RunConfig, info: DatasetInfo) -> PoolDir | None:
     """The pool a run's shards or baselines read, if any."""
-    needed = cfg.condense.networks == "pool" or "forgetting" in cfg.evaluate.baselines
+    needed = cfg.condense.networks != "random" or "forgetting" in cfg.evaluate.baselines
     return PoolDir.for_run(cfg, info) if needed else None

@@ -78,8 +78,12 @@ def test_loss_decreases_and_images_move():
 
 def test_bad_input_is_named():
     real, info = tiny_set(per_class=3)
-    with pytest.raises(ValueError, match="fewer real images than condense.ipc=5"):
+    with pytest.raises(ValueError, match=r"fewer real images than the 5 that condense.ipc=5 \(x factor\^2 = 1\)"):
         DMCondenser(real, info, [0, 1, 2], DMSettings(ipc=5, iterations=1, model="ConvNetW32"), seed=0)
+    with pytest.raises(ValueError, match=r"fewer real images than the 4 that condense.ipc=1 \(x factor\^2 = 4\)"):
+        DMCondenser(real, info, [0, 1, 2], DMSettings(ipc=1, iterations=1, model="ConvNetW32", factor=2), seed=0)
+    with pytest.raises(ValueError, match="needs trained networks"):
+        DMSettings(ipc=1, iterations=1, ce_weight=0.1)
     with pytest.raises(ValueError, match="outside the group"):
         DMCondenser(real, info, [0, 1], DMSettings(ipc=1, iterations=1, model="ConvNetW32"), seed=0)
     with pytest.raises(ValueError, match="ipc must be >= 1"):

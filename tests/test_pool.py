@@ -131,3 +131,23 @@ def test_make_pool_trains_the_pool_first_and_the_forgetting_baseline_reads_it(ra
     pool = json.loads(capsys.readouterr().out)["pool"]
     assert (pool["committed"], pool["networks"]) == (2, 2) and pool["states"] > 6
     assert (run / "pool.png").exists() and "## The pool" in (run / "report.md").read_text()
+
+
+@pytest.mark.parametrize("recipe", ["dance", "m3d"])
+def test_a_recipe_runs_resumes_exports_and_reports_as_dm_does(pools, tmp_path, monkeypatch, recipe):
+    run_sets = [*RUN, *POOL, f"pool.uri={pools}", f"condense.recipe={recipe}", "evaluate.num_models=1",
+                "evaluate.epochs=2", "evaluate.models=[ConvNetW32]", "evaluate.baselines=[random]"]
+    whole = tmp_path / "whole"
+    assert main(["run", CONFIG, "--out", str(whole), *sets(*run_sets)]) == 0
+    monkeypatch.setenv("DMCONDENSE_FAULTS", "shard-00000=kill-after-checkpoint")
+    killed = tmp_path / "killed"
+    assert main(["run", CONFIG, "--out", str(killed), *sets(*run_sets, "evaluate.num_models=0")]) == 0
+    assert json.loads((killed / "manifest" / "shard-00000.json").read_text())["resumed_from"] == 10
+    assert (killed / "shards" / "shard-00000.parquet").read_bytes() == (whole / "shards" / "shard-00000.parquet").read_bytes()
+    # 2 images stored per class, each holding 2x2 tiles: 8 trained on per class, and exported decoded
+    assert main(["export", str(whole), "--format", "npz", "--to", str(tmp_path / "syn.npz")]) == 0
+    import numpy as np
+
+    assert np.load(tmp_path / "syn.npz")["images"].shape == (80, 1, 8, 8)
+    report = (whole / "report.md").read_text()
+    assert "2 images per class stored and 8 trained on (factor 2)" in report and f"| {recipe} | ConvNetW32 | 1 |" in report

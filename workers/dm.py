@@ -19,19 +19,24 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Literal, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from workers.augment import DEFAULT_STRATEGY, DSAParams, apply_dsa, draw_params
 from workers.data.types import DatasetInfo, ImageSet
 from workers.devices import Precision, compile_problem
-from workers.matching import NetworkSource, PoolNetworks, RandomNetworks, mmd
+from workers.matching import (
+    BlendNetworks, NetworkSource, PoolNetworks, PoolStates, RandomNetworks, cfd, cfd_frequencies, mmd,
+)
 from workers.networks import build_network, uses_batchnorm
+from workers.parameterize import decode, encode
 from workers.seeding import derive_seed, generator
 
 
 # Real images normalised and augmented per call of apply_dsa (fp32 3x32x32: 12 MiB).
 _AUGMENT_BLOCK = 1024
 LOSS_EVERY_CUDA = 20
+CFD_FREQUENCIES = 256
 
 
 @dataclass(frozen=True)
@@ -63,12 +68,19 @@ class DMSettings:
     # CUDA only: compile the embedding with CUDA graphs (torch.compile's "reduce-overhead"),
     # replaying each shape's kernels in one launch. Off until a GPU check shows the gain.
     cuda_graphs: bool = False
-    # The recipe's pieces (workers.matching): where the embedding network comes from
-    # (random: DM; pool: a state of a trained network; pixels: no network, matching in pixel
-    # space), and how real and synthetic embeddings compare (mean: DM; mmd with ``kernel``).
-    networks: Literal["random", "pool", "pixels"] = "random"
-    loss: Literal["mean", "mmd"] = "mean"
+    # The recipe's pieces (workers.matching, workers.parameterize): where the embedding
+    # network comes from (random: DM; pool: a state of a trained network; blend: a pool
+    # network between its initial and final states; pixels: no network), how real and
+    # synthetic embeddings compare (mean: DM; mmd with ``kernel``; cfd: characteristic
+    # functions), how many training images a stored image holds (factor^2), and a
+    # cross-entropy of the synthetic images under the matching network or under the final
+    # state of the pool network drawn (ce_weight 0: none).
+    networks: Literal["random", "pool", "blend", "pixels"] = "random"
+    loss: Literal["mean", "mmd", "cfd"] = "mean"
     kernel: Literal["linear", "rbf"] = "linear"
+    factor: int = 1
+    ce_weight: float = 0.0
+    ce_network: Literal["matching", "trained"] = "trained"
 
     def __post_init__(self) -> None:
         if self.ipc <= 0:
@@ -81,6 +93,15 @@ class DMSettings:
             raise ValueError(f"condense.init must be 'real' or 'noise', got {self.init!r}")
         if self.loss_every is not None and self.loss_every <= 0:
             raise ValueError(f"loss_every must be >= 1, got {self.loss_every}")
+        if self.factor < 1:
+            raise ValueError(f"condense.factor must be >= 1, got {self.factor}")
+        if self.ce_weight > 0 and self.networks not in ("pool", "blend"):
+            raise ValueError("the cross-entropy term needs trained networks: condense.networks pool or blend")
+
+    @property
+    def images_per_class(self) -> int:
+        """Training images per class: each stored image holds factor^2."""
+        return self.ipc * self.factor**2
 
     def resolve(self, device: torch.device) -> "DMSettings":
         """These settings with the device's defaults filled in (what a run on ``device`` runs)."""
@@ -161,6 +182,7 @@ class ClassBank:
 class Draw:
     batch: RealBatch
     params: DSAParams
+    network: int | None = None  # the pool network the iteration's parameters come from
 
 
 class DMCondenser:
@@ -174,7 +196,7 @@ class DMCondenser:
         settings: DMSettings,
         seed: int,
         device: torch.device | str = "cpu",
-        pool_states: Sequence[dict[str, torch.Tensor]] = (),
+        pool: PoolStates | None = None,
     ):
         self.device = torch.device(device)
         self.settings = settings = settings.resolve(self.device)
@@ -184,24 +206,32 @@ class DMCondenser:
         self.mean = torch.tensor(info.mean, device=self.device).view(1, -1, 1, 1)
         self.std = torch.tensor(info.std, device=self.device).view(1, -1, 1, 1)
         self.pixels = settings.networks == "pixels"
+        self.pool = pool.to(self.device) if pool is not None else None
         self.net = None if self.pixels else self._build_network(info)
-        self.networks = self._network_source(pool_states)
+        self.networks = self._network_source()
+        # the final state of the pool network drawn, for the cross-entropy term
+        self.expert = self._build_network(info) if settings.ce_weight > 0 and settings.ce_network == "trained" else None
         self.batchnorm = not self.pixels and uses_batchnorm(settings.model)
         self.compile_state = self._compile_embedding()
         k = self.bank.num_classes
-        self.syn_groups = torch.arange(k, device=self.device).repeat_interleave(settings.ipc)
+        # the training images the stored ones decode to: images_per_class per class, class-major
+        self.syn_groups = torch.arange(k, device=self.device).repeat_interleave(settings.images_per_class)
+        self.syn_labels = torch.tensor(self.bank.class_ids, device=self.device)[self.syn_groups]
         self.syn = nn.Parameter(self._initial_images())
         self.optimizer = torch.optim.SGD([self.syn], lr=settings.lr_img, momentum=settings.momentum)
         self.iteration = 0
         self.losses: list[tuple[int, float]] = []
 
     # ----------------------------------------------------------------- setup
-    def _network_source(self, pool_states: Sequence[dict[str, torch.Tensor]]) -> NetworkSource | None:
-        if self.pixels:
+    def _network_source(self) -> NetworkSource | None:
+        kind = self.settings.networks
+        if kind == "pixels":
             return None
-        if self.settings.networks == "pool":
-            return PoolNetworks(pool_states, self.device)
-        return RandomNetworks()
+        if kind in ("pool", "blend") and self.pool is None:
+            raise ValueError(f"condense.networks {kind} draws from a pool: pass its states")
+        if kind == "pool":
+            return PoolNetworks(self.pool)
+        return BlendNetworks(self.pool) if kind == "blend" else RandomNetworks()
 
     def _compile_embedding(self) -> str:
         """Compile the embedding when asked and this device can: "on", "off", or "off: <why>".
@@ -235,14 +265,15 @@ class DMCondenser:
         if s.init == "noise":
             shape = (bank.num_classes * s.ipc, *bank.images.shape[1:])
             return torch.randn(shape, generator=gen, device=self.device)
-        short = [c for c, n in zip(bank.class_ids, bank.counts.tolist()) if n < s.ipc]
+        need = s.images_per_class  # each stored image starts as factor^2 real ones, shrunk into its tiles
+        short = [c for c, n in zip(bank.class_ids, bank.host_counts) if n < need]
         if short:
             raise ValueError(
-                f"classes {short[:10]} have fewer real images than condense.ipc={s.ipc}; "
-                "lower ipc or use condense.init: noise"
+                f"classes {short[:10]} have fewer real images than the {need} that condense.ipc={s.ipc} "
+                f"(x factor^2 = {s.factor**2}) starts from; lower ipc or use condense.init: noise"
             )
-        batch = bank.sample(s.ipc, gen)
-        return self._normalize(bank.images[batch.index]).contiguous()
+        batch = bank.sample(need, gen)
+        return encode(self._normalize(bank.images[batch.index]), s.factor).contiguous()
 
     def _normalize(self, images_u8: torch.Tensor) -> torch.Tensor:
         x = (images_u8.to(torch.float32) / 255.0 - self.mean) / self.std
@@ -297,41 +328,65 @@ class DMCondenser:
             x = torch.cat([x, x[-1:].expand(size - keep, *x.shape[1:])])
         return self._embed(x)[:keep].float()
 
-    def _syn_embeddings(self, params: DSAParams) -> torch.Tensor:
-        """[K, ipc, D], with autograd. Forward in chunks of whole classes, all of one size (a
-        divisor of the class count): a smaller working set (1.35x faster at 50 images per class
-        on the CPU) and one shape for a compiled embedding. BatchNorm models use one pass."""
-        x = self.syn.contiguous(memory_format=self.settings.precision.memory_format())
-        x = apply_dsa(x, self.syn_groups, params, static=self.settings.sync_free)
-        k, ipc = self.bank.num_classes, self.settings.ipc
-        fits = k if self.batchnorm or self.settings.embed_chunk <= 0 else max(1, self.settings.embed_chunk // ipc)
+    def _syn_augmented(self, params: DSAParams) -> torch.Tensor:
+        """The stored images decoded to training images (factor^2 each) and augmented, with autograd."""
+        x = decode(self.syn, self.settings.factor).contiguous(memory_format=self.settings.precision.memory_format())
+        return apply_dsa(x, self.syn_groups, params, static=self.settings.sync_free)
+
+    def _syn_embeddings(self, x: torch.Tensor) -> torch.Tensor:
+        """[K, m, D] of the augmented training images ``x``. Forward in chunks of whole classes, all
+        of one size (a divisor of the class count): a smaller working set (1.35x faster at 50
+        images per class on the CPU) and one shape for a compiled embedding. BatchNorm models
+        use one pass."""
+        k, m = self.bank.num_classes, self.settings.images_per_class
+        fits = k if self.batchnorm or self.settings.embed_chunk <= 0 else max(1, self.settings.embed_chunk // m)
         per = max(d for d in range(1, min(fits, k) + 1) if k % d == 0)
         parts = []
         with self.settings.precision.autocast(self.device):
-            for start in range(0, k * ipc, per * ipc):
-                parts.append(self._embed(x[start : start + per * ipc]).float().view(per, ipc, -1))
+            for start in range(0, k * m, per * m):
+                parts.append(self._embed(x[start : start + per * m]).float().view(per, m, -1))
         return torch.cat(parts)
-
-    def _syn_means(self, params: DSAParams) -> torch.Tensor:
-        return self._syn_embeddings(params).mean(dim=1)
 
     def draw(self) -> Draw:
         """This iteration's network, real batch and augmentation draws."""
         gen = generator(derive_seed(self.seed, "iter", self.iteration), self.device)
-        if self.networks is not None:
-            self.networks.draw(self.net, gen, self.seed, self.iteration)
+        network = self.networks.draw(self.net, gen, self.seed, self.iteration) if self.networks else None
         batch = self.bank.sample(self.settings.batch_real, gen)
         params = draw_params(self.settings.dsa_strategy, self.bank.num_classes, gen, self.device)
-        return Draw(batch, params)
+        return Draw(batch, params, network)
 
     def loss(self, draw: Draw) -> torch.Tensor:
-        """Sum over classes of the distance between real and synthetic embeddings: of their
-        means (DM, and MMD with the linear kernel, which is the same), or a kernel MMD."""
+        """Sum over classes of the distance between real and synthetic embeddings (of their means:
+        DM, and MMD with the linear kernel, which is the same; a Gaussian MMD; the distance of
+        their characteristic functions), plus the weighted cross-entropy term."""
         s = self.settings
-        if s.loss == "mmd" and s.kernel != "linear":
+        x = self._syn_augmented(draw.params)
+        syn = self._syn_embeddings(x)
+        if s.loss == "mean" or (s.loss == "mmd" and s.kernel == "linear"):
+            total = ((self._real_means(draw.batch, draw.params) - syn.mean(dim=1)) ** 2).sum()
+        else:
             real, weights = self._real_embeddings(draw.batch, draw.params)
-            return mmd(real, weights, self._syn_embeddings(draw.params), s.kernel)
-        return ((self._real_means(draw.batch, draw.params) - self._syn_means(draw.params)) ** 2).sum()
+            if s.loss == "mmd":
+                total = mmd(real, weights, syn, s.kernel)
+            else:
+                gen = generator(derive_seed(self.seed, "iter", self.iteration, "cfd"), self.device)
+                total = cfd(real, weights, syn, cfd_frequencies(real, weights, CFD_FREQUENCIES, gen))
+        if s.ce_weight > 0:
+            total = total + s.ce_weight * self._cross_entropy(x, syn, draw.network)
+        return total
+
+    def _cross_entropy(self, x: torch.Tensor, syn: torch.Tensor, network: int | None) -> torch.Tensor:
+        """Cross-entropy of the synthetic images' labels: under the matching network (its classifier
+        on the embeddings already computed), or under the final state of the pool network drawn.
+        Summed over classes of each class's mean, so that a class's term does not depend on how
+        many classes its shard holds."""
+        if self.expert is None:
+            logits = self.net.classifier(syn.flatten(0, 1))
+        else:
+            self.expert.load_state_dict(self.pool.final[network])
+            with self.settings.precision.autocast(self.device):
+                logits = self.expert(x).float()
+        return F.cross_entropy(logits, self.syn_labels, reduction="sum") / self.settings.images_per_class
 
     def step(self) -> torch.Tensor:
         """One DM iteration; returns the loss as a device tensor (no host sync)."""
@@ -394,7 +449,8 @@ class DMCondenser:
         self.losses = [(int(i), float(v)) for i, v in state["losses"]]
 
     def synthetic(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(images float32 [K*ipc, C, H, W] on the CPU, global class ids int64)."""
+        """(the stored images float32 [K*ipc, C, H, W] on the CPU, global class ids int64); each
+        decodes to factor^2 training images (workers.parameterize.decode)."""
         labels = torch.tensor(self.bank.class_ids, dtype=torch.int64).repeat_interleave(self.settings.ipc)
         return self.syn.detach().to("cpu", memory_format=torch.contiguous_format).clone(), labels
 

@@ -1,10 +1,12 @@
 """The pieces a matching recipe is made of, each keeping classes independent given the network:
 
 - where each iteration's embedding network comes from (``NetworkSource``): a fresh random
-  initialisation (DM), a state drawn from a pool of trained networks (paper 3.4), or none at
-  all (matching in pixel space, the paper's appendix B.2);
-- how the real and synthetic embeddings of a class are compared: their means (DM), or a
-  kernel MMD (linear, which equals the mean loss, or Gaussian with several bandwidths).
+  initialisation (DM), a state drawn from a pool of trained networks (paper 3.4; IDM), a
+  blend of one pool network's initial and final states (DANCE, NCFM), or none at all
+  (matching in pixel space, the paper's appendix B.2);
+- how the real and synthetic embeddings of a class are compared: their means (DM), a kernel
+  MMD (linear, which equals the mean loss, or Gaussian with several bandwidths: M3D), or the
+  distance of their empirical characteristic functions (NCFM).
 
 Every draw of iteration ``t`` comes from ``derive_seed(seed, "iter", t, ...)``: a resumed
 shard draws what an uninterrupted one does.
@@ -13,7 +15,8 @@ shard draws what an uninterrupted one does.
 from __future__ import annotations
 
 import random
-from typing import Protocol, Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -26,30 +29,98 @@ from workers.seeding import derive_seed
 RBF_SCALES = (0.25, 1.0, 4.0)
 
 
+State = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class PoolStates:
+    """What a shard draws its networks from: the states of an accuracy group (with the network
+    each belongs to), and every network's first (random) and last (trained) state."""
+
+    group: list[tuple[int, State]]
+    initial: dict[int, State]
+    final: dict[int, State]
+
+    def to(self, device: torch.device) -> "PoolStates":
+        def move(state: State) -> State:
+            return {k: v.to(device) for k, v in state.items()}
+
+        return PoolStates([(n, move(s)) for n, s in self.group], {n: move(s) for n, s in self.initial.items()},
+                          {n: move(s) for n, s in self.final.items()})
+
+
 class NetworkSource(Protocol):
-    def draw(self, net: nn.Module, gen: torch.Generator, seed: int, iteration: int) -> None:
-        """Set ``net``'s parameters (in place: a compiled embedding stays valid) for one iteration."""
+    def draw(self, net: nn.Module, gen: torch.Generator, seed: int, iteration: int) -> int | None:
+        """Set ``net``'s parameters (in place: a compiled embedding stays valid) for one iteration;
+        returns the pool network they come from (None for a random network)."""
 
 
 class RandomNetworks:
     """DM: a fresh random initialisation every iteration, from the iteration's generator."""
 
-    def draw(self, net: nn.Module, gen: torch.Generator, seed: int, iteration: int) -> None:
+    def draw(self, net: nn.Module, gen: torch.Generator, seed: int, iteration: int) -> int | None:
         init_parameters_(net, gen)
+        return None
 
 
 class PoolNetworks:
-    """A state of a trained network every iteration, drawn uniformly from ``states`` (a pool's
-    accuracy group) on the host, from (seed, iteration): no device read decides it."""
+    """A state of a trained network every iteration, drawn uniformly from the accuracy group on
+    the host, from (seed, iteration): no device read decides it."""
 
-    def __init__(self, states: Sequence[dict[str, torch.Tensor]], device: torch.device) -> None:
-        if not states:
+    def __init__(self, pool: PoolStates) -> None:
+        if not pool.group:
             raise ValueError("the pool group holds no state: choose a group that the pool's states fall in")
-        self.states = [{k: v.to(device) for k, v in s.items()} for s in states]
+        self.group = pool.group
 
-    def draw(self, net: nn.Module, gen: torch.Generator, seed: int, iteration: int) -> None:
-        i = random.Random(derive_seed(seed, "iter", iteration, "network")).randrange(len(self.states))
-        net.load_state_dict(self.states[i])  # copies into the network's own tensors and layout
+    def draw(self, net: nn.Module, gen: torch.Generator, seed: int, iteration: int) -> int | None:
+        network, state = self.group[_rng(seed, iteration).randrange(len(self.group))]
+        net.load_state_dict(state)  # copies into the network's own tensors and layout
+        return network
+
+
+class BlendNetworks:
+    """DANCE/NCFM: one pool network per iteration, its parameters a blend of its initial and
+    final states, (1 - a) * initial + a * final with a ~ U(0, 1); both drawn on the host."""
+
+    def __init__(self, pool: PoolStates) -> None:
+        self.networks = sorted(set(pool.initial) & set(pool.final))
+        if not self.networks:
+            raise ValueError("blended networks need the pool's first and last states of at least one network")
+        self.initial, self.final = pool.initial, pool.final
+
+    def draw(self, net: nn.Module, gen: torch.Generator, seed: int, iteration: int) -> int | None:
+        rng = _rng(seed, iteration)
+        network, a = self.networks[rng.randrange(len(self.networks))], rng.random()
+        start, end = self.initial[network], self.final[network]
+        with torch.no_grad():
+            for key, value in net.state_dict().items():
+                value.copy_(torch.lerp(start[key], end[key], a) if value.is_floating_point() else end[key])
+        return network
+
+
+def _rng(seed: int, iteration: int) -> random.Random:
+    return random.Random(derive_seed(seed, "iter", iteration, "network"))
+
+
+def cfd(real: torch.Tensor, weights: torch.Tensor, syn: torch.Tensor, frequencies: torch.Tensor) -> torch.Tensor:
+    """Sum over classes of the squared distance between the empirical characteristic functions
+    of the real [K, n, D] (weighted) and synthetic [K, m, D] embeddings, at each class's
+    ``frequencies`` [K, F, D] (NCFM's distance with its amplitude and phase terms weighted alike)."""
+    w = (weights / weights.sum(dim=1, keepdim=True)).unsqueeze(-1)
+    pr, ps = real @ frequencies.transpose(1, 2), syn @ frequencies.transpose(1, 2)  # [K, n, F], [K, m, F]
+    real_cos, real_sin = (w * torch.cos(pr)).sum(dim=1), (w * torch.sin(pr)).sum(dim=1)
+    syn_cos, syn_sin = torch.cos(ps).mean(dim=1), torch.sin(ps).mean(dim=1)
+    return ((real_cos - syn_cos) ** 2 + (real_sin - syn_sin) ** 2).mean(dim=1).sum()
+
+
+def cfd_frequencies(real: torch.Tensor, weights: torch.Tensor, count: int, gen: torch.Generator) -> torch.Tensor:
+    """[K, count, D]: ``count`` Gaussian frequencies drawn from ``gen``, scaled for each class to
+    its real embeddings' spread (so that projections are of order one; a class's frequencies
+    depend on its own images only)."""
+    w = (weights / weights.sum(dim=1, keepdim=True)).unsqueeze(-1)
+    spread = ((w * real.square()).sum(dim=(1, 2)) / real.shape[-1]).sqrt().clamp_min(1e-6)  # [K]
+    base = torch.randn(count, real.shape[-1], generator=gen, device=real.device)
+    return base.unsqueeze(0) / spread[:, None, None]
 
 
 def mmd(real: torch.Tensor, weights: torch.Tensor, syn: torch.Tensor, kernel: str) -> torch.Tensor:

@@ -21,11 +21,12 @@ from orchestrator.config import RunConfig
 from orchestrator.plan import ShardSpec
 from orchestrator.pool_dir import PoolDir
 from orchestrator.run_dir import RunDir
-from orchestrator.stages.pool import group_states
+from orchestrator.stages.pool import pool_states
 from orchestrator.stages.worker_setup import run_reader, task_device
 from workers.data.tensor_table import tensor_table, to_parquet_bytes
 from workers.devices import Precision
 from workers.dm import DMCondenser, DMSettings
+from workers.matching import PoolStates
 
 
 class Context(Protocol):
@@ -68,15 +69,17 @@ def dm_settings(cfg: RunConfig) -> DMSettings:
         batch_real=c.batch_real, init=c.init, model=c.model, dsa_strategy="none" if pixels else c.dsa_strategy,
         embed_chunk=c.embed_chunk, compile=c.effective_compile, loss_every=c.loss_every, cuda_graphs=c.cuda_graphs,
         precision=Precision(bf16=c.bf16, tf32=p.tf32, channels_last=c.channels_last, deterministic=p.deterministic),
-        networks="pixels" if pixels else c.networks, loss="mmd" if pixels else "mean", kernel=c.kernel,
+        networks="pixels" if pixels else c.networks, loss="mmd" if pixels else c.loss, kernel=c.kernel,
+        factor=c.factor, ce_weight=c.ce_weight, ce_network=c.ce_network,
     )
 
 
-def pool_states(run: RunDir) -> list[dict[str, torch.Tensor]]:
-    """The pool states a shard draws its networks from (none for random networks)."""
-    if run.config.condense.networks != "pool":
-        return []
-    return group_states(PoolDir.for_run(run.config, run.dataset), run.config.condense.pool_group)
+def shard_pool(run: RunDir) -> PoolStates | None:
+    """The pool states a shard draws its networks from (none for random networks or pixels)."""
+    c = run.config.condense
+    if c.networks not in ("pool", "blend"):
+        return None
+    return pool_states(PoolDir.for_run(run.config, run.dataset), c.pool_group if c.networks == "pool" else None)
 
 
 def condense_shard(run: RunDir, spec: ShardSpec, context: Context | None = None) -> ShardManifest:
@@ -90,7 +93,7 @@ def condense_shard(run: RunDir, spec: ShardSpec, context: Context | None = None)
     started = time.time()
     real = run_reader(run).read_train(list(spec.class_ids))
     condenser = DMCondenser(real, run.dataset, spec.class_ids, dm_settings(run.config), spec.seed, device,
-                            pool_states=pool_states(run))
+                            pool=shard_pool(run))
     resumed_from = _restore(run, spec, condenser, device)
 
     def on_checkpoint(st: dict) -> None:
@@ -137,7 +140,8 @@ def _commit(run: RunDir, spec: ShardSpec, condenser: DMCondenser, resumed_from: 
     images, labels = condenser.synthetic()
     info = run.dataset
     meta = {"dataset": info.name, "mean": list(info.mean), "std": list(info.std), "ipc": run.config.condense.ipc,
-            "shard_id": spec.shard_id, "seed": spec.seed, "method": "dm", "config_hash": run.record.config_hash}
+            "factor": run.config.condense.factor, "shard_id": spec.shard_id, "seed": spec.seed, "method": "dm",
+            "config_hash": run.record.config_hash}
     table = tensor_table(images.numpy(), labels.numpy(), info.class_names, index=True, metadata=meta)
     entry = commits.write_file(run, run.shard_file(spec), to_parquet_bytes(table), len(labels))
     losses = condenser.losses

@@ -27,6 +27,7 @@ from orchestrator.stages.worker_setup import check_gpus_usable, open_reader, tas
 from workers.data import normalize
 from workers.data.tensor_table import from_parquet_bytes, to_parquet_bytes
 from workers.devices import Precision
+from workers.matching import PoolStates
 from workers.pool_training import Schedule, train_pool_network, validation_split
 from workers.seeding import derive_seed
 from workers.train_eval import TrainSettings
@@ -191,17 +192,18 @@ def _in_group(accs: list[float], group: tuple[float, float]) -> list[int]:
     return [i for i, a in enumerate(accs) if lo <= a < hi or (hi == 100 and a == 100)]
 
 
-def group_states(pool: PoolDir, group: tuple[float, float] | None) -> list[dict[str, torch.Tensor]]:
-    """The states in the accuracy group (all with None), network by network, step by step."""
-    states = []
+def pool_states(pool: PoolDir, group: tuple[float, float] | None) -> PoolStates:
+    """What a shard draws from: the states in the accuracy group (all with None), network by
+    network, step by step, and each network's first and last states."""
+    chosen, initial, final = [], {}, {}
     for i in range(pool.networks):
         manifest = network_state(pool, i, deep=False).manifest
         saved = torch.load(io.BytesIO(commits.read_checked(pool, manifest.files["states"])), map_location="cpu",
                            weights_only=True)
         accs = [100 * a for a in saved["val_accuracy"]]
-        chosen = range(len(accs)) if group is None else _in_group(accs, group)
-        states += [saved["states"][k] for k in chosen]
-    return states
+        chosen += [(i, saved["states"][k]) for k in (range(len(accs)) if group is None else _in_group(accs, group))]
+        initial[i], final[i] = saved["states"][0], saved["states"][-1]
+    return PoolStates(chosen, initial, final)
 
 
 def forgetting_scores(pool: PoolDir, class_ids: list[int]) -> dict[int, np.ndarray]:

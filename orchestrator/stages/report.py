@@ -16,7 +16,7 @@ import torch.nn.functional as F  # noqa: E402
 from torchvision.utils import save_image  # noqa: E402
 
 from orchestrator import storage  # noqa: E402
-from orchestrator.config import RunConfig  # noqa: E402
+from orchestrator.config import RECIPES, CondenseConfig, RunConfig  # noqa: E402
 from orchestrator.pool_dir import pool_of  # noqa: E402
 from orchestrator.run_dir import RunDir  # noqa: E402
 from orchestrator.stages.condense import shard_state  # noqa: E402
@@ -58,14 +58,24 @@ class TableRow:
 
 
 def synthetic_label(cfg: RunConfig) -> str:
-    """The name of the run's synthetic set in tables: its method, and its networks' source."""
+    """The name of the run's synthetic set in tables: its method or recipe, and the pieces it
+    sets apart from that recipe's."""
     c = cfg.condense
     if c.method == "mmd_pixel":
         return f"mmd_pixel ({c.kernel})"
-    if c.networks == "pool":
-        group = "all states" if c.pool_group is None else f"{c.pool_group[0]:g}-{c.pool_group[1]:g}%"
-        return f"dm, pool {group}"
-    return "dm"
+    name = c.recipe or "dm"
+    base = {**CondenseConfig().model_dump(), **RECIPES[name]}
+    changed = []
+    if c.networks != base["networks"] or c.pool_group is not None:
+        group = "" if c.pool_group is None else f" {c.pool_group[0]:g}-{c.pool_group[1]:g}%"
+        changed.append(f"{c.networks}{group}")
+    if c.loss != base["loss"] or (c.loss == "mmd" and c.kernel != base["kernel"]):
+        changed.append(f"{c.loss} {c.kernel}" if c.loss == "mmd" else c.loss)
+    if c.factor != base["factor"]:
+        changed.append(f"factor {c.factor}")
+    if (c.ce_weight, c.ce_network) != (base["ce_weight"], base["ce_network"]):
+        changed.append(f"ce {c.ce_weight:g} {c.ce_network}" if c.ce_weight else "no ce")
+    return f"{name} [{', '.join(changed)}]" if changed else name
 
 
 def results_table(scores: list[Score], cfg: RunConfig, dataset: str) -> list[TableRow]:
@@ -97,7 +107,9 @@ def report(run: RunDir, scores: list[Score]) -> list[TableRow]:
         f"# {cfg.name}",
         "",
         f"{len(run.shards)} shards, {len(run.record.classes)} classes of {ds.name}, "
-        f"{cfg.condense.ipc} images per class, {cfg.condense.iterations} iterations of DM with {cfg.condense.model}.",
+        f"{cfg.condense.ipc} images per class stored and {cfg.condense.ipc * cfg.condense.factor**2} trained on "
+        f"(factor {cfg.condense.factor}), {cfg.condense.iterations} iterations of {synthetic_label(cfg)} with "
+        f"{cfg.condense.model}.",
         f"Config hash `{run.record.config_hash}`.",
         "",
         "## Accuracy on the real test split",
@@ -131,7 +143,8 @@ def report(run: RunDir, scores: list[Score]) -> list[TableRow]:
         storage.write_bytes_atomic(run.path("sweep.png"), sweep_png(sweep, table))
     storage.write_bytes_atomic(run.path("report.md"), "\n".join(text).encode())
     x, y = read_method(run, "dm")
-    storage.write_bytes_atomic(run.path("grid.png"), grid_png(x, y, ds.mean, ds.std, cfg.condense.ipc))
+    storage.write_bytes_atomic(run.path("grid.png"), grid_png(x, y, ds.mean, ds.std,
+                                                              cfg.condense.ipc * cfg.condense.factor**2))
     storage.write_bytes_atomic(run.path("loss.png"), loss_png(manifests))
     return table
 

@@ -19,6 +19,7 @@ from orchestrator.run_dir import RunDir, RunError
 from orchestrator.stages.baselines import baseline_identity, selection_state
 from orchestrator.stages.condense import shard_state
 from workers.data.tensor_table import from_parquet_bytes, table_arrays
+from workers.parameterize import decode
 
 SNAPSHOT_PREFIX = "dm@"
 
@@ -29,6 +30,7 @@ class TrainingSet:
     data_key: str
     files: tuple[FileEntry, ...] = ()  # committed Parquet files (dm, baselines)
     snapshots: tuple[str, ...] = ()  # kept checkpoints, relative paths (dm@<iteration>)
+    factor: int = 1  # each stored image decodes to factor^2 training images (condense.factor)
 
 
 def snapshot_iteration(method: str) -> int | None:
@@ -52,7 +54,8 @@ def training_set(run: RunDir, method: str) -> TrainingSet:
     iteration = snapshot_iteration(method)
     if iteration is not None:
         paths = tuple(run.relative(run.snapshot(spec, iteration)) for spec in run.shards)
-        return TrainingSet(method, f"{run.record.config_hash}@{iteration}", snapshots=paths)
+        return TrainingSet(method, f"{run.record.config_hash}@{iteration}", snapshots=paths,
+                           factor=run.config.condense.factor)
     files = []
     for spec in run.shards:
         st = shard_state(run, spec, deep=False) if method == "dm" else selection_state(run, spec, method, deep=False)
@@ -61,12 +64,14 @@ def training_set(run: RunDir, method: str) -> TrainingSet:
             fix = f"dmcondense resume {run.uri}" if method == "dm" else f"dmcondense evaluate {run.uri}"
             raise RunError(f"{what} is {st.state} {st.detail}; `{fix}` computes it first")
         files.append(st.manifest.files[method])  # type: ignore[union-attr]
-    key = run.record.config_hash if method == "dm" else baseline_identity(run, method)
-    return TrainingSet(method, key, files=tuple(files))
+    if method == "dm":
+        return TrainingSet(method, run.record.config_hash, files=tuple(files), factor=run.config.condense.factor)
+    return TrainingSet(method, baseline_identity(run, method), files=tuple(files))
 
 
 def load(run: RunDir, ts: TrainingSet) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images float32 [N, C, H, W], class ids int64), sorted by class."""
+    """The training images float32 [N, C, H, W] (stored images decoded) and their class ids
+    int64, sorted by class."""
     images, labels = [], []
     for entry in ts.files:
         x, y = table_arrays(from_parquet_bytes(commits.read_checked(run, entry)))
@@ -77,7 +82,7 @@ def load(run: RunDir, ts: TrainingSet) -> tuple[torch.Tensor, torch.Tensor]:
         ipc = state["images"].shape[0] // len(state["class_ids"])
         images.append(state["images"])
         labels.append(torch.tensor(state["class_ids"], dtype=torch.int64).repeat_interleave(ipc))
-    x, y = torch.cat(images), torch.cat(labels)
+    x, y = decode(torch.cat(images), ts.factor), torch.cat(labels).repeat_interleave(ts.factor**2)
     order = torch.argsort(y, stable=True)
     return x[order], y[order]
 
