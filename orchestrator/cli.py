@@ -84,6 +84,13 @@ def _parser() -> argparse.ArgumentParser:
     _add_address(po)
     po.set_defaults(func=cmd_pool)
 
+    co = sub.add_parser("continual", help="class-incremental learning on one growing run (continual: section)")
+    co.add_argument("config", help="YAML config (see configs/*-continual-*.yaml)")
+    _add_set(co)
+    co.add_argument("--out", help="run directory (default: the config's output)")
+    _add_address(co)
+    co.set_defaults(func=cmd_continual)
+
     rp = sub.add_parser("report", help="write the report again from what the run directory holds")
     rp.add_argument("run")
     rp.set_defaults(func=cmd_report)
@@ -181,6 +188,37 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                               "--set condense.keep_checkpoints=true")
     run.save()
     return _execute(run, args.address, condensing=False, methods=methods, make_pool=args.make_pool)
+
+
+def cmd_continual(args: argparse.Namespace) -> int:
+    from orchestrator.stages.continual import check_continual, continual
+    from orchestrator.stages.eval_scores import summarize
+
+    cfg = load_config(args.config, list(args.overrides) + ([f"output={args.out}"] if args.out else []))
+    info = pipeline.dataset_info(cfg)
+    check_continual(cfg, info)
+    try:
+        with ray_session(args.address) as where:
+            console.print(f"{cfg.name}: running on {where}; run directory {cfg.output}", highlight=False)
+            scores = continual(cfg, info, console)
+    except StageFailed as exc:
+        console.print(f"[red]{exc}[/]", highlight=False)
+        console.print("Finish with: the same dmcondense continual command", highlight=False)
+        return EXIT_FAILED_EVALUATION if exc.stage == "evaluate" else EXIT_FAILED_UNITS
+    steps = sorted({s.step for s in scores})
+    table = Table(title="test accuracy on the classes seen (%), mean over networks")
+    table.add_column("method")
+    for step in steps:
+        table.add_column(f"{next(s.classes_seen for s in scores if s.step == step)} classes")
+    for method in dict.fromkeys(s.method for s in scores):
+        cells = []
+        for step in steps:
+            summary, *_ = summarize([s for s in scores if s.method == method and s.step == step])
+            cells.append(f"{summary.mean:.2f} ± {summary.std:.2f}")
+        table.add_row(method, *cells)
+    console.print(table)
+    console.print(f"results: {cfg.output}/continual/results.parquet (accuracy.png)", highlight=False)
+    return EXIT_OK
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -200,6 +200,52 @@ class PoolConfig(_Strict):
         return None if name is None else check_network_name(name)
 
 
+class ContinualConfig(_Strict):
+    """Class-incremental learning (paper 3.5, GDumb + DM): the classes arrive in steps; each step
+    condenses its new classes as new shards of one growing run, then networks train from scratch
+    on the memory (condense.ipc images per class seen) with the evaluate: settings and are
+    scored on the test images of the classes seen."""
+
+    steps: int = Field(default=5, gt=0, description="the classes split into this many steps, by a seeded permutation")
+    methods: list[Literal["dm", "random", "herding"]] = Field(
+        default_factory=lambda: ["dm", "random", "herding"], description="how each memory is built")
+    seed: int = Field(default=0, description="the permutation of the classes into steps")
+
+
+class NasSpace(_Strict):
+    """The paper's search space of ConvNets (720 architectures), each value a registry name part."""
+
+    depths: list[int] = Field(default_factory=lambda: [1, 2, 3, 4])
+    widths: list[int] = Field(default_factory=lambda: [32, 64, 128, 256])
+    activations: list[Literal["sigmoid", "relu", "leakyrelu"]] = Field(
+        default_factory=lambda: ["sigmoid", "relu", "leakyrelu"])
+    norms: list[Literal["none", "batchnorm", "layernorm", "instancenorm", "groupnorm"]] = Field(
+        default_factory=lambda: ["none", "batchnorm", "layernorm", "instancenorm", "groupnorm"])
+    pools: list[Literal["none", "maxpooling", "avgpooling"]] = Field(
+        default_factory=lambda: ["none", "maxpooling", "avgpooling"])
+
+
+class NasConfig(_Strict):
+    """A proxy set for neural architecture search (paper 3.6): every sampled architecture trained
+    on each proxy and on the whole training set, scored on a validation split of train."""
+
+    space: NasSpace = Field(default_factory=NasSpace)
+    sample: int | None = Field(default=None, gt=0, description="architectures drawn from the space by a seeded "
+                               "sample (null: all of it)")
+    proxies: list[Literal["synthetic", "random", "early_stopping"]] = Field(
+        default_factory=lambda: ["synthetic", "random", "early_stopping"],
+        description="synthetic: the run's set; random: the run's random selection, as many real images; "
+        "early_stopping: the whole training set for as many steps as proxy training takes")
+    epochs: int = Field(default=200, gt=0, description="proxy training epochs")
+    whole_epochs: int = Field(default=100, gt=0, description="training epochs on the whole training set")
+    batch: int = Field(default=256, gt=0)
+    lr: float = Field(default=0.01, gt=0)
+    validation_fraction: float = Field(default=0.1, gt=0, lt=1)
+    top_fraction: float = Field(default=0.05, gt=0, le=1, description="the correlation over this share of "
+                                "architectures by proxy accuracy (the paper: the top 5%)")
+    seed: int = 0
+
+
 class PlanConfig(_Strict):
     classes_per_shard: int = Field(default=10, gt=0)
     classes: list[int] | None = Field(default=None, description="null: every class of the dataset")
@@ -279,6 +325,8 @@ class RunConfig(_Strict):
     condense: CondenseConfig = Field(default_factory=CondenseConfig)
     precision: PrecisionConfig = Field(default_factory=PrecisionConfig)
     pool: PoolConfig = Field(default_factory=PoolConfig)
+    continual: ContinualConfig = Field(default_factory=ContinualConfig)
+    nas: NasConfig = Field(default_factory=NasConfig)
     plan: PlanConfig = Field(default_factory=PlanConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
@@ -288,7 +336,7 @@ class RunConfig(_Strict):
 
 # Keys that may change between an interrupted run and its resumption: they do
 # not change the synthetic images.
-MUTABLE_SECTIONS = ("output", "resources", "evaluate")
+MUTABLE_SECTIONS = ("output", "resources", "evaluate", "continual", "nas")
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
@@ -387,6 +435,14 @@ def identity(cfg: RunConfig | dict[str, Any]) -> dict[str, Any]:
 def config_hash(cfg: RunConfig | dict[str, Any]) -> str:
     blob = json.dumps(identity(cfg), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def shards_hash(cfg: RunConfig | dict[str, Any]) -> str:
+    """What shapes each shard's bytes: the identity less the planned classes, which a growing
+    run (class-incremental learning) extends without touching its committed shards."""
+    data = identity(cfg)
+    data.get("plan", {}).pop("classes", None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
 def differing_keys(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:

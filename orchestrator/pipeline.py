@@ -19,11 +19,12 @@ from orchestrator.stages.report import TableRow, report
 from workers.data import DatasetInfo, open_dataset
 
 
-def new_run(cfg: RunConfig, pool_hint: str = "dmcondense pool CONFIG", make_pool: bool = False) -> RunDir:
+def new_run(cfg: RunConfig, pool_hint: str = "dmcondense pool CONFIG", make_pool: bool = False,
+            info: DatasetInfo | None = None) -> RunDir:
     """The run ``cfg`` asks for at ``cfg.output``: the dataset opened once (its info goes into the
-    record), the plan made or grown, everything checked, the pool too unless ``make_pool``
-    (``pool_hint``: the command that makes it); nothing is written."""
-    info = dataset_info(cfg)
+    record; pass ``info`` when known), the plan made or grown, everything checked, the pool too
+    unless ``make_pool`` (``pool_hint``: the command that makes it); nothing is written."""
+    info = info or dataset_info(cfg)
     try:
         classes = planned_classes(cfg, info)
         check_config_against_dataset(cfg, info, classes)

@@ -19,6 +19,7 @@ from rich.console import Console
 
 from orchestrator import commits, ray_work, storage
 from orchestrator.commits import FileEntry, UnitState
+from orchestrator.config import shards_hash
 from orchestrator.plan import ShardSpec
 from orchestrator.pool_dir import PoolDir
 from orchestrator.run_dir import RunDir
@@ -47,10 +48,11 @@ class BaselineManifest(BaseModel):
 
 
 def baseline_identity(run: RunDir, method: str) -> str:
-    """A key of everything that changes a selection's bytes: the run's images identity (dataset,
-    plan, seeds, ipc) and, for selections in a feature space, the feature network."""
+    """A key of everything that changes a selection's bytes: what shapes the run's shards
+    (dataset, seeds, ipc; not how many classes the plan has grown to) and, for selections in a
+    feature space, the feature network."""
     e = run.config.evaluate
-    shaping: dict = {"method": method, "run": run.record.config_hash}
+    shaping: dict = {"method": method, "run": shards_hash(run.config)}
     if method in ("herding", "k_center"):
         shaping.update(feature_model=run.config.condense.model, feature_epochs=e.coreset_feature_epochs)
     if method == "forgetting":

@@ -52,11 +52,14 @@ class Summary:
     std: float
 
 
-def settings_key(cfg: RunConfig) -> str:
-    """A key of every setting that shapes a score; how the work is spread shapes none."""
+def settings_key(cfg: RunConfig, test_classes: list[int] | None = None) -> str:
+    """A key of every setting that shapes a score, the test classes included (None: all); how
+    the work is spread shapes none."""
     e = cfg.evaluate
     shaping = {"epochs": e.epochs, "batch": e.batch, "lr": e.lr, "vectorized": e.vectorized,
                "dsa_strategy": cfg.condense.dsa_strategy, "precision": cfg.precision.model_dump()}
+    if test_classes is not None:
+        shaping["test_classes"] = sorted(test_classes)
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
 
 

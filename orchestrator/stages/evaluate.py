@@ -24,11 +24,10 @@ from orchestrator import faults, ray_work
 from orchestrator.config import RunConfig
 from orchestrator.run_dir import RunDir
 from orchestrator.stages import StageFailed
-from orchestrator.stages.baselines import baseline_identity
 from orchestrator.stages.eval_scores import (
     Score, result_order, settings_key, stored_scores, write_job_scores, write_results,
 )
-from orchestrator.stages.training_sets import TrainingSet, load, snapshot_iteration, training_set
+from orchestrator.stages.training_sets import TrainingSet, data_key, load, snapshot_iteration, training_set
 from orchestrator.stages.worker_setup import check_gpus_usable, run_reader
 from workers.devices import Precision, compute_device
 from workers.seeding import derive_seed
@@ -49,6 +48,7 @@ class Job:
     seeds: tuple[int, ...]
     settings: str
     first: int  # the position of its first seed among the model's seeds: labels stay unique
+    test_classes: tuple[int, ...] | None = None  # score on these classes' test images only (None: all)
 
     @property
     def label(self) -> str:
@@ -61,7 +61,7 @@ def asked_methods(cfg: RunConfig) -> list[str]:
 
 def data_keys(run: RunDir) -> dict[str, str]:
     """The identity of the current data of every method the config asks for (no file read)."""
-    return {"dm": run.record.config_hash, **{m: baseline_identity(run, m) for m in run.config.evaluate.baselines}}
+    return {m: data_key(run, m) for m in asked_methods(run.config)}
 
 
 def model_seeds(cfg: RunConfig, model: str) -> list[int]:
@@ -73,11 +73,13 @@ def planned_networks(cfg: RunConfig, methods: list[str]) -> set[Network]:
     return {(m, model, s) for model in cfg.evaluate.models for s in model_seeds(cfg, model) for m in methods}
 
 
-def make_jobs(cfg: RunConfig, sets: list[TrainingSet], n_actors: int, done: set[Network] = frozenset()) -> list[Job]:
+def make_jobs(cfg: RunConfig, sets: list[TrainingSet], n_actors: int, done: set[Network] = frozenset(),
+              test_classes: list[int] | None = None) -> list[Job]:
     """Jobs for every planned network not in ``done``, about JOBS_PER_ACTOR per actor so that
     the last jobs do not leave most actors idle; the seeds of one job train together where
     that pays (vmap on a GPU)."""
-    e, key = cfg.evaluate, settings_key(cfg)
+    e, key = cfg.evaluate, settings_key(cfg, test_classes)
+    classes = tuple(sorted(test_classes)) if test_classes is not None else None
     groups = len(sets) * len(e.models)
     chunks = max(1, math.ceil(JOBS_PER_ACTOR * n_actors / max(groups, 1)))
     chunk = max(1, math.ceil(e.num_models / chunks))
@@ -88,7 +90,7 @@ def make_jobs(cfg: RunConfig, sets: list[TrainingSet], n_actors: int, done: set[
             todo = [(i, s) for i, s in enumerate(seeds) if (ts.method, model, s) not in done]
             for start in range(0, len(todo), chunk):
                 part = todo[start : start + chunk]
-                jobs.append(Job(ts, model, tuple(s for _, s in part), key, first=part[0][0]))
+                jobs.append(Job(ts, model, tuple(s for _, s in part), key, first=part[0][0], test_classes=classes))
     return jobs
 
 
@@ -103,17 +105,19 @@ def pool_capacity(cfg: RunConfig, resources: dict[str, float]) -> tuple[int, boo
     return max(1, min(e.num_actors or min(4, cpus), cpus)), False
 
 
-def evaluate(run: RunDir, console: Console, methods: list[str] | None = None) -> list[Score]:
+def evaluate(run: RunDir, console: Console, methods: list[str] | None = None,
+             test_classes: list[int] | None = None) -> list[Score]:
     """Score ``methods`` (default: dm and the baselines asked for) with the run's evaluation
-    settings, training only networks not scored yet under them; writes eval/results.parquet
-    and returns its rows. Raises StageFailed naming failed jobs (the others' scores are kept)."""
+    settings, on the test images of ``test_classes`` (None: all), training only networks not
+    scored yet under them; writes eval/results.parquet and returns its rows. Raises
+    StageFailed naming failed jobs (the others' scores are kept)."""
     cfg = run.config
     sets = [training_set(run, m) for m in (methods or asked_methods(cfg))]
-    key, keys = settings_key(cfg), {**data_keys(run), **{ts.method: ts.data_key for ts in sets}}
+    key, keys = settings_key(cfg, test_classes), {**data_keys(run), **{ts.method: ts.data_key for ts in sets}}
     planned = planned_networks(cfg, [ts.method for ts in sets])
     done = {s.network for s in stored_scores(run, key, keys)} & planned
     capacity, use_gpu = pool_capacity(cfg, ray_work.cluster_resources())
-    jobs = make_jobs(cfg, sets, capacity, done)
+    jobs = make_jobs(cfg, sets, capacity, done, test_classes)
     if done and jobs:
         console.print(f"evaluate: {len(done)} of {len(planned)} networks were scored by an earlier attempt; "
                       f"training the other {len(planned) - len(done)}", highlight=False)
@@ -204,9 +208,13 @@ class EvalActor:
 
     def score(self, job: Job, test: tuple[np.ndarray, np.ndarray]) -> list[Score]:
         self._maybe_fault(job.data.method)
+        images, labels = test
+        if job.test_classes is not None:
+            keep = np.isin(labels, job.test_classes)
+            images, labels = images[keep], labels[keep]
         with warnings.catch_warnings():  # the object store's arrays are read-only; nothing writes to them
             warnings.simplefilter("ignore", UserWarning)
-            test_x, test_y = (torch.from_numpy(a) for a in test)
+            test_x, test_y = torch.from_numpy(images), torch.from_numpy(labels)
         if job.data.data_key not in self._sets:
             self._sets[job.data.data_key] = load(self.run, job.data)
         x, y = self._sets[job.data.data_key]

@@ -66,7 +66,14 @@ def training_set(run: RunDir, method: str) -> TrainingSet:
         files.append(st.manifest.files[method])  # type: ignore[union-attr]
     if method == "dm":
         return TrainingSet(method, run.record.config_hash, files=tuple(files), factor=run.config.condense.factor)
-    return TrainingSet(method, baseline_identity(run, method), files=tuple(files))
+    return TrainingSet(method, data_key(run, method), files=tuple(files))
+
+
+def data_key(run: RunDir, method: str) -> str:
+    """The identity of a method's whole set: its shards' selections and the plan they cover."""
+    if method == "dm":
+        return run.record.config_hash
+    return f"{baseline_identity(run, method)}-{run.record.config_hash}"
 
 
 def load(run: RunDir, ts: TrainingSet) -> tuple[torch.Tensor, torch.Tensor]:
