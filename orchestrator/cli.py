@@ -91,6 +91,12 @@ def _parser() -> argparse.ArgumentParser:
     _add_address(co)
     co.set_defaults(func=cmd_continual)
 
+    na = sub.add_parser("nas", help="rank architectures on the run's synthetic set as a NAS proxy (nas: section)")
+    na.add_argument("run")
+    _add_set(na, "nas.* (and resources.*, evaluate.*) overrides")
+    _add_address(na)
+    na.set_defaults(func=cmd_nas)
+
     rp = sub.add_parser("report", help="write the report again from what the run directory holds")
     rp.add_argument("run")
     rp.set_defaults(func=cmd_report)
@@ -218,6 +224,37 @@ def cmd_continual(args: argparse.Namespace) -> int:
         table.add_row(method, *cells)
     console.print(table)
     console.print(f"results: {cfg.output}/continual/results.parquet (accuracy.png)", highlight=False)
+    return EXIT_OK
+
+
+def cmd_nas(args: argparse.Namespace) -> int:
+    from orchestrator.stages.baselines import baselines
+    from orchestrator.stages.nas import nas, sampled
+    from orchestrator.stages.training_sets import training_set
+
+    run = pipeline.reopened_run(args.run, args.overrides)
+    info = run.dataset
+    sampled(run.config, (info.channels, *info.im_size), info.num_classes)  # every architecture builds
+    training_set(run, "dm")  # a committed synthetic set, before any task starts
+    run.save()
+    try:
+        with ray_session(args.address) as where:
+            console.print(f"nas: running on {where}; run directory {run.uri}", highlight=False)
+            if "random" in run.config.nas.proxies:
+                baselines(run, ["random"], console)
+            scores, qualities = nas(run, console)
+    except StageFailed as exc:
+        console.print(f"[red]{exc}[/]", highlight=False)
+        console.print(f"Finish with: {exc.again}", highlight=False)
+        return EXIT_FAILED_EVALUATION
+    table = Table(title=f"NAS over {len({s.architecture for s in scores})} architectures: proxy quality")
+    for col in ("proxy", "Spearman, top", "Spearman, all", "selects", "its whole-set accuracy (%)", "training s"):
+        table.add_column(col)
+    for q in qualities:
+        table.add_row(q.proxy, f"{q.spearman_top:.2f}", f"{q.spearman_all:.2f}", q.selected,
+                      f"{100 * q.selected_whole_accuracy:.2f}", f"{q.train_seconds:.0f}")
+    console.print(table)
+    console.print(f"results: {run.path('nas', 'results.parquet')} (proxy-vs-whole.png)", highlight=False)
     return EXIT_OK
 
 
