@@ -19,7 +19,7 @@ from orchestrator.stages import StageFailed
 from orchestrator.stages.report import TableRow
 from workers.data import DatasetError
 
-console = Console(soft_wrap=True)  # long paths and errors stay on one line
+console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)  # logs: lines and tables unwrapped
 
 EXIT_OK, EXIT_FAILED_UNITS, EXIT_USAGE, EXIT_FAILED_EVALUATION = 0, 1, 2, 3
 

@@ -21,6 +21,7 @@ from orchestrator.config import RunConfig, apply_overrides, from_dict
 from orchestrator.pipeline import new_run
 from orchestrator.plan import PlanError, check_config_against_dataset, planned_classes
 from orchestrator.run_dir import RunDir, RunError
+from orchestrator.run_record import RunRecord
 from orchestrator.stages.baselines import baselines
 from orchestrator.stages.condense import condense
 from orchestrator.stages.eval_scores import summarize
@@ -67,9 +68,8 @@ def continual(cfg: RunConfig, info: DatasetInfo, console: Console) -> list[StepS
     seen: list[int] = []
     for number, new in enumerate(steps, start=1):
         seen = sorted(seen + new)
-        run = new_run(from_dict(apply_overrides(cfg.model_dump(mode="json"),
-                                                [f"plan.classes={seen}", f"evaluate.baselines={coresets}"])), info=info)
-        run.save()
+        run = _step_run(from_dict(apply_overrides(cfg.model_dump(mode="json"),
+                                                  [f"plan.classes={seen}", f"evaluate.baselines={coresets}"])), info)
         console.print(f"continual: step {number} of {len(steps)}, {len(seen)} classes seen ({len(new)} new)",
                       highlight=False)
         if "dm" in methods:
@@ -80,6 +80,20 @@ def continual(cfg: RunConfig, info: DatasetInfo, console: Console) -> list[StepS
                    for s in evaluate(run, console, list(methods), test_classes=seen)]
     write_results(run, scores)
     return scores
+
+
+def _step_run(cfg: RunConfig, info: DatasetInfo) -> RunDir:
+    """The run as a step sees it: grown by the step's classes (and saved), or, for a step a
+    stopped continual run had already reached, a view of the shards of the classes seen then."""
+    seen = set(cfg.plan.classes or ())
+    if RunDir.exists(cfg.output):
+        current = RunDir.load(cfg.output)
+        if seen <= set(current.record.classes):
+            shards = [spec for spec in current.shards if set(spec.class_ids) <= seen]
+            return RunDir(cfg.output, RunRecord.build(cfg, shards, info))
+    run = new_run(cfg, info=info)
+    run.save()
+    return run
 
 
 def write_results(run: RunDir, scores: list[StepScore]) -> None:
