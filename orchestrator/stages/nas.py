@@ -243,8 +243,10 @@ def proxy_qualities(scores: list[NasScore], top_fraction: float) -> list[ProxyQu
 
 
 def _spearman(scores: list[NasScore], whole: dict[str, float]) -> float:
-    rho = spearmanr([s.accuracy for s in scores], [whole[s.architecture] for s in scores]).statistic
-    return float(rho) if rho == rho else 0.0  # constant ranks: no correlation to speak of
+    proxy, reference = [s.accuracy for s in scores], [whole[s.architecture] for s in scores]
+    if len(set(proxy)) < 2 or len(set(reference)) < 2:
+        return 0.0  # a proxy (or a reference) that ranks nothing apart correlates with nothing
+    return float(spearmanr(proxy, reference).statistic)
 
 
 def scatter_png(scores: list[NasScore]) -> bytes:
