@@ -130,7 +130,7 @@ def check_fits(cpus: float, gpus: float, what: str) -> None:
 def run_tasks(fn: Callable[..., Any], work: Sequence[Work], *, options: dict[str, Any], label: str, unit: str,
               console: Console, shared: tuple = (), limit: int | None = None, with_context: bool = False,
               done_units: int = 0) -> Outcome:
-    """``fn(*shared, *work.args[, sink])`` as one Ray task per unit, at most ``limit`` in flight.
+    """``fn(*shared, *work.args[, context])`` as one Ray task per unit, at most ``limit`` in flight.
 
     ``shared`` values go to the object store once, not once per task. With
     ``with_context`` the task gets a last argument, a ``TaskContext`` to call with its
@@ -142,8 +142,8 @@ def run_tasks(fn: Callable[..., Any], work: Sequence[Work], *, options: dict[str
     board = _Board.remote() if with_context else None
 
     def submit(w: Work) -> Any:
-        sink = (TaskContext(board, w.key),) if board is not None else ()
-        return remote.remote(*refs, *w.args, *sink)
+        context = (TaskContext(board, w.key),) if board is not None else ()
+        return remote.remote(*refs, *w.args, *context)
 
     try:
         return _stream(work, submit, lambda ref, died: None, limit or len(work), board,
