@@ -51,6 +51,21 @@ def start_local_ray(num_cpus: int, num_gpus: int = 0) -> None:
              include_dashboard=False, log_to_driver=False)
 
 
+def sets(*items: str) -> list[str]:
+    """``--set`` arguments of the command line for each ``key=value``."""
+    return [arg for item in items for arg in ("--set", item)]
+
+
+@pytest.fixture(scope="module")
+def cpu_ray():
+    """A 3-CPU local Ray without GPUs."""
+    import ray
+
+    start_local_ray(num_cpus=3)
+    yield ray
+    ray.shutdown()
+
+
 @pytest.fixture(scope="module")
 def local_ray():
     """A 3-CPU local Ray with 2 fake GPUs (work still runs on the CPU)."""

@@ -12,7 +12,7 @@ import pytest
 
 from orchestrator.cli import main
 
-from .conftest import REPO, start_local_ray
+from .conftest import REPO, sets
 
 pytestmark = pytest.mark.ray
 
@@ -20,19 +20,6 @@ CONFIG = str(REPO / "configs" / "digits.yaml")
 SMALL = ["condense.iterations=10", "condense.checkpoint_every=0", "condense.ipc=2", "condense.batch_real=16",
          "condense.model=ConvNetW32", "plan.classes_per_shard=2", "resources.gpus_per_shard=0",
          "evaluate.models=[ConvNetW32]", "evaluate.num_models=1", "evaluate.epochs=3", "evaluate.gpus=false"]
-
-
-def sets(*items: str) -> list[str]:
-    return [a for s in items for a in ("--set", s)]
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    start_local_ray(num_cpus=3)
-    yield
-    ray.shutdown()
 
 
 def _shards(run: Path) -> dict[str, tuple[bytes, int, int]]:
@@ -44,7 +31,7 @@ def _shards(run: Path) -> dict[str, tuple[bytes, int, int]]:
 
 
 def test_a_continual_run_grows_without_touching_earlier_steps_and_resumes_where_it_stopped(
-        ray_cluster, tmp_path, monkeypatch, capsys):
+        cpu_ray, tmp_path, monkeypatch, capsys):
     run = tmp_path / "continual"
     args = ["continual", CONFIG, "--out", str(run), *sets(*SMALL, "continual.steps=3")]
     # steps of 4, 3 and 3 classes in shards of 2: shard-00002 is the first shard of step 2
@@ -80,7 +67,7 @@ def test_continual_bad_input_fails_before_any_task(tmp_path, capsys, extra, mess
 
 
 @pytest.fixture(scope="module")
-def condensed(ray_cluster, tmp_path_factory) -> Path:
+def condensed(cpu_ray, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("nas") / "run"
     assert main(["run", CONFIG, "--out", str(run), *sets(*SMALL, "evaluate.num_models=0", "evaluate.baselines=[]")]) == 0
     return run

@@ -11,7 +11,7 @@ from orchestrator.cli import main
 from orchestrator.run_dir import RunDir
 from orchestrator.stages.baselines import selection_state
 
-from .conftest import REPO, start_local_ray
+from .conftest import REPO, sets
 
 pytestmark = pytest.mark.ray
 
@@ -22,21 +22,8 @@ RUN = ["condense.model=ConvNetW32", "condense.iterations=30", "condense.checkpoi
        "evaluate.baselines=[]"]
 
 
-def sets(*items: str) -> list[str]:
-    return [a for s in items for a in ("--set", s)]
-
-
 @pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    start_local_ray(num_cpus=3)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def pools(ray_cluster, tmp_path_factory) -> Path:
+def pools(cpu_ray, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("pools")
     assert main(["pool", CONFIG, "--out", str(root), *sets(*POOL)]) == 0
     return root
@@ -61,7 +48,7 @@ def test_a_pool_commits_every_network_and_a_second_call_trains_nothing(pools, ca
     assert {p.name: p.stat().st_mtime_ns for p in folder.glob("net-*")} == mtimes
 
 
-def test_a_killed_network_is_retried_and_a_failed_one_is_all_the_next_call_trains(ray_cluster, tmp_path,
+def test_a_killed_network_is_retried_and_a_failed_one_is_all_the_next_call_trains(cpu_ray, tmp_path,
                                                                                   monkeypatch):
     monkeypatch.setenv("DMCONDENSE_FAULTS", "net-00001=kill-once")
     assert main(["pool", CONFIG, "--out", str(tmp_path / "killed"), *sets(*POOL)]) == 0
@@ -115,7 +102,7 @@ def test_what_is_wrong_with_a_pool_is_named_before_any_shard_starts(pools, tmp_p
     assert not (tmp_path / "r").exists()
 
 
-def test_make_pool_trains_the_pool_first_and_the_forgetting_baseline_reads_it(ray_cluster, tmp_path, capsys):
+def test_make_pool_trains_the_pool_first_and_the_forgetting_baseline_reads_it(cpu_ray, tmp_path, capsys):
     run = tmp_path / "run"
     pool = [*POOL, f"pool.uri={tmp_path / 'pools'}"]
     assert main(["run", CONFIG, "--out", str(run), "--make-pool",

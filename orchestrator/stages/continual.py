@@ -9,7 +9,6 @@ stage computes only what is missing: a stopped continual run resumes where it wa
 
 from __future__ import annotations
 
-import io
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -18,6 +17,7 @@ from rich.console import Console
 
 from orchestrator import storage
 from orchestrator.config import RunConfig, apply_overrides, from_dict
+from orchestrator.figures import plt, png
 from orchestrator.pipeline import new_run
 from orchestrator.plan import PlanError, check_config_against_dataset, planned_classes
 from orchestrator.run_dir import RunDir, RunError
@@ -103,11 +103,6 @@ def write_results(run: RunDir, scores: list[StepScore]) -> None:
 
 
 def curves_png(scores: list[StepScore]) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fig, ax = plt.subplots(figsize=(6, 4))
     for method in dict.fromkeys(s.method for s in scores):
         points = []
@@ -121,8 +116,4 @@ def curves_png(scores: list[StepScore]) -> bytes:
     ax.set_ylabel("test accuracy on the classes seen (%)")
     ax.set_title("class-incremental learning: a network trained on the memory alone")
     ax.legend(fontsize=8)
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    return png(fig)

@@ -12,7 +12,6 @@ an interrupted search resumes.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
 import time
@@ -27,6 +26,7 @@ from scipy.stats import spearmanr
 
 from orchestrator import ray_work, storage
 from orchestrator.config import NasSpace, RunConfig
+from orchestrator.figures import plt, png
 from orchestrator.run_dir import RunDir, RunError
 from orchestrator.stages import StageFailed
 from orchestrator.stages.evaluate import pool_capacity
@@ -37,7 +37,13 @@ from workers.devices import Precision, compute_device
 from workers.networks import build_network
 from workers.pool_training import validation_split
 from workers.seeding import derive_seed
-from workers.train_eval import TrainSettings, fresh_network, score_networks, train_for_steps, train_network
+from workers.train_eval import (
+    TrainSettings,
+    fresh_network,
+    score_networks,
+    train_for_steps,
+    train_network,
+)
 
 STAGE = "nas"
 WHOLE = "whole"  # the whole training set: the reference every proxy is measured against
@@ -250,11 +256,6 @@ def _spearman(scores: list[NasScore], whole: dict[str, float]) -> float:
 
 
 def scatter_png(scores: list[NasScore]) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     whole = {s.architecture: 100 * s.accuracy for s in scores if s.proxy == WHOLE}
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for proxy in dict.fromkeys(s.proxy for s in scores if s.proxy != WHOLE):
@@ -265,8 +266,4 @@ def scatter_png(scores: list[NasScore]) -> bytes:
     ax.set_ylabel("validation accuracy after whole-set training (%)")
     ax.set_title("NAS: each point an architecture", fontsize=9)
     ax.legend(fontsize=8)
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    return png(fig)

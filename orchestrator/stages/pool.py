@@ -20,6 +20,7 @@ from rich.console import Console
 from orchestrator import commits, faults, ray_work, storage
 from orchestrator.commits import FileEntry, UnitState
 from orchestrator.config import PrecisionConfig, ResourcesConfig, RunConfig
+from orchestrator.figures import plt, png
 from orchestrator.pool_dir import PoolDir
 from orchestrator.run_dir import RunError
 from orchestrator.stages import StageFailed
@@ -222,11 +223,6 @@ def forgetting_scores(pool: PoolDir, class_ids: list[int]) -> dict[int, np.ndarr
 
 
 def histogram_png(pool: PoolDir) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.hist(accuracies(pool), bins=list(range(0, 101, 5)), color="tab:blue", edgecolor="white")
     ax.set_xlabel("validation accuracy of a kept state (%)")
@@ -234,8 +230,4 @@ def histogram_png(pool: PoolDir) -> bytes:
     s = pool.record.settings
     ax.set_title(f"pool of {pool.networks} x {s.model}, {s.epochs} epoch(s), a state every {s.states_every} steps",
                  fontsize=9)
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    return png(fig)

@@ -7,24 +7,21 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
-import matplotlib
+import torch
+import torch.nn.functional as F
+from torchvision.utils import save_image
 
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torchvision.utils import save_image  # noqa: E402
-
-from orchestrator import storage  # noqa: E402
-from orchestrator.config import RECIPES, CondenseConfig, RunConfig  # noqa: E402
-from orchestrator.pool_dir import pool_of  # noqa: E402
-from orchestrator.run_dir import RunDir  # noqa: E402
-from orchestrator.stages.condense import shard_state  # noqa: E402
-from orchestrator.stages.condense_shard import ShardManifest  # noqa: E402
-from orchestrator.stages.eval_scores import Score, summarize  # noqa: E402
-from orchestrator.stages.pool import histogram_png  # noqa: E402
-from orchestrator.stages.training_sets import read_method, snapshot_iteration  # noqa: E402
-from workers.data import denormalize  # noqa: E402
+from orchestrator import storage
+from orchestrator.config import RECIPES, CondenseConfig, RunConfig
+from orchestrator.figures import plt, png
+from orchestrator.pool_dir import pool_of
+from orchestrator.run_dir import RunDir
+from orchestrator.stages.condense import shard_state
+from orchestrator.stages.condense_shard import ShardManifest
+from orchestrator.stages.eval_scores import Score, summarize
+from orchestrator.stages.pool import histogram_png
+from orchestrator.stages.training_sets import read_method, snapshot_iteration
+from workers.data import denormalize
 
 # Table 1 of the paper, ConvNet, mean accuracy (%): dataset -> method -> ipc -> accuracy.
 PAPER_TABLE1: dict[str, dict[str, dict[int, float]]] = {
@@ -192,7 +189,7 @@ def sweep_png(points: list[tuple[int, str, float, float]], table: list[TableRow]
     ax.set_ylabel("test accuracy (%)")
     ax.legend(fontsize=7)
     ax.set_title("accuracy of the synthetic set along the run")
-    return _png(fig)
+    return png(fig)
 
 
 def loss_png(manifests: list[ShardManifest]) -> bytes:
@@ -210,7 +207,7 @@ def loss_png(manifests: list[ShardManifest]) -> bytes:
     if 0 < len(manifests) <= 12:
         ax.legend(fontsize=6)
     ax.set_title("distribution matching loss per shard")
-    return _png(fig)
+    return png(fig)
 
 
 def _moving_average(values: list[float], window: int) -> list[float]:
@@ -221,11 +218,3 @@ def _moving_average(values: list[float], window: int) -> list[float]:
             total -= values[i - window]
         out.append(total / min(i + 1, window))
     return out
-
-
-def _png(fig: plt.Figure) -> bytes:
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
