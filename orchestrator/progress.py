@@ -19,6 +19,7 @@ class ProgressDisplay:
         self.log_every_s, self._last_log, self._started = log_every_s, 0.0, time.monotonic()
         self._start_units = self.completed = done
         self.note = ""
+        self._logged: tuple[int, str] | None = None  # what the last plain line said
         self.bar = Progress(
             TextColumn(f"[bold]{label}"), BarColumn(),
             TextColumn(f"{{task.completed:,.0f}}/{{task.total:,.0f}} {unit}"), TextColumn("{task.fields[note]}"),
@@ -46,9 +47,9 @@ class ProgressDisplay:
 
     def _log(self, force: bool = False) -> None:
         now = time.monotonic()
-        if not force and now - self._last_log < self.log_every_s:
+        if not force and now - self._last_log < self.log_every_s or self._logged == (self.completed, self.note):
             return
-        self._last_log = now
+        self._last_log, self._logged = now, (self.completed, self.note)
         elapsed = now - self._started
         gained = self.completed - self._start_units
         left = self.total - self.completed
