@@ -122,9 +122,9 @@ def evaluate(run: RunDir, console: Console, methods: list[str] | None = None,
         console.print(f"evaluate: {len(done)} of {len(planned)} networks were scored by an earlier attempt; "
                       f"training the other {len(planned) - len(done)}", highlight=False)
     if jobs:
-        test = ray_work.compute_shared(read_test_split, run, options={"num_cpus": 1})
         gpus = 1.0 / cfg.evaluate.actors_per_gpu if use_gpu else 0.0
         check_gpus_usable(run.config.resources, gpus, "evaluation actors (evaluate.gpus)")
+        test = ray_work.compute_shared(read_test_split, run, options={"num_cpus": 1})
         # The test split goes with every call, not to the constructor: Ray maps it from the node's
         # object store each time (no copy), and a restarted actor never needs it again.
         outcome = ray_work.run_on_actors(
@@ -149,7 +149,7 @@ def _asked(cfg: RunConfig, scores: list[Score]) -> list[Score]:
 
 @dataclass(frozen=True)
 class EvaluationState:
-    state: str  # done | unfinished | not run
+    state: str  # done | unfinished | not run | not asked
     scored: int  # networks of the current settings scored so far
     planned: int
 

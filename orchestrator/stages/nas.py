@@ -132,10 +132,10 @@ def nas(run: RunDir, console: Console) -> tuple[list[NasScore], list[ProxyQualit
         console.print(f"nas: {len(jobs) - len(todo)} of {len(jobs)} trainings were scored by an earlier attempt",
                       highlight=False)
     if todo:
-        data = ray_work.compute_shared(read_train_split, run, options={"num_cpus": 1})
         capacity, use_gpu = pool_capacity(cfg, ray_work.cluster_resources())  # the evaluation's actor pool
         gpus = 1.0 / cfg.evaluate.actors_per_gpu if use_gpu else 0.0
         check_gpus_usable(cfg.resources, gpus, "NAS actors (evaluate.gpus)")
+        data = ray_work.compute_shared(read_train_split, run, options={"num_cpus": 1})
         outcome = ray_work.run_on_actors(
             NasActor, (run, folder, use_gpu), "train", [ray_work.Work(j.key, (j, data)) for j in todo],
             actors=capacity, options=ray_work.actor_options(cfg, gpus), label=STAGE, unit="trainings",
