@@ -161,3 +161,26 @@ def test_grouped_loss_and_gradients_equal_the_per_class_computation(settings):
         one, = torch.autograd.grad(part, alone.syn)
         torch.testing.assert_close(one, grad[c * settings.ipc : (c + 1) * settings.ipc], rtol=1e-4, atol=1e-6)
     assert total == pytest.approx(float(loss.detach()), rel=1e-4)
+
+
+def test_factor_two_decodes_tiles_back_to_full_size_and_encode_inverts_the_layout():
+    from workers.parameterize import decode, encode, resize_matrix
+
+    images = torch.randn(8, 3, 8, 8)  # two stored images' worth
+    stored = encode(images, 2)
+    assert stored.shape == (2, 3, 8, 8)
+    torch.testing.assert_close(stored[0, :, :4, 4:], torch.nn.functional.avg_pool2d(images[1], 2))  # tile (0, 1)
+    decoded = decode(stored.requires_grad_(), 2)
+    assert decoded.shape == (8, 3, 8, 8)
+    torch.use_deterministic_algorithms(True)  # the matrix form, for CUDA's deterministic mode
+    try:
+        by_matrix = decode(stored, 2)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    torch.testing.assert_close(by_matrix, decoded, rtol=0, atol=1e-5)
+    g1, = torch.autograd.grad(by_matrix.square().sum(), stored)
+    g2, = torch.autograd.grad(decoded.square().sum(), stored)
+    torch.testing.assert_close(g1, g2, rtol=0, atol=1e-4)
+    up = torch.nn.functional.interpolate(torch.arange(5.0).view(1, 1, 1, 5), size=(1, 13), mode="bilinear",
+                                         align_corners=False)
+    torch.testing.assert_close(resize_matrix(5, 13, up) @ torch.arange(5.0), up.flatten())

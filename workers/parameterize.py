@@ -22,7 +22,23 @@ def decode(stored: torch.Tensor, factor: int) -> torch.Tensor:
     th, tw = h // factor, w // factor
     tiles = stored.reshape(n, c, factor, th, factor, tw).permute(0, 2, 4, 1, 3, 5)  # [n, f, f, c, th, tw]
     tiles = tiles.reshape(n * factor * factor, c, th, tw)
+    if torch.are_deterministic_algorithms_enabled():  # interpolate's CUDA backward uses atomics
+        rows, cols = (resize_matrix(a, b, tiles) for a, b in ((th, h), (tw, w)))
+        return rows @ tiles @ cols.T
     return F.interpolate(tiles, size=(h, w), mode="bilinear", align_corners=False)
+
+
+def resize_matrix(size_in: int, size_out: int, like: torch.Tensor) -> torch.Tensor:
+    """[size_out, size_in]: bilinear resizing along one axis as ``F.interpolate`` does it with
+    ``align_corners=False``, as a matrix (whose backward is a matrix product: deterministic)."""
+    src = ((torch.arange(size_out, dtype=torch.float64) + 0.5) * (size_in / size_out) - 0.5).clamp(min=0)
+    low = src.floor().long().clamp(max=size_in - 1)
+    high = (low + 1).clamp(max=size_in - 1)
+    frac = src - low
+    matrix = torch.zeros(size_out, size_in, dtype=torch.float64)
+    matrix[torch.arange(size_out), low] += 1 - frac
+    matrix[torch.arange(size_out), high] += frac
+    return matrix.to(like.dtype).to(like.device)
 
 
 def encode(images: torch.Tensor, factor: int) -> torch.Tensor:
