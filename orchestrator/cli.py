@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from dataclasses import asdict
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -44,11 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dmcondense", description="Dataset condensation with Distribution Matching on Ray")
     sub = p.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="plan, condense, select baselines, evaluate and report")
-    run.add_argument("config", help="YAML config (see configs/)")
-    _add_set(run)
-    run.add_argument("--out", help="run directory: a local path or s3:// gs:// URI (default: the config's output)")
-    _add_address(run)
+    run = _add_job(sub, "run", "plan, condense, select baselines, evaluate and report", "YAML config (see configs/)",
+                   "run directory: a local path or s3:// gs:// URI (default: the config's output)")
     run.add_argument("--dry-run", action="store_true", help="check the config against the dataset, print the plan, stop")
     _add_make_pool(run)
     run.set_defaults(func=cmd_run)
@@ -76,19 +75,13 @@ def _parser() -> argparse.ArgumentParser:
     _add_make_pool(ev)
     ev.set_defaults(func=cmd_evaluate)
 
-    po = sub.add_parser("pool", help="train a pool of networks on the real training set (condense.networks: pool, "
-                                     "the forgetting baseline)")
-    po.add_argument("source", help="a YAML config, or a run directory (its own config)")
-    _add_set(po)
-    po.add_argument("--out", help="where pools live (pool.uri; default: the run directory's pool/)")
-    _add_address(po)
+    po = _add_job(sub, "pool", "train a pool of networks on the real training set (condense.networks: pool, the "
+                  "forgetting baseline)", "a YAML config, or a run directory (its own config)",
+                  "where pools live (pool.uri; default: the run directory's pool/)")
     po.set_defaults(func=cmd_pool)
 
-    co = sub.add_parser("continual", help="class-incremental learning on one growing run (continual: section)")
-    co.add_argument("config", help="YAML config (see configs/*-continual-*.yaml)")
-    _add_set(co)
-    co.add_argument("--out", help="run directory (default: the config's output)")
-    _add_address(co)
+    co = _add_job(sub, "continual", "class-incremental learning on one growing run (continual: section)",
+                  "YAML config (see configs/*-continual-*.yaml)", "run directory (default: the config's output)")
     co.set_defaults(func=cmd_continual)
 
     na = sub.add_parser("nas", help="rank architectures on the run's synthetic set as a NAS proxy (nas: section)")
@@ -123,6 +116,26 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _add_job(sub: Any, name: str, help_text: str, source_help: str, out_help: str) -> argparse.ArgumentParser:
+    """A command that reads a config (its first argument), takes --set overrides and writes under --out."""
+    p = sub.add_parser(name, help=help_text)
+    p.add_argument("source", help=source_help)
+    _add_set(p)
+    p.add_argument("--out", help=out_help)
+    _add_address(p)
+    return p
+
+
+def _job_sets(args: argparse.Namespace, out_key: str = "output") -> list[str]:
+    """A job's --set overrides, with --out as the key it stands for."""
+    return list(args.overrides) + ([f"{out_key}={args.out}"] if args.out else [])
+
+
+def _command(name: str, source: str, sets: list[str]) -> str:
+    """The shell command that runs `name` on `source` with these overrides."""
+    return shlex.join(["dmcondense", name, source, *(arg for s in sets for arg in ("--set", s))])
+
+
 def _add_set(p: argparse.ArgumentParser, help_text: str = "override a config key, value read as YAML") -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help_text)
 
@@ -138,9 +151,9 @@ def _add_address(p: argparse.ArgumentParser) -> None:
 
 # ------------------------------------------------------------------ commands
 def cmd_run(args: argparse.Namespace) -> int:
-    sets = list(args.overrides) + ([f"output={args.out}"] if args.out else [])
-    cfg = load_config(args.config, sets)
-    hint = " ".join(["dmcondense pool", args.config, *(f"--set {s}" for s in sets)])
+    sets = _job_sets(args)
+    cfg = load_config(args.source, sets)
+    hint = _command("pool", args.source, sets)
     run = pipeline.new_run(cfg, pool_hint=hint, make_pool=args.make_pool)
     if args.dry_run:
         pipeline.describe_plan(run, console)
@@ -160,7 +173,7 @@ def cmd_pool(args: argparse.Namespace) -> int:
     from orchestrator.pool_dir import PoolDir
     from orchestrator.stages.pool import accuracy_bins, make_pool
 
-    sets = list(args.overrides) + ([f"pool.uri={args.out}"] if args.out else [])
+    sets = _job_sets(args, out_key="pool.uri")
     if RunDir.exists(args.source):
         run = pipeline.reopened_run(args.source, sets, make_pool=True)
         cfg, info = run.config, run.dataset
@@ -171,7 +184,7 @@ def cmd_pool(args: argparse.Namespace) -> int:
     try:
         with ray_session(args.address) as where:
             console.print(f"pool: running on {where}; pool {pool.uri}", highlight=False)
-            make_pool(pool, cfg, console, again=" ".join(["dmcondense pool", args.source, *args.overrides]))
+            make_pool(pool, cfg, console, again=_command("pool", args.source, sets))
     except StageFailed as exc:
         console.print(f"[red]{exc}[/]", highlight=False)
         console.print(f"Finish with: {exc.again}", highlight=False)
@@ -200,7 +213,7 @@ def cmd_continual(args: argparse.Namespace) -> int:
     from orchestrator.stages.continual import check_continual, continual
     from orchestrator.stages.eval_scores import summarize
 
-    cfg = load_config(args.config, list(args.overrides) + ([f"output={args.out}"] if args.out else []))
+    cfg = load_config(args.source, _job_sets(args))
     info = pipeline.dataset_info(cfg)
     check_continual(cfg, info)
     try:

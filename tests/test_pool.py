@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
 from pathlib import Path
 
 import pytest
 
-from orchestrator.cli import main
+from orchestrator.cli import _parser, main
 from orchestrator.run_dir import RunDir
 from orchestrator.stages.baselines import selection_state
 
@@ -49,18 +51,20 @@ def test_a_pool_commits_every_network_and_a_second_call_trains_nothing(pools, ca
 
 
 def test_a_killed_network_is_retried_and_a_failed_one_is_all_the_next_call_trains(cpu_ray, tmp_path,
-                                                                                  monkeypatch):
+                                                                                  monkeypatch, capsys):
     monkeypatch.setenv("DMCONDENSE_FAULTS", "net-00001=kill-once")
     assert main(["pool", CONFIG, "--out", str(tmp_path / "killed"), *sets(*POOL)]) == 0
     assert (_pool_dir(tmp_path / "killed") / "faults" / "net-00001.kill-once").exists()
     monkeypatch.setenv("DMCONDENSE_FAULTS", "net-00001=raise")
     root = tmp_path / "failed"
+    capsys.readouterr()
     assert main(["pool", CONFIG, "--out", str(root), *sets(*POOL, "resources.max_retries=0")]) == 1
+    advised = shlex.split(re.search(r"Finish with: (.*)", capsys.readouterr().out).group(1))
     folder = _pool_dir(root)
     first = (folder / "net-00000.pt").stat().st_mtime_ns
     assert not (folder / "manifest" / "net-00001.json").exists()
     monkeypatch.delenv("DMCONDENSE_FAULTS")
-    assert main(["pool", CONFIG, "--out", str(root), *sets(*POOL)]) == 0
+    assert advised[:2] == ["dmcondense", "pool"] and main(advised[1:]) == 0  # the advice finishes the pool
     assert (folder / "manifest" / "net-00001.json").exists() and (folder / "net-00000.pt").stat().st_mtime_ns == first
 
 
@@ -87,6 +91,9 @@ def test_what_is_wrong_with_a_pool_is_named_before_any_shard_starts(pools, tmp_p
 
     out = dry("pool.epochs=3")  # another pool than the one there
     assert "no pool made from this run's data and settings" in out and "dmcondense pool" in out
+    advised = shlex.split(re.search(r"`(dmcondense pool [^`]*)`", out).group(1))
+    args = _parser().parse_args(advised[1:])  # the advice is a command that parses to this run's pool
+    assert args.source == CONFIG and "pool.epochs=3" in args.overrides and f"pool.uri={pools}" in args.overrides
     assert "--make-pool" in out and "the pools there were made from other data or settings" in out
     out = dry("condense.pool_group=[99.5,100]")
     assert "holds no state of the pool; its states by validation accuracy:" in out and "%: " in out
