@@ -34,6 +34,9 @@ from workers.seeding import derive_seed
 from workers.train_eval import TrainSettings
 
 STAGE = "pool"
+# A never-learned example's score per network: above any count of forgetting events, so the
+# score's quotient by it is how many networks never learned the example.
+NEVER_LEARNED = 1_000_000
 BINS = tuple(range(0, 100, 10))  # accuracy groups of the report and of error messages, in percent
 
 
@@ -211,14 +214,13 @@ def forgetting_scores(pool: PoolDir, class_ids: list[int]) -> dict[int, np.ndarr
     """Per class, a score per position among its train images, summed over the pool's networks:
     the forgetting events, a never-learned example counting as forgotten most; NaN for the
     validation examples (never presented)."""
-    never = 1_000_000
     scores: dict[int, np.ndarray] = {c: np.full(pool.record.info.train_counts[c], np.nan) for c in class_ids}
     for i in range(pool.networks):
         manifest = network_state(pool, i, deep=False).manifest
         table = from_parquet_bytes(commits.read_checked(pool, manifest.files["forgetting"])).to_pydict()
         for c, k, events, learned in zip(table["class_id"], table["index"], table["events"], table["learned"]):
             if c in scores:
-                scores[c][k] = np.nan_to_num(scores[c][k]) + (events if learned else never)
+                scores[c][k] = np.nan_to_num(scores[c][k]) + (events if learned else NEVER_LEARNED)
     return scores
 
 
