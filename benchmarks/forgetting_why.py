@@ -15,7 +15,7 @@ import argparse
 import numpy as np
 import torch
 
-from orchestrator.pool_dir import pool_of
+from orchestrator.pool_dir import PoolDir, pool_of
 from orchestrator.run_dir import RunDir
 from orchestrator.stages.pool import NEVER_LEARNED, forgetting_scores, pool_states
 from orchestrator.stages.training_sets import read_method
@@ -24,7 +24,7 @@ from workers.data import normalize
 from workers.networks import build_network
 
 
-def trained_networks(run: RunDir) -> tuple[object, list[torch.nn.Module]]:
+def trained_networks(run: RunDir) -> tuple[PoolDir, list[torch.nn.Module]]:
     """The run's pool and its networks in their final states."""
     cfg = run.config
     pool = pool_of(cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(update={"baselines": ["forgetting"]})}),
