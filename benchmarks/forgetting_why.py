@@ -15,7 +15,7 @@ import argparse
 import numpy as np
 import torch
 
-from orchestrator.pool_dir import PoolDir, pool_of
+from orchestrator.pool_dir import PoolDir
 from orchestrator.run_dir import RunDir
 from orchestrator.stages.pool import NEVER_LEARNED, forgetting_scores, pool_states
 from orchestrator.stages.training_sets import read_method
@@ -27,8 +27,9 @@ from workers.networks import build_network
 def trained_networks(run: RunDir) -> tuple[PoolDir, list[torch.nn.Module]]:
     """The run's pool and its networks in their final states."""
     cfg = run.config
-    pool = pool_of(cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(update={"baselines": ["forgetting"]})}),
-                   run.dataset)
+    pool = PoolDir.for_run(cfg, run.dataset)
+    if not pool.exists():
+        raise SystemExit(f"no pool at {pool.uri}: the run's forgetting baseline reads one (pool.uri in its config)")
     info, nets = run.dataset, []
     for state in pool_states(pool, None).final.values():
         net = build_network(pool.record.settings.model, info.channels, info.num_classes, tuple(info.im_size))
