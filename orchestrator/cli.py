@@ -210,8 +210,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_continual(args: argparse.Namespace) -> int:
-    from orchestrator.stages.continual import check_continual, continual
-    from orchestrator.stages.eval_scores import summarize
+    from orchestrator.stages.continual import check_continual, continual, curve_table
 
     cfg = load_config(args.source, _job_sets(args))
     info = pipeline.dataset_info(cfg)
@@ -224,19 +223,14 @@ def cmd_continual(args: argparse.Namespace) -> int:
         console.print(f"[red]{exc}[/]", highlight=False)
         console.print("Finish with: the same dmcondense continual command", highlight=False)
         return EXIT_FAILED_EVALUATION if exc.stage == "evaluate" else EXIT_FAILED_UNITS
-    steps = sorted({s.step for s in scores})
+    header, rows = curve_table(scores)
     table = Table(title="test accuracy on the classes seen (%), mean over networks")
-    table.add_column("method")
-    for step in steps:
-        table.add_column(f"{next(s.classes_seen for s in scores if s.step == step)} classes")
-    for method in dict.fromkeys(s.method for s in scores):
-        cells = []
-        for step in steps:
-            summary, *_ = summarize([s for s in scores if s.method == method and s.step == step])
-            cells.append(f"{summary.mean:.2f} ± {summary.std:.2f}")
-        table.add_row(method, *cells)
+    for name in header:
+        table.add_column(name)
+    for row in rows:
+        table.add_row(*row)
     console.print(table)
-    console.print(f"results: {cfg.output}/continual/results.parquet (accuracy.png)", highlight=False)
+    console.print(f"results: {cfg.output}/continual/report.md (results.parquet, accuracy.png)", highlight=False)
     return EXIT_OK
 
 

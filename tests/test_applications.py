@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import statistics
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -55,6 +56,10 @@ def test_a_continual_run_grows_without_touching_earlier_steps_and_resumes_where_
     assert {(r["step"], r["classes_seen"]) for r in rows} == {(1, 4), (2, 7), (3, 10)}
     assert {r["method"] for r in rows} == {"dm", "random", "herding"}
     assert (run / "continual" / "accuracy.png").stat().st_size > 0
+    report = (run / "continual" / "report.md").read_text()
+    assert "| method | 4 classes | 7 classes | 10 classes |" in report
+    dm_final = [100 * r["accuracy"] for r in rows if r["method"] == "dm" and r["step"] == 3]
+    assert f"{statistics.fmean(dm_final):.2f} ± {statistics.pstdev(dm_final):.2f}" in report.split("| dm |")[1]
 
 
 @pytest.mark.parametrize("extra, message", [
