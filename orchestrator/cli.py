@@ -215,6 +215,10 @@ def cmd_continual(args: argparse.Namespace) -> int:
     cfg = load_config(args.source, _job_sets(args))
     info = pipeline.dataset_info(cfg)
     check_continual(cfg, info)
+    if "herding" in cfg.continual.methods and cfg.evaluate.coreset_feature_epochs == 0:
+        console.print("continual: herding selects in a random network's features (evaluate.coreset_feature_epochs "
+                      "is 0); the paper's herding trains them on each step's new classes: --set "
+                      "evaluate.coreset_feature_epochs=20", highlight=False)
     try:
         with ray_session(args.address) as where:
             console.print(f"{cfg.name}: running on {where}; run directory {cfg.output}", highlight=False)

@@ -47,6 +47,7 @@ def test_a_continual_run_grows_without_touching_earlier_steps_and_resumes_where_
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "test accuracy on the classes seen" in out and "10 classes" in out
+    assert "evaluate.coreset_feature_epochs=20" in out  # SMALL leaves herding's features untrained
     grown = _shards(run)
     assert len(grown) == 6 and all(grown[name] == step_one[name] for name in step_one)  # ids, bytes, seeds, untouched
     for path in (run / "eval" / "scores").rglob("*.parquet"):  # nothing committed was recomputed

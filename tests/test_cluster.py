@@ -55,3 +55,17 @@ def test_gpus_on_a_gpu_less_cluster_fail_at_once(two_nodes, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "the Ray cluster has no GPUs" in out and "resources.gpus_per_shard=0" in out
     assert not (run / "shards").exists()
+
+
+def test_a_recipe_makes_its_pool_and_spreads_over_both_nodes_as_dm_does(two_nodes, tmp_path):
+    import ray
+
+    run = tmp_path / "dance"
+    pool = ["pool.networks=2", "pool.epochs=1", "pool.states_every=2", "pool.model=ConvNetW32",
+            f"pool.uri={tmp_path / 'pools'}"]
+    assert main(["run", CONFIG, "--out", str(run), "--make-pool", *_sets(*pool, "condense.recipe=dance")]) == 0
+    assert list((tmp_path / "pools").glob("*/pool.json"))  # the pool was trained on the cluster first
+    manifests = [json.loads(p.read_text()) for p in sorted((run / "manifest").glob("*.json"))]
+    alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    assert len(manifests) == 4 and len({m["node_id"] for m in manifests} & alive) == 2
+    assert "1 images per class stored and 4 trained on (factor 2)" in (run / "report.md").read_text()
