@@ -6,8 +6,15 @@ import pytest
 
 from orchestrator.config import NasSpace, load_config
 from orchestrator.run_dir import RunError
-from orchestrator.stages.nas import NasScore, architectures, proxy_qualities, sampled
+from orchestrator.stages.nas import (
+    NasScore,
+    architectures,
+    proxy_qualities,
+    sampled,
+    step_budget,
+)
 from workers.networks import build_network
+from workers.pool_training import validation_split
 
 
 def test_the_papers_search_space_holds_720_convnets_the_registry_builds():
@@ -45,3 +52,13 @@ def test_spearman_over_the_top_architectures_and_over_all():
     assert q.spearman_top == pytest.approx(1.0) and q.spearman_all == pytest.approx(1.0)
     [q] = proxy_qualities(_scores([0.5] * 4, [0.1, 0.2, 0.3, 0.4]), top_fraction=1.0)
     assert q.spearman_all == 0.0  # a proxy that ranks nothing apart correlates with nothing
+
+
+def test_the_step_budget_counts_the_whole_set_as_the_validation_split_leaves_it():
+    # digits-like: 10 classes of 121 images, 12 held out of each -> 1,090 to train on, 5 steps an epoch
+    counts = [121] * 10
+    train, _ = validation_split([c for c, n in enumerate(counts) for _ in range(n)], 0.1, seed=0)
+    assert len(train) == 1090
+    cfg = load_config(None, ["nas.epochs=100", "nas.whole_epochs=20"])
+    assert step_budget(cfg, counts, proxy_size=100) == (100, 100)  # early stopping = the whole training
+    assert step_budget(load_config(None, ["nas.epochs=50", "nas.whole_epochs=1"]), [5400] * 10, 100) == (50, 190)

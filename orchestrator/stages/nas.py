@@ -121,7 +121,11 @@ def nas(run: RunDir, console: Console) -> tuple[list[NasScore], list[ProxyQualit
     names = sampled(cfg, (info.channels, *info.im_size), info.num_classes)
     proxies = {p: _proxy_set(run, p) for p in cfg.nas.proxies}
     proxy_size = max((_size(run, ts) for ts in proxies.values() if ts is not None), default=len(run.record.classes))
-    proxy_steps = cfg.nas.epochs * math.ceil(proxy_size / cfg.nas.batch)
+    proxy_steps, whole_steps = step_budget(cfg, [info.train_counts[c] for c in run.record.classes], proxy_size)
+    if "early_stopping" in proxies and proxy_steps >= whole_steps:
+        console.print(f"nas: early stopping trains {proxy_steps} steps and the whole set {whole_steps}: it is the "
+                      "whole training, so it ranks as the whole set does by construction; raise nas.whole_epochs "
+                      "(in the paper early stopping is about 2% of the whole training)", highlight=False)
     jobs = [NasJob(a, p, ts, cfg.nas.epochs, proxy_steps if p == "early_stopping" else None)
             for a in names for p, ts in proxies.items()]
     jobs += [NasJob(a, WHOLE, None, cfg.nas.whole_epochs, None) for a in names]
@@ -147,6 +151,15 @@ def nas(run: RunDir, console: Console) -> tuple[list[NasScore], list[ProxyQualit
     storage.write_parquet_atomic(run.path("nas", "results.parquet"), pa.Table.from_pylist([asdict(s) for s in scores]))
     storage.write_bytes_atomic(run.path("nas", "proxy-vs-whole.png"), scatter_png(scores))
     return scores, qualities
+
+
+def step_budget(cfg: RunConfig, train_counts: list[int], proxy_size: int) -> tuple[int, int]:
+    """(proxy training steps, whole-set training steps); early stopping trains the first number.
+    The whole set is the training split less what validation_split holds out of each class."""
+    n = cfg.nas
+    held_out = sum(round(count * n.validation_fraction) for count in train_counts)
+    return (n.epochs * math.ceil(proxy_size / n.batch),
+            n.whole_epochs * math.ceil((sum(train_counts) - held_out) / n.batch))
 
 
 def _proxy_set(run: RunDir, proxy: str) -> TrainingSet | None:
