@@ -129,6 +129,16 @@ def _keep(out: TrainedNetwork, net: torch.nn.Module, step: int, val_x: torch.Ten
     out.val_accuracy.append(correct / max(len(val_x), 1))
 
 
+def held_out(count: int, fraction: float) -> int:
+    """How many of a class's ``count`` rows validation_split holds out."""
+    return round(count * fraction)
+
+
+def train_size(counts: Sequence[int], fraction: float) -> int:
+    """Rows validation_split leaves to train on, from the per-class counts alone."""
+    return sum(n - held_out(n, fraction) for n in counts)
+
+
 def validation_split(labels: Sequence[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """(train rows, validation rows) of a labelled set: per class, a seeded permutation whose
     first round(n * fraction) rows are held out; both lists ascending."""
@@ -140,7 +150,7 @@ def validation_split(labels: Sequence[int], fraction: float, seed: int) -> tuple
     for c in sorted(by_class):
         rows = by_class[c][:]
         rng.shuffle(rows)
-        cut = round(len(rows) * fraction)
+        cut = held_out(len(rows), fraction)
         val += rows[:cut]
         train += rows[cut:]
     return sorted(train), sorted(val)

@@ -35,7 +35,7 @@ from orchestrator.stages.worker_setup import check_gpus_usable, run_reader
 from workers.data import normalize
 from workers.devices import Precision, compute_device
 from workers.networks import build_network
-from workers.pool_training import validation_split
+from workers.pool_training import train_size, validation_split
 from workers.seeding import derive_seed
 from workers.train_eval import (
     TrainSettings,
@@ -157,9 +157,8 @@ def step_budget(cfg: RunConfig, train_counts: list[int], proxy_size: int) -> tup
     """(proxy training steps, whole-set training steps); early stopping trains the first number.
     The whole set is the training split less what validation_split holds out of each class."""
     n = cfg.nas
-    held_out = sum(round(count * n.validation_fraction) for count in train_counts)
     return (n.epochs * math.ceil(proxy_size / n.batch),
-            n.whole_epochs * math.ceil((sum(train_counts) - held_out) / n.batch))
+            n.whole_epochs * math.ceil(train_size(train_counts, n.validation_fraction) / n.batch))
 
 
 def _proxy_set(run: RunDir, proxy: str) -> TrainingSet | None:

@@ -29,7 +29,12 @@ from workers.data import normalize
 from workers.data.tensor_table import from_parquet_bytes, to_parquet_bytes
 from workers.devices import Precision
 from workers.matching import PoolStates
-from workers.pool_training import Schedule, train_pool_network, validation_split
+from workers.pool_training import (
+    Schedule,
+    train_pool_network,
+    train_size,
+    validation_split,
+)
 from workers.seeding import derive_seed
 from workers.train_eval import TrainSettings
 
@@ -94,8 +99,7 @@ def make_pool(pool: PoolDir, cfg: RunConfig, console: Console, again: str) -> No
 
 def total_steps(pool: PoolDir) -> int:
     s, counts = pool.record.settings, pool.record.info.train_counts
-    train = sum(n - round(n * s.validation_fraction) for n in counts)
-    return s.epochs * -(-train // s.batch)
+    return s.epochs * -(-train_size(counts, s.validation_fraction) // s.batch)
 
 
 def train_network(pool: PoolDir, resources: ResourcesConfig, precision: PrecisionConfig, index: int,
