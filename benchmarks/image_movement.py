@@ -30,7 +30,8 @@ def movement(start: tuple[torch.Tensor, torch.Tensor], run: RunDir, method: str)
     if x.shape != x0.shape or not torch.equal(y, y0):
         raise SystemExit(f"{run.uri} ({method}) holds {tuple(x.shape)} images of other classes or count than the "
                          f"start's {tuple(x0.shape)}: compare runs of the same ipc, classes and condense.factor")
-    return rms(x - x0), rms(x - x0) / rms(x0)
+    change = rms(x - x0)
+    return change, change / rms(x0)
 
 
 def main() -> None:
