@@ -4,7 +4,8 @@
   0..16 scaled to 0..255, split 75/25 per class by a fixed-seed permutation.
 - ``mnist``, ``fashion_mnist``: idx files (``.gz`` or unpacked) read directly from
   ROOT/MNIST/raw or ROOT/FashionMNIST/raw; torchvision is used only to download.
-- ``svhn``, ``cifar10``, ``cifar100``: torchvision's files under ROOT.
+- ``svhn``: torchvision's files under ROOT; ``cifar10``, ``cifar100``: the python-version
+  batches under ROOT, checked by content (``cifar``), torchvision only to download.
 - ``imagefolder``, ``tinyimagenet``, ``imagenet``: image files (see ``folders``).
 - ``imagenet64``: the downsampled-ImageNet npz batches (see ``downsampled``).
 
@@ -21,6 +22,7 @@ import numpy as np
 
 from .arrays import ArraySource
 from .base import Source
+from .cifar import CIFAR10, CIFAR100, CifarLayout, read_cifar
 from .downsampled import DownsampledImageNetSource
 from .folders import ImageFolderSource, ImageNetSource, TinyImageNetSource
 from .idx import find_idx, read_idx
@@ -131,12 +133,14 @@ def _torchvision_loader(name: str, expected: str, build: Callable[..., tuple]) -
     return load
 
 
-def _cifar(cls_name: str) -> Callable[[str, bool], tuple]:
+def _cifar(layout: CifarLayout, cls_name: str) -> Callable[[str, bool], tuple]:
+    """torchvision only downloads; the folder is read and checked by content (workers.data.cifar)."""
     def build(root: str, download: bool) -> tuple:
-        cls = getattr(_torchvision().datasets, cls_name)
-        splits = [cls(root, train=train, download=download) for train in (True, False)]
-        arrays = [(s.data.transpose(0, 3, 1, 2).copy(), np.asarray(s.targets)) for s in splits]
-        return list(splits[0].classes), arrays[0], arrays[1]
+        if download:
+            getattr(_torchvision().datasets, cls_name)(root, train=True, download=True)
+            return ()
+        folder = read_cifar(layout, root)
+        return folder.class_names, folder.train, folder.test
 
     return build
 
@@ -160,8 +164,8 @@ SOURCES: dict[str, Callable[..., Source]] = {
     "mnist": _idx_loader("mnist", "MNIST", _digit_names(), "MNIST"),
     "fashion_mnist": _idx_loader("fashion_mnist", "FashionMNIST", _FASHION_CLASSES, "FashionMNIST"),
     "svhn": _torchvision_loader("svhn", "train_32x32.mat", _svhn),
-    "cifar10": _torchvision_loader("cifar10", "cifar-10-batches-py", _cifar("CIFAR10")),
-    "cifar100": _torchvision_loader("cifar100", "cifar-100-python", _cifar("CIFAR100")),
+    "cifar10": _torchvision_loader("cifar10", CIFAR10.folder, _cifar(CIFAR10, "CIFAR10")),
+    "cifar100": _torchvision_loader("cifar100", CIFAR100.folder, _cifar(CIFAR100, "CIFAR100")),
     "imagefolder": _files("imagefolder", ImageFolderSource),
     "tinyimagenet": _files("tinyimagenet", TinyImageNetSource),
     "imagenet": _files("imagenet", ImageNetSource),
