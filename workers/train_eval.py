@@ -11,13 +11,34 @@ Every model draws from three streams derived from its seed only: the initial
 parameters (``generator(seed)``), the batch order and the augmentation draws.
 Training several models together (vectorised) or one after the other gives
 each model the same draws, so the two paths differ only by float rounding.
+
+Soft labels (``TrainSettings.labels == "soft"``) follow the teacher-relabelling protocol
+of SRe2L, RDED and DD-Ranking (its ``soft_label_mode="M"`` with the ``kl`` criterion,
+DD-Ranking v0.2.0, commit b8b09664): a frozen teacher in eval mode gives logits ``t`` on
+exactly the augmented batch the student sees, and the student's logits ``z`` minimise
+``KL(softmax(t/T) || softmax(z/T))``, averaged over the batch. What we take from there and
+what we keep from the protocol above:
+
+- the loss and its reduction are DD-Ranking's ``KLDivergenceLoss`` (batch mean of the
+  per-image KL), and the default temperature is its default, ``T = 1.2``;
+- the loss is scaled by ``T^2`` (Hinton et al.'s distillation), which DD-Ranking leaves off
+  (``scale_loss=False``). Its evaluation configurations pair the loss with AdamW, whose steps
+  do not depend on the loss scale; SGD's do, and with ``T^2`` the gradient's size hardly
+  depends on ``T`` (that of cross-entropy near ``T = 1``), so the learning rate above fits;
+- the optimizer and schedule stay the ones above, for hard and soft labels alike, so that
+  the two scores differ by the labels only. DD-Ranking's configurations for teacher-labelled
+  methods use AdamW (weight decay 0.01) with a cosine schedule, a learning rate picked per
+  set from {0.001, 0.005, 0.01, 0.05, 0.1}, and temperatures of 20 to 30.
+
+The teacher draws nothing at random, so soft-label training keeps the draws above.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +56,7 @@ EpochCallback = Callable[[int, float, float], None]  # (epoch, lr, mean train lo
 ManyEpochCallback = Callable[[int, int, float, float], None]  # (model index, epoch, lr, loss)
 
 _NO_AUGMENTATION = ("", "none")
+LABELS = ("hard", "soft")
 # Memory for one vectorised training step when the caller gives no budget: on CUDA a
 # share of the device (an evaluation actor passes its own share), on the CPU a fixed cap.
 CUDA_BUDGET_FRACTION = 0.5
@@ -51,6 +73,8 @@ class TrainSettings:
     dsa_strategy: str | None = DEFAULT_STRATEGY  # None, "" or "none": no augmentation
     test_batch: int = 512
     precision: Precision = field(default_factory=Precision)  # TF32 on CUDA, deterministic mode
+    labels: Literal["hard", "soft"] = "hard"  # soft: a teacher relabels every augmented batch
+    temperature: float = 1.2  # of the soft labels (see the module docstring)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch", "test_batch"):
@@ -58,6 +82,10 @@ class TrainSettings:
                 raise ValueError(f"TrainSettings.{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"TrainSettings.lr must be > 0, got {self.lr}")
+        if self.labels not in LABELS:
+            raise ValueError(f"TrainSettings.labels must be one of {LABELS}, got {self.labels!r}")
+        if not math.isfinite(self.temperature) or self.temperature <= 0:
+            raise ValueError(f"TrainSettings.temperature must be a finite number > 0, got {self.temperature}")
 
     @property
     def augments(self) -> bool:
@@ -133,6 +161,45 @@ def maybe_augment(
     return augment_batch(x, settings.dsa_strategy, streams.augment, streams.ops)
 
 
+def checked_teacher(settings: TrainSettings, teacher: nn.Module | None, device: torch.device) -> nn.Module | None:
+    """The teacher that soft labels need, on ``device`` and in eval mode; None for hard labels.
+
+    A teacher given with hard labels is refused rather than ignored: it would mean the caller
+    meant soft labels."""
+    if settings.labels == "hard":
+        if teacher is not None:
+            raise ValueError("a teacher was given for hard-label training: set TrainSettings.labels='soft' "
+                             "to train on its labels, or pass no teacher")
+        return None
+    if teacher is None:
+        raise ValueError("TrainSettings.labels is 'soft' but no teacher was given: pass the network that "
+                         "relabels each batch (workers.teachers.load_teacher)")
+    return teacher.to(device).eval()
+
+
+@torch.no_grad()
+def teacher_logits(teacher: nn.Module, xb: torch.Tensor) -> torch.Tensor:
+    return teacher(xb)
+
+
+def soft_label_losses(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Per-image ``T^2 * KL(softmax(targets/T) || softmax(logits/T))``, ``[N]`` for ``[N, K]`` logits."""
+    if targets.shape != logits.shape:
+        raise ValueError(f"the teacher's logits {list(targets.shape)} do not match the student's "
+                         f"{list(logits.shape)}: the teacher must classify the same {logits.shape[-1]} classes")
+    log_p = F.log_softmax(logits / temperature, dim=-1)
+    log_q = F.log_softmax(targets / temperature, dim=-1)  # log-space: no 0 * log 0
+    return temperature**2 * (log_q.exp() * (log_q - log_p)).sum(dim=-1)
+
+
+def batch_loss(logits: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor, settings: TrainSettings,
+               teacher: nn.Module | None) -> torch.Tensor:
+    """The mean loss of one batch: cross-entropy on the labels, or the teacher's soft labels."""
+    if teacher is None:
+        return F.cross_entropy(logits, yb)
+    return soft_label_losses(logits, teacher_logits(teacher, xb), settings.temperature).mean()
+
+
 def train_network(
     net: nn.Module,
     train_x: torch.Tensor,
@@ -140,16 +207,19 @@ def train_network(
     settings: TrainSettings,
     seed: int,
     on_epoch: EpochCallback | None = None,
+    teacher: nn.Module | None = None,
 ) -> nn.Module:
-    """Train ``net`` in place on (train_x, train_y), already on the network's device."""
+    """Train ``net`` in place on (train_x, train_y), already on the network's device; with soft
+    labels, on ``teacher``'s labels of each augmented batch."""
     device = train_x.device
+    teacher = checked_teacher(settings, teacher, device)
     with settings.precision.numerics(device):
-        _train(net, train_x, train_y, settings, ModelStreams.for_seed(seed, device), on_epoch)
+        _train(net, train_x, train_y, settings, ModelStreams.for_seed(seed, device), on_epoch, teacher)
     return net
 
 
 def _train(net: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, settings: TrainSettings,
-           streams: ModelStreams, on_epoch: EpochCallback | None) -> None:
+           streams: ModelStreams, on_epoch: EpochCallback | None, teacher: nn.Module | None) -> None:
     device = train_x.device
     net.train()
     for epoch in range(settings.epochs):
@@ -158,17 +228,18 @@ def _train(net: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, setting
             optimizer = make_sgd(net.parameters(), settings, lr)
         total = torch.zeros((), device=device)
         for idx in epoch_batches(len(train_x), settings.batch, streams.order, device):
-            total += train_step(net, optimizer, train_x, train_y, idx, settings, streams) * len(idx)
+            total += train_step(net, optimizer, train_x, train_y, idx, settings, streams, teacher) * len(idx)
         if on_epoch is not None:
             on_epoch(epoch, lr, (total / len(train_x)).item())
 
 
 def train_for_steps(net: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, settings: TrainSettings,
-                    seed: int, steps: int) -> nn.Module:
+                    seed: int, steps: int, teacher: nn.Module | None = None) -> nn.Module:
     """``train_network`` for a number of steps rather than epochs (the learning rate x0.1 at half
     of them, with a new optimizer, as at half of the epochs): "early stopping" in NAS, a network
     trained on the whole set for as many steps as one trained on a small proxy set takes."""
     device = train_x.device
+    teacher = checked_teacher(settings, teacher, device)
     streams = ModelStreams.for_seed(seed, device)
     net.train()
     done = 0
@@ -177,7 +248,7 @@ def train_for_steps(net: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor
             for idx in epoch_batches(len(train_x), settings.batch, streams.order, device):
                 if done in (0, steps // 2):
                     optimizer = make_sgd(net.parameters(), settings, settings.lr * (0.1 if done else 1.0))
-                train_step(net, optimizer, train_x, train_y, idx, settings, streams)
+                train_step(net, optimizer, train_x, train_y, idx, settings, streams, teacher)
                 done += 1
                 if done == steps:
                     break
@@ -185,11 +256,12 @@ def train_for_steps(net: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor
 
 
 def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, train_x: torch.Tensor, train_y: torch.Tensor,
-               idx: torch.Tensor, settings: TrainSettings, streams: ModelStreams) -> torch.Tensor:
+               idx: torch.Tensor, settings: TrainSettings, streams: ModelStreams,
+               teacher: nn.Module | None = None) -> torch.Tensor:
     """One mini-batch of ``idx`` (on the device); returns its loss as a device tensor, so that
-    no step waits for the device."""
+    no step waits for the device. ``teacher``: soft labels, already checked (``checked_teacher``)."""
     xb = maybe_augment(train_x[idx], settings, streams)
-    loss = F.cross_entropy(net(xb), train_y[idx])
+    loss = batch_loss(net(xb), xb, train_y[idx], settings, teacher)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -203,19 +275,33 @@ def train_stacked(
     settings: TrainSettings,
     seeds: Sequence[int],
     on_epoch: ManyEpochCallback | None = None,
+    teacher: nn.Module | None = None,
 ) -> None:
     """``train_network`` for every (net, seed) at once: one vmapped step trains them all.
 
     Each model keeps its own streams (batch order, DSA draws), so model m sees exactly
-    the batches and augmentations it would see alone; augmentation runs per model.
+    the batches and augmentations it would see alone; augmentation runs per model, and
+    the teacher (soft labels) labels every model's batch in one forward.
     """
     device = train_x.device
+    teacher = checked_teacher(settings, teacher, device)
     with settings.precision.numerics(device):
-        _train_stacked(nets, train_x, train_y, settings, seeds, on_epoch)
+        _train_stacked(nets, train_x, train_y, settings, seeds, on_epoch, teacher)
+
+
+def stacked_losses(logits: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor, settings: TrainSettings,
+                   teacher: nn.Module | None) -> torch.Tensor:
+    """Each model's mean loss ``[M]`` from its logits ``[M, b, K]`` on its batch ``xb[m]``."""
+    if teacher is None:
+        per_image = F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none")
+    else:
+        targets = teacher_logits(teacher, xb.flatten(0, 1))
+        per_image = soft_label_losses(logits.flatten(0, 1), targets, settings.temperature)
+    return per_image.view(yb.shape).mean(dim=1)
 
 
 def _train_stacked(nets: Sequence[nn.Module], train_x: torch.Tensor, train_y: torch.Tensor, settings: TrainSettings,
-                   seeds: Sequence[int], on_epoch: ManyEpochCallback | None) -> None:
+                   seeds: Sequence[int], on_epoch: ManyEpochCallback | None, teacher: nn.Module | None) -> None:
     device = train_x.device
     stacked = StackedNetworks(nets).train()
     streams = [ModelStreams.for_seed(s, device) for s in seeds]
@@ -228,9 +314,7 @@ def _train_stacked(nets: Sequence[nn.Module], train_x: torch.Tensor, train_y: to
         for step in zip(*orders):
             idx = torch.stack(step)  # [M, b]
             xb = torch.stack([maybe_augment(train_x[i], settings, s) for i, s in zip(idx, streams)])
-            logits = stacked(xb)  # [M, b, K]
-            losses = F.cross_entropy(logits.flatten(0, 1), train_y[idx].flatten(), reduction="none")
-            losses = losses.view(idx.shape).mean(dim=1)
+            losses = stacked_losses(stacked(xb), xb, train_y[idx], settings, teacher)  # stacked(xb): [M, b, K]
             optimizer.zero_grad(set_to_none=True)
             losses.sum().backward()  # models are independent: each gets its own gradient
             optimizer.step()
@@ -334,12 +418,16 @@ def train_and_score(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     on_epoch: EpochCallback | None = None,
+    teacher: nn.Module | None = None,
 ) -> float:
-    """Train one fresh ``model_name`` on the training set and return its test accuracy in [0, 1]."""
+    """Train one fresh ``model_name`` on the training set and return its test accuracy in [0, 1].
+
+    ``teacher``: required with soft labels (``settings.labels``), refused with hard ones."""
     device = torch.device(device)
     check_inputs(train_x, train_y, test_x, test_y, channels, num_classes, im_size, mean, std)
+    teacher = checked_teacher(settings, teacher, device)
     net = fresh_network(model_name, channels=channels, num_classes=num_classes, im_size=im_size, seed=seed, device=device)
-    train_network(net, train_x.to(device), train_y.to(device), settings, seed, on_epoch)
+    train_network(net, train_x.to(device), train_y.to(device), settings, seed, on_epoch, teacher)
     return score_networks([net], test_x, test_y, settings, device, mean, std)[0]
 
 
@@ -357,12 +445,14 @@ def train_many(
     vectorized: bool | None = None,
     on_epoch: ManyEpochCallback | None = None,
     memory_budget: int | None = None,
+    teacher: nn.Module | None = None,
 ) -> list[nn.Module]:
     """Trained networks, one per seed, on the vectorised path or one after the other.
 
     Vectorised, as many models train together as one step of theirs fits in
-    ``memory_budget`` bytes (``models_per_step``)."""
+    ``memory_budget`` bytes (``models_per_step``). ``teacher``: as in ``train_and_score``."""
     device = torch.device(device)
+    teacher = checked_teacher(settings, teacher, device)
     nets = [
         fresh_network(model_name, channels=channels, num_classes=num_classes, im_size=im_size, seed=s, device=device)
         for s in seeds
@@ -377,11 +467,11 @@ def train_many(
         for start in range(0, len(nets), chunk):
             part = slice(start, start + chunk)
             callback = None if on_epoch is None else (lambda m, e, lr, loss, s=start: on_epoch(s + m, e, lr, loss))
-            train_stacked(nets[part], train_x, train_y, settings, seeds[part], callback)
+            train_stacked(nets[part], train_x, train_y, settings, seeds[part], callback, teacher)
         return nets
     for i, (net, seed) in enumerate(zip(nets, seeds)):
         callback = None if on_epoch is None else (lambda e, lr, loss, i=i: on_epoch(i, e, lr, loss))
-        train_network(net, train_x, train_y, settings, seed, callback)
+        train_network(net, train_x, train_y, settings, seed, callback, teacher)
     return nets
 
 
@@ -415,6 +505,7 @@ def train_and_score_many(
     vectorized: bool | None = None,
     on_epoch: ManyEpochCallback | None = None,
     memory_budget: int | None = None,
+    teacher: nn.Module | None = None,
 ) -> list[float]:
     """Test accuracy of one fresh ``model_name`` per seed, trained together when that is faster.
 
@@ -423,6 +514,7 @@ def train_and_score_many(
     ``memory_budget`` holds), False trains the models one after the other.
     Both give each model the draws of ``train_and_score`` with its seed. Every network of
     the zoo vmaps, BatchNorm included: its running statistics are stacked per model.
+    ``teacher``: as in ``train_and_score``.
     """
     if len(seeds) == 0:
         raise ValueError("seeds is empty: pass at least one seed")
@@ -433,6 +525,6 @@ def train_and_score_many(
     nets = train_many(
         model_name, train_x, train_y, channels=channels, num_classes=num_classes, im_size=im_size,
         settings=settings, seeds=seeds, device=device, vectorized=vectorized, on_epoch=on_epoch,
-        memory_budget=memory_budget,
+        memory_budget=memory_budget, teacher=teacher,
     )
     return score_networks(nets, test_x, test_y, settings, device, mean, std)
