@@ -1,0 +1,273 @@
+"""The lease on a run or pool directory: one driver writes a directory at a time.
+
+The lease is the file ``lease.json`` in the directory: who holds it (host, process
+id, command, since when), a random token, and the time of its last renewal. The
+holder renews it from a background thread every ``renew_every_s``; a lease not
+renewed for ``stale_after_s`` belongs to a dead driver and may be taken over.
+
+Object stores have no atomic create-if-absent (pyarrow.fs exposes no conditional
+write), so a driver claims the lease in four steps, the same on a local disk:
+
+1. read the lease: a live one (renewed within ``stale_after_s``) is refused at once,
+   or waited for with ``wait=True``;
+2. write its own record with a fresh token (atomically: complete or absent);
+3. wait ``settle_s``;
+4. read it back: the lease is its own only if the token is still its own;
+   otherwise the other driver won and is the holder.
+
+A renewal reads the lease first: a different token (or none) means it was taken
+over, and the holder marks itself lost (``Lease.lost``, ``Lease.check()`` raises
+``LeaseLost``) instead of overwriting it. So does a holder that could not renew
+for ``stale_after_s``, since by then another driver may have taken over.
+
+When two drivers can both believe they hold it. With storage that reads back the
+last completed write (local disks; S3 since 2020), two claims overlap only when a
+lease write lands more than ``settle_s`` after the read that justified it: the
+earlier claimer's read-back, ``settle_s`` after its own write, then still shows
+its token. A claimer measures that delay from its read to its write's completion
+and, when it exceeds ``settle_s``, waits one more renewal interval before its
+read-back, by which time a live holder has renewed, seen the foreign token and
+stepped down (or overwritten it, and the claimer refuses). What remains:
+
+* a holder stalled (paused, swapped out, in a network write that took storage
+  retries) between its renewal's read and its write overwrites a claim made in
+  between, after the claimer's read-back: both hold until the claimer's next
+  renewal, at most ``renew_every_s`` (plus that renewal's I/O) later;
+* a holder stalled for over ``stale_after_s`` is legitimately taken over and
+  holds, by its own belief, until its next renewal;
+* staleness compares the holder's clock (the renewal time it wrote) with the
+  claimer's: hosts whose clocks differ by more than ``stale_after_s -
+  renew_every_s`` can take a live lease over; again the holder learns it at its
+  next renewal.
+
+In each case the overlap ends at one driver's next renewal, and a driver that
+checks ``Lease.check()`` between units commits nothing after it. Work already in
+flight stays correct anyway: every unit is committed atomically (each file
+under a temporary name, then moved onto its final name; then the manifest, with
+every file's sha256, moved in last), so each file and each manifest is complete
+whichever driver wrote it last. On the CPU a unit computed twice has the same
+bytes, so both drivers write the same files and manifest. On CUDA the bytes
+differ: the last writer's files and manifest are each complete, and if the last
+files and the last manifest came from different drivers, the sha256 check of
+every read reports the unit corrupt and the stage recomputes it; it is never
+read as valid with foreign files.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from orchestrator import storage
+from orchestrator.run_dir import RunError
+
+LEASE_FILE = "lease.json"
+_READS, _REREAD_S = 4, 0.05  # re-reads of a torn record
+
+
+class LeaseHeld(RunError):
+    """Another live driver holds the directory's lease."""
+
+
+class LeaseLost(RunError):
+    """This driver's lease was taken over, or could not be renewed, while it worked."""
+
+
+class LeaseRecord(BaseModel):
+    """The content of ``lease.json``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    token: str
+    host: str
+    pid: int
+    command: str
+    since: float  # unix time of the claim, the holder's clock
+    renewed: float  # unix time of the last renewal, the holder's clock
+
+    def holder(self) -> str:
+        return f"`{self.command}` (pid {self.pid} on {self.host}, since {_clock(self.since)})"
+
+    def age_s(self) -> float:
+        """Seconds since the last renewal; a clock ahead of ours counts as just renewed."""
+        return max(0.0, time.time() - self.renewed)
+
+
+@dataclass(frozen=True)
+class LeaseTimings:
+    renew_every_s: float = 20.0
+    stale_after_s: float = 120.0  # several missed renewals: one slow or retried write is not death
+    settle_s: float = 2.0  # far above one small write's latency; see the module docstring
+    poll_every_s: float = 5.0  # with wait=True
+
+    def __post_init__(self) -> None:
+        if self.stale_after_s < 2 * self.renew_every_s:
+            raise ValueError(f"stale_after_s ({self.stale_after_s}) must be at least twice renew_every_s "
+                             f"({self.renew_every_s}) so that one late renewal is not taken for a dead holder")
+
+
+def _clock(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+def _secs(s: float) -> str:
+    return f"{s:.0f}s" if s >= 10 else f"{s:.1f}s"
+
+
+def _read(path: str) -> LeaseRecord | None:
+    """The lease, None when there is none.
+
+    On an object store a read racing a rewrite can come back torn (the size comes
+    from one request, the bytes from the next), so an unreadable record is read
+    again; one that stays unreadable was written by something else.
+    """
+    for attempt in range(_READS):
+        try:
+            data = storage.read_bytes(path)
+        except FileNotFoundError:
+            return None
+        try:
+            return LeaseRecord.model_validate_json(data)
+        except ValidationError as exc:
+            error = exc.errors()[0]["msg"]
+        time.sleep(_REREAD_S * (attempt + 1))
+    raise LeaseHeld(f"{path} is not a lease this version reads ({error}); "
+                    "if no other driver works in this directory, remove it")
+
+
+def _write(path: str, record: LeaseRecord) -> None:
+    storage.write_json_atomic(path, record.model_dump(mode="json"))
+
+
+def _held_message(folder: str, current: LeaseRecord, timings: LeaseTimings) -> str:
+    age = current.age_s()
+    return (f"{folder} is in use: {current.holder()} holds its lease, last renewed {_secs(age)} ago; "
+            f"wait for it to finish, or pass --wait to wait here; if that process is dead, its lease can be "
+            f"taken over in {_secs(max(0.0, timings.stale_after_s - age))} "
+            f"(after {_secs(timings.stale_after_s)} without renewal)")
+
+
+def _lost_message(folder: str, current: LeaseRecord | None) -> str:
+    now = f"{current.holder()} holds it now" if current else "it is gone"
+    return f"lost the lease of {folder}: {now}; stop writing there"
+
+
+def _claim(path: str, mine: LeaseRecord, read_at: float, timings: LeaseTimings) -> LeaseRecord | None:
+    """Write ``mine``, let concurrent claims settle, and return whoever holds the lease after."""
+    _write(path, mine)
+    slow = time.monotonic() - read_at > timings.settle_s
+    # A slow write may have landed after another claimer's read-back: give a holder
+    # that believes it won one renewal to see our token and step down.
+    time.sleep(timings.settle_s + (timings.renew_every_s if slow else 0.0))
+    return _read(path)
+
+
+def acquire(folder: str, command: str, *, wait: bool = False, timings: LeaseTimings = LeaseTimings(),
+            notify: Callable[[str], None] = lambda message: None) -> "Lease":
+    """Hold ``folder``'s lease, renewed until released (use it as a context manager).
+
+    Another live holder: ``LeaseHeld`` at once, or with ``wait`` poll until it is
+    free. A stale lease is taken over: ``notify`` hears so and ``Lease.took_over``
+    is the former holder. ``notify`` also hears that this driver starts waiting and
+    that it lost the lease.
+    """
+    path = storage.join(folder, LEASE_FILE)
+    announced = False
+    while True:
+        read_at = time.monotonic()
+        current = _read(path)
+        if current is None or current.age_s() > timings.stale_after_s:
+            now = time.time()
+            mine = LeaseRecord(token=uuid.uuid4().hex, host=socket.gethostname(), pid=os.getpid(),
+                               command=command, since=now, renewed=now)
+            holder = _claim(path, mine, read_at, timings)
+            if holder is not None and holder.token == mine.token:
+                if current is not None:
+                    notify(f"took over the lease of {folder} from {current.holder()}: not renewed for "
+                           f"{_secs(current.age_s())} (stale after {_secs(timings.stale_after_s)})")
+                return Lease(folder, holder, timings, current, notify)
+            if holder is None:
+                continue  # the winner already released it: free again
+            current = holder
+        if not wait:
+            raise LeaseHeld(_held_message(folder, current, timings))
+        if not announced:
+            notify(f"waiting for {current.holder()} to release the lease of {folder}")
+            announced = True
+        time.sleep(timings.poll_every_s)
+
+
+class Lease:
+    """A held lease, renewed from a background thread until ``release``."""
+
+    def __init__(self, folder: str, record: LeaseRecord, timings: LeaseTimings, took_over: LeaseRecord | None,
+                 notify: Callable[[str], None]) -> None:
+        self.folder = folder
+        self.record = record
+        self.took_over = took_over  # the stale holder this driver replaced, if any
+        self._path = storage.join(folder, LEASE_FILE)
+        self._timings = timings
+        self._notify = notify
+        self._lost: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew_loop, name=f"lease {folder}", daemon=True)
+        self._thread.start()
+
+    @property
+    def lost(self) -> str | None:
+        """Why this driver no longer holds the lease; None while it does."""
+        return self._lost
+
+    def check(self) -> None:
+        """Raise ``LeaseLost`` once the lease is no longer this driver's: call it between units."""
+        if self._lost is not None:
+            raise LeaseLost(self._lost)
+
+    def release(self) -> None:
+        """Stop renewing and remove the lease, unless another driver holds it by now."""
+        self._stop.set()
+        self._thread.join()
+        if self._lost is not None:
+            return
+        current = _read(self._path)
+        if current is not None and current.token == self.record.token:
+            storage.remove(self._path)
+
+    def __enter__(self) -> "Lease":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def _renew_loop(self) -> None:
+        renewed_at = time.monotonic()
+        while not self._stop.wait(self._timings.renew_every_s):
+            try:
+                self._lost = self._renew()
+                renewed_at = time.monotonic()
+            except OSError as exc:
+                if time.monotonic() - renewed_at > self._timings.stale_after_s:
+                    self._lost = (f"lost the lease of {self.folder}: not renewed for "
+                                  f"{_secs(self._timings.stale_after_s)} ({str(exc).splitlines()[0]}), "
+                                  "so another driver may have taken it over; stop writing there")
+            except LeaseHeld as exc:  # replaced by something this version cannot read
+                self._lost = str(exc)
+            if self._lost is not None:
+                self._notify(self._lost)
+                return
+
+    def _renew(self) -> str | None:
+        """Renew; the reason it is lost when another driver holds it (read before writing)."""
+        current = _read(self._path)
+        if current is None or current.token != self.record.token:
+            return _lost_message(self.folder, current)
+        self.record = self.record.model_copy(update={"renewed": time.time()})
+        _write(self._path, self.record)
+        return None
