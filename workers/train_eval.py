@@ -50,6 +50,7 @@ from workers.devices import Precision
 from workers.network_costs import training_bytes_per_image
 from workers.networks import build_network, init_parameters_
 from workers.seeding import derive_seed, generator
+from workers.teachers import TeacherMemory, inference_memory
 from workers.vmap_train import StackedNetworks
 
 EpochCallback = Callable[[int, float, float], None]  # (epoch, lr, mean train loss)
@@ -462,8 +463,9 @@ def train_many(
         vectorized = should_vectorize(len(seeds), device)
     if vectorized:
         budget = memory_budget if memory_budget is not None else default_memory_budget(device)
-        chunk = models_per_step(model_name, (channels, *im_size), num_classes, min(settings.batch, len(train_x)),
-                                budget)
+        shape = (channels, *im_size)
+        chunk = models_per_step(model_name, shape, num_classes, min(settings.batch, len(train_x)), budget,
+                                None if teacher is None else inference_memory(teacher, shape))
         for start in range(0, len(nets), chunk):
             part = slice(start, start + chunk)
             callback = None if on_epoch is None else (lambda m, e, lr, loss, s=start: on_epoch(s + m, e, lr, loss))
@@ -481,10 +483,16 @@ def default_memory_budget(device: torch.device) -> int:
     return CPU_BUDGET_BYTES
 
 
-def models_per_step(model: str, shape: tuple[int, int, int], num_classes: int, batch: int, budget: int) -> int:
+def models_per_step(model: str, shape: tuple[int, int, int], num_classes: int, batch: int, budget: int,
+                    teacher: TeacherMemory | None = None) -> int:
     """How many models one vectorised step can hold in ``budget`` bytes (at least one): the
-    activation memory of a batch depends on the architecture and the resolution."""
-    return max(1, budget // (training_bytes_per_image(model, shape, num_classes) * batch))
+    activation memory of a batch depends on the architecture and the resolution. A teacher
+    (soft labels) holds its weights once and labels every model's batch in the same step."""
+    step = training_bytes_per_image(model, shape, num_classes) * batch
+    if teacher is not None:
+        budget -= teacher.weights
+        step += teacher.per_image * batch
+    return max(1, budget // step)
 
 
 def train_and_score_many(
