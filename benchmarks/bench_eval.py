@@ -33,7 +33,7 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from orchestrator.config import allocator_environ
+from orchestrator.worker_env import allocator_environ
 from workers.train_eval import TrainSettings, train_many
 
 CLASSES, SHAPE = 10, (1, 28, 28)

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 
-from orchestrator.config import allocator_environ
+from orchestrator.worker_env import allocator_environ
 
 CLASSES, SHAPE = 10, (1, 28, 28)
 

@@ -220,7 +220,7 @@ def ours_settings(args: argparse.Namespace) -> DMSettings:
     """What a run of paper length condenses with: the config's defaults for this setting, mapped
     by the shard task's own function (resolved per device when the condenser is built)."""
     from orchestrator.config import load_config
-    from orchestrator.stages.condense_shard import dm_settings
+    from orchestrator.components.settings import dm_settings
 
     cfg = load_config(None, [f"condense.ipc={args.ipc}", f"condense.batch_real={args.batch_real}",
                              f"condense.model={args.model}"])

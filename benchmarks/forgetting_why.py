@@ -17,9 +17,9 @@ import torch
 
 from orchestrator.pool_dir import PoolDir
 from orchestrator.run_dir import RunDir
-from orchestrator.stages.pool import NEVER_LEARNED, forgetting_scores, pool_states
-from orchestrator.stages.training_sets import read_method
-from orchestrator.stages.worker_setup import run_reader
+from orchestrator.artifacts.pool_networks import NEVER_LEARNED, forgetting_scores, pool_states
+from orchestrator.artifacts.training_sets import read_method
+from orchestrator.components.worker_setup import run_reader
 from workers.data import normalize
 from workers.networks import build_network
 

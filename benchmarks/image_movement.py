@@ -16,7 +16,8 @@ import argparse
 import torch
 
 from orchestrator.run_dir import RunDir
-from orchestrator.stages.training_sets import SNAPSHOT_PREFIX, read_method, snapshot_iterations
+from orchestrator.artifacts.shards import SNAPSHOT_PREFIX, snapshot_iterations
+from orchestrator.artifacts.training_sets import read_method
 
 
 def rms(x: torch.Tensor) -> float:

@@ -231,7 +231,7 @@ class StoreSampler(threading.Thread):
 
 def check_exactly_once(run: Any, kills: dict[str, str]) -> dict[str, Any]:
     """Every class in exactly one valid shard, every shard committed once, every kill retried."""
-    from orchestrator.stages.condense import shard_state
+    from orchestrator.artifacts.shards import shard_state
 
     root, per_class = Path(run.uri), Counter()
     for spec in run.shards:

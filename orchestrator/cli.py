@@ -5,20 +5,30 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import sys
 from dataclasses import asdict
+from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator import pipeline
+from orchestrator import commands, pipeline
+from orchestrator.artifacts.continual_results import curve_table
+from orchestrator.artifacts.pool_networks import accuracy_bins
+from orchestrator.artifacts.scores import read_results
+from orchestrator.artifacts.shards import SNAPSHOT_PREFIX, snapshot_iterations
 from orchestrator.config import ConfigError, load_config
+from orchestrator.export import export_run
 from orchestrator.local_ray import ray_session
+from orchestrator.pool_dir import PoolDir
+from orchestrator.report import TableRow, report
 from orchestrator.run_dir import RunDir, RunError
+from orchestrator.run_status import run_status
 from orchestrator.stages import StageFailed
-from orchestrator.stages.report import TableRow
+from orchestrator.stages.continual import check_continual
+from orchestrator.stages.pool import make_pool
+from orchestrator.stages.prepare import prepare
 from workers.data import DatasetError
 
 console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)  # logs: lines and tables unwrapped
@@ -131,11 +141,6 @@ def _job_sets(args: argparse.Namespace, out_key: str = "output") -> list[str]:
     return list(args.overrides) + ([f"{out_key}={args.out}"] if args.out else [])
 
 
-def _command(name: str, source: str, sets: list[str]) -> str:
-    """The shell command that runs `name` on `source` with these overrides."""
-    return shlex.join(["dmcondense", name, source, *(arg for s in sets for arg in ("--set", s))])
-
-
 def _add_set(p: argparse.ArgumentParser, help_text: str = "override a config key, value read as YAML") -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help_text)
 
@@ -153,51 +158,22 @@ def _add_address(p: argparse.ArgumentParser) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     sets = _job_sets(args)
     cfg = load_config(args.source, sets)
-    hint = _command("pool", args.source, sets)
-    run = pipeline.new_run(cfg, pool_hint=hint, make_pool=args.make_pool)
+    run = pipeline.new_run(cfg, pool_hint=commands.pool(args.source, sets), make_pool=args.make_pool)
     if args.dry_run:
         pipeline.describe_plan(run, console)
         console.print("dry run: nothing was written and no task started")
         return EXIT_OK
     run.save()
-    return _execute(run, args.address, make_pool=args.make_pool)
+    return _run_stages(run, args.address, commands.resume(run.uri), make_pool=args.make_pool)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
     run = pipeline.reopened_run(args.run, args.overrides, args.config, make_pool=args.make_pool)
     run.save()
-    return _execute(run, args.address, make_pool=args.make_pool)
-
-
-def cmd_pool(args: argparse.Namespace) -> int:
-    from orchestrator.pool_dir import PoolDir
-    from orchestrator.stages.pool import accuracy_bins, make_pool
-
-    sets = _job_sets(args, out_key="pool.uri")
-    if RunDir.exists(args.source):
-        run = pipeline.reopened_run(args.source, sets, make_pool=True)
-        cfg, info = run.config, run.dataset
-    else:
-        cfg = load_config(args.source, sets)
-        info = pipeline.dataset_info(cfg)
-    pool = PoolDir.for_run(cfg, info)
-    try:
-        with ray_session(args.address) as where:
-            console.print(f"pool: running on {where}; pool {pool.uri}", highlight=False)
-            make_pool(pool, cfg, console, again=_command("pool", args.source, sets))
-    except StageFailed as exc:
-        console.print(f"[red]{exc}[/]", highlight=False)
-        console.print(f"Finish with: {exc.again}", highlight=False)
-        return EXIT_FAILED_UNITS
-    bins = ", ".join(f"{lo}-{lo + 10}%: {n}" for lo, n in sorted(accuracy_bins(pool).items()))
-    console.print(f"pool {pool.record.key}: {pool.networks} networks of {pool.record.settings.model}; states by "
-                  f"validation accuracy: {bins}; histogram {pool.histogram()}", highlight=False)
-    return EXIT_OK
+    return _run_stages(run, args.address, commands.resume(run.uri), make_pool=args.make_pool)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from orchestrator.stages.training_sets import SNAPSHOT_PREFIX, snapshot_iterations
-
     run = pipeline.reopened_run(args.run, args.overrides, make_pool=args.make_pool)
     methods = None
     if args.snapshots:
@@ -206,81 +182,84 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise ConfigError(f"{args.run} kept no checkpoints of every shard; a run keeps them with "
                               "--set condense.keep_checkpoints=true")
     run.save()
-    return _execute(run, args.address, condensing=False, methods=methods, make_pool=args.make_pool)
+    again = commands.evaluate(run.uri, args.overrides) + (" --snapshots" if args.snapshots else "")
+    return _run_stages(run, args.address, again, condensing=False, methods=methods, make_pool=args.make_pool)
+
+
+def cmd_pool(args: argparse.Namespace) -> int:
+    sets = _job_sets(args, out_key="pool.uri")
+    if RunDir.exists(args.source):
+        run = pipeline.reopened_run(args.source, sets, make_pool=True)
+        cfg, info = run.config, run.dataset
+    else:
+        cfg = load_config(args.source, sets)
+        info = pipeline.dataset_info(cfg)
+    pool = PoolDir.for_run(cfg, info)
+
+    def work(where: str) -> int:
+        console.print(f"pool: running on {where}; pool {pool.uri}", highlight=False)
+        make_pool(pool, cfg, console)
+        bins = ", ".join(f"{lo}-{lo + 10}%: {n}" for lo, n in sorted(accuracy_bins(pool).items()))
+        console.print(f"pool {pool.record.key}: {pool.networks} networks of {pool.record.settings.model}; states by "
+                      f"validation accuracy: {bins}; histogram {pool.histogram()}", highlight=False)
+        return EXIT_OK
+
+    return _with_ray(args.address, commands.pool(args.source, sets), work)
 
 
 def cmd_continual(args: argparse.Namespace) -> int:
-    from orchestrator.stages.continual import check_continual, continual, curve_table
-
-    cfg = load_config(args.source, _job_sets(args))
+    sets = _job_sets(args)
+    cfg = load_config(args.source, sets)
     info = pipeline.dataset_info(cfg)
     check_continual(cfg, info)
     if "herding" in cfg.continual.methods and cfg.evaluate.coreset_feature_epochs == 0:
         console.print("continual: herding selects in a random network's features (evaluate.coreset_feature_epochs "
                       "is 0); the paper's herding trains them on each step's new classes: --set "
                       "evaluate.coreset_feature_epochs=20", highlight=False)
-    try:
-        with ray_session(args.address) as where:
-            console.print(f"{cfg.name}: running on {where}; run directory {cfg.output}", highlight=False)
-            scores = continual(cfg, info, console)
-    except StageFailed as exc:
-        console.print(f"[red]{exc}[/]", highlight=False)
-        console.print("Finish with: the same dmcondense continual command", highlight=False)
-        return EXIT_FAILED_EVALUATION if exc.stage == "evaluate" else EXIT_FAILED_UNITS
-    header, rows = curve_table(scores)
-    table = Table(title="test accuracy on the classes seen (%), mean over networks")
-    for name in header:
-        table.add_column(name)
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
-    console.print(f"results: {cfg.output}/continual/report.md (results.parquet, accuracy.png)", highlight=False)
-    return EXIT_OK
+
+    def work(where: str) -> int:
+        console.print(f"{cfg.name}: running on {where}; run directory {cfg.output}", highlight=False)
+        header, rows = curve_table(pipeline.run_continual(cfg, info, console))
+        table = Table(title="test accuracy on the classes seen (%), mean over networks")
+        for name in header:
+            table.add_column(name)
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+        console.print(f"results: {cfg.output}/continual/report.md (results.parquet, accuracy.png)", highlight=False)
+        return EXIT_OK
+
+    return _with_ray(args.address, commands.job("continual", args.source, sets), work)
 
 
 def cmd_nas(args: argparse.Namespace) -> int:
-    from orchestrator.stages.baselines import baselines
-    from orchestrator.stages.nas import nas, sampled
-    from orchestrator.stages.training_sets import training_set
-
     run = pipeline.reopened_run(args.run, args.overrides)
-    info = run.dataset
-    sampled(run.config, (info.channels, *info.im_size), info.num_classes)  # every architecture builds
-    training_set(run, "dm")  # a committed synthetic set, before any task starts
+    pipeline.check_nas(run)
     run.save()
-    try:
-        with ray_session(args.address) as where:
-            console.print(f"nas: running on {where}; run directory {run.uri}", highlight=False)
-            if "random" in run.config.nas.proxies:
-                baselines(run, ["random"], console)
-            scores, qualities = nas(run, console)
-    except StageFailed as exc:
-        console.print(f"[red]{exc}[/]", highlight=False)
-        console.print(f"Finish with: {exc.again}", highlight=False)
-        return EXIT_FAILED_EVALUATION
-    table = Table(title=f"NAS over {len({s.architecture for s in scores})} architectures: proxy quality")
-    for col in ("proxy", "Spearman, top", "Spearman, all", "selects", "its whole-set accuracy (%)", "training s"):
-        table.add_column(col)
-    for q in qualities:
-        table.add_row(q.proxy, f"{q.spearman_top:.2f}", f"{q.spearman_all:.2f}", q.selected,
-                      f"{100 * q.selected_whole_accuracy:.2f}", f"{q.train_seconds:.0f}")
-    console.print(table)
-    console.print(f"results: {run.path('nas', 'results.parquet')} (proxy-vs-whole.png)", highlight=False)
-    return EXIT_OK
+
+    def work(where: str) -> int:
+        console.print(f"nas: running on {where}; run directory {run.uri}", highlight=False)
+        scores, qualities = pipeline.run_nas(run, console)
+        table = Table(title=f"NAS over {len({s.architecture for s in scores})} architectures: proxy quality")
+        for col in ("proxy", "Spearman, top", "Spearman, all", "selects", "its whole-set accuracy (%)", "training s"):
+            table.add_column(col)
+        for q in qualities:
+            table.add_row(q.proxy, f"{q.spearman_top:.2f}", f"{q.spearman_all:.2f}", q.selected,
+                          f"{100 * q.selected_whole_accuracy:.2f}", f"{q.train_seconds:.0f}")
+        console.print(table)
+        console.print(f"results: {run.path('nas', 'results.parquet')} (proxy-vs-whole.png)", highlight=False)
+        return EXIT_OK
+
+    return _with_ray(args.address, commands.nas(run.uri, args.overrides), work)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from orchestrator.stages.eval_scores import read_results
-    from orchestrator.stages.report import report
-
     run = RunDir.load(args.run)
     _print_results(report(run, read_results(run)), run)
     return EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from orchestrator.run_status import run_status
-
     status = run_status(RunDir.load(args.run))
     if args.json:
         print(json.dumps(asdict(status), indent=2))
@@ -300,46 +279,53 @@ def cmd_status(args: argparse.Namespace) -> int:
         console.print(f"pool: {p.committed} of {p.networks} networks committed, {p.states} states, at {p.uri}",
                       highlight=False)
     ev = status.evaluation
-    more = f"; `dmcondense evaluate {args.run}` trains the others" if ev.state == "unfinished" else ""
+    more = f"; `{commands.evaluate(args.run)}` trains the others" if ev.state == "unfinished" else ""
     console.print(f"evaluation: {ev.state}, {ev.scored} of {ev.planned} networks scored{more}", highlight=False)
     return status.exit_code
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from orchestrator.export import export_run
-
     console.print(f"wrote {export_run(RunDir.load(args.run), args.format, args.to)}")
     return EXIT_OK
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from orchestrator.stages.prepare import PrepareFailed, prepare
-
     err = Console(stderr=True)
-    try:
+    again = commands.prepare(args.source, args.root, args.out)  # the plan in OUT keeps the other options
+
+    def work(where: str) -> int:
         meta = prepare(args.source, args.root, args.out, console=err, resolution=args.resolution, strict=args.strict,
-                       classes_per_task=args.classes_per_task, address=args.address, download=args.download)
-    except PrepareFailed as exc:
-        err.print(f"[red]{exc}[/]")
-        return EXIT_FAILED_UNITS
-    err.print(f"prepared {meta['source']}: {len(meta['classes'])} classes, {sum(meta['train_counts']):,} train and "
-              f"{sum(meta['test_counts']):,} test images at {meta['resolution']}x{meta['resolution']} in {args.out}")
-    return EXIT_OK
+                       classes_per_task=args.classes_per_task, download=args.download)
+        err.print(f"prepared {meta['source']}: {len(meta['classes'])} classes, {sum(meta['train_counts']):,} train "
+                  f"and {sum(meta['test_counts']):,} test images at {meta['resolution']}x{meta['resolution']} in "
+                  f"{args.out}")
+        return EXIT_OK
+
+    return _with_ray(args.address, again, work, out=err)
 
 
 # ------------------------------------------------------------------ execution
-def _execute(run: RunDir, address: str | None, condensing: bool = True, methods: list[str] | None = None,
-             make_pool: bool = False) -> int:
+def _run_stages(run: RunDir, address: str | None, again: str, condensing: bool = True,
+                methods: list[str] | None = None, make_pool: bool = False) -> int:
+    def work(where: str) -> int:
+        console.print(f"{run.config.name}: running on {where}; run directory {run.uri}", highlight=False)
+        _print_results(pipeline.run_stages(run, console, condensing=condensing, methods=methods,
+                                           make_pool=make_pool), run)
+        return EXIT_OK
+
+    return _with_ray(address, again, work)
+
+
+def _with_ray(address: str | None, again: str, work: Callable[[str], int], out: Console = console) -> int:
+    """``work(where)`` in a Ray session; when units failed, their errors, the command that
+    finishes (``again``) and exit 1 (3 when evaluation or NAS jobs failed)."""
     try:
         with ray_session(address) as where:
-            console.print(f"{run.config.name}: running on {where}; run directory {run.uri}", highlight=False)
-            table = pipeline.run_stages(run, console, condensing=condensing, methods=methods, make_pool=make_pool)
+            return work(where)
     except StageFailed as exc:
-        console.print(f"[red]{exc}[/]", highlight=False)
-        console.print(f"Finish with: {exc.again}", highlight=False)
-        return EXIT_FAILED_EVALUATION if exc.stage == "evaluate" else EXIT_FAILED_UNITS
-    _print_results(table, run)
-    return EXIT_OK
+        out.print(f"[red]{exc}[/]", highlight=False)
+        out.print(f"Finish with: {again}", highlight=False)
+        return EXIT_FAILED_EVALUATION if exc.stage in ("evaluate", "nas") else EXIT_FAILED_UNITS
 
 
 def _print_results(rows: list[TableRow], run: RunDir) -> None:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import copy
 import difflib
-import hashlib
-import json
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -18,28 +16,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from workers.augment import DEFAULT_STRATEGY
-from workers.networks import check_network_name
+from workers.networks import CONVNET_WORDS, check_network_name
 
 # condense.compile: auto compiles the embedding from this many iterations on: a cold
 # compile costs tens of seconds and saves about a quarter of every iteration.
 COMPILE_FROM_ITERATIONS = 1000
 
-# glibc serves blocks above 32 MiB with fresh mmap pages and returns them on free, so a
-# training step whose activations exceed that pays a page fault per 4 KiB on every step
-# (a quarter to a third of an evaluation step on the CPU). Keeping freed memory in the
-# heap lets the next step reuse it: benchmarks/bench_worker_env.py measures the gain.
-ALLOCATOR_ENV = {
-    "MALLOC_MMAP_THRESHOLD_": str(1 << 30),
-    "MALLOC_TRIM_THRESHOLD_": str(1 << 32),
-    "MALLOC_TOP_PAD_": str(1 << 26),
-}
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-def allocator_environ(environ: dict[str, str], reuse_memory: bool) -> dict[str, str]:
-    """``environ`` with the ALLOCATOR_ENV settings set (reuse_memory) or removed (glibc's defaults)."""
-    env = {k: v for k, v in environ.items() if k not in ALLOCATOR_ENV}
-    return {**env, **ALLOCATOR_ENV} if reuse_memory else env
 
 
 class ConfigError(ValueError):
@@ -47,7 +30,7 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class DatasetConfig(_Strict):
@@ -72,7 +55,7 @@ class CondenseConfig(_Strict):
     method: Literal["dm", "mmd_pixel"] = Field(
         default="dm", description="dm: Distribution Matching; mmd_pixel: MMD of the images themselves, no network "
         "and no augmentation (the paper's appendix B.2), with condense.kernel")
-    recipe: Literal["dm", "m3d", "idm", "dance", "ncfm"] | None = Field(
+    recipe: Literal[tuple(RECIPES)] | None = Field(  # type: ignore[valid-type]
         default=None, description="a named combination of the pieces below (RECIPES); a key set beside it wins")
     networks: Literal["random", "pool", "blend"] = Field(
         default="random", description="random: a fresh random network every iteration (DM); pool: a state of a "
@@ -213,15 +196,16 @@ class ContinualConfig(_Strict):
 
 
 class NasSpace(_Strict):
-    """The paper's search space of ConvNets (720 architectures), each value a registry name part."""
+    """A search space of ConvNets (default: the paper's 720), each value a word of the network
+    registry's name grammar (workers.networks.CONVNET_WORDS)."""
 
     depths: list[int] = Field(default_factory=lambda: [1, 2, 3, 4])
     widths: list[int] = Field(default_factory=lambda: [32, 64, 128, 256])
-    activations: list[Literal["sigmoid", "relu", "leakyrelu"]] = Field(
+    activations: list[Literal[tuple(CONVNET_WORDS["act"].values())]] = Field(  # type: ignore[valid-type]
         default_factory=lambda: ["sigmoid", "relu", "leakyrelu"])
-    norms: list[Literal["none", "batchnorm", "layernorm", "instancenorm", "groupnorm"]] = Field(
+    norms: list[Literal[tuple(CONVNET_WORDS["norm"].values())]] = Field(  # type: ignore[valid-type]
         default_factory=lambda: ["none", "batchnorm", "layernorm", "instancenorm", "groupnorm"])
-    pools: list[Literal["none", "maxpooling", "avgpooling"]] = Field(
+    pools: list[Literal[tuple(CONVNET_WORDS["pool"].values())]] = Field(  # type: ignore[valid-type]
         default_factory=lambda: ["none", "maxpooling", "avgpooling"])
 
 
@@ -272,7 +256,7 @@ class ResourcesConfig(_Strict):
     max_concurrent_shards: int | None = Field(default=None, gt=0, description="null: as many as the cluster fits")
     reuse_memory: bool = Field(
         default=True,
-        description="run shard tasks and evaluation actors with glibc malloc settings (ALLOCATOR_ENV) that keep "
+        description="run shard tasks and evaluation actors with glibc malloc settings (worker_env.ALLOCATOR_ENV) that keep "
         "freed memory for reuse: CPU training steps up to 1.5x faster, for more resident memory (the heap keeps "
         "its high-water mark)",
     )
@@ -287,11 +271,6 @@ class ResourcesConfig(_Strict):
         if bad:
             raise ValueError(f"not environment variable names: {bad} (letters, digits and _, not starting with a digit)")
         return env
-
-    def runtime_env(self, **extra: str) -> dict[str, Any]:
-        """The Ray runtime_env of the worker processes: the allocator settings, ``worker_env``, ``extra``."""
-        env = {**(ALLOCATOR_ENV if self.reuse_memory else {}), **self.worker_env, **extra}
-        return {"env_vars": env} if env else {}
 
 
 class EvaluateConfig(_Strict):
@@ -332,11 +311,6 @@ class RunConfig(_Strict):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     output: str = "runs/digits-ipc10"
 
-
-
-# Keys that may change between an interrupted run and its resumption: they do
-# not change the synthetic images.
-MUTABLE_SECTIONS = ("output", "resources", "evaluate", "continual", "nas")
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
@@ -415,44 +389,3 @@ def _nearest_hint(loc: tuple) -> str:
     if near:
         return f"; did you mean {near[0]!r}?"
     return f"; valid keys here: {', '.join(valid)}"
-
-
-def to_dict(cfg: RunConfig) -> dict[str, Any]:
-    return cfg.model_dump(mode="json")
-
-
-def identity(cfg: RunConfig | dict[str, Any]) -> dict[str, Any]:
-    """The part of the config that determines the synthetic images (the pool's settings only
-    when the images come from its networks)."""
-    data = to_dict(cfg) if isinstance(cfg, RunConfig) else copy.deepcopy(cfg)
-    for key in MUTABLE_SECTIONS:
-        data.pop(key, None)
-    if data.get("condense", {}).get("networks", "random") == "random":
-        data.pop("pool", None)
-    return data
-
-
-def config_hash(cfg: RunConfig | dict[str, Any]) -> str:
-    blob = json.dumps(identity(cfg), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def shards_hash(cfg: RunConfig | dict[str, Any]) -> str:
-    """What shapes each shard's bytes: the identity less the planned classes, which a growing
-    run (class-incremental learning) extends without touching its committed shards."""
-    data = identity(cfg)
-    data.get("plan", {}).pop("classes", None)
-    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
-
-
-def differing_keys(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two nested dicts."""
-    keys = []
-    for k in sorted(set(a) | set(b)):
-        va, vb = a.get(k), b.get(k)
-        path = f"{prefix}{k}"
-        if isinstance(va, dict) and isinstance(vb, dict):
-            keys.extend(differing_keys(va, vb, path + "."))
-        elif va != vb:
-            keys.append(path)
-    return keys

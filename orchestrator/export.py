@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from orchestrator.run_dir import RunDir
-from orchestrator.stages.training_sets import read_method
+from orchestrator.artifacts.training_sets import read_method
 from workers.data import denormalize
 
 FORMATS = ("pt", "npz", "png")

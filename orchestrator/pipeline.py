@@ -1,26 +1,36 @@
 """A run as a sequence of stages over one run directory: making or reopening the run record,
-then condense -> baselines -> evaluate -> report, each computing only what is missing."""
+then condense -> baselines -> evaluate -> report, each computing only what is missing; and the
+applications, which sequence the same stages their own way (class-incremental learning over
+a growing run, the NAS proxy on a finished one)."""
 
 from __future__ import annotations
 
 from rich.console import Console
 
-from orchestrator.config import RunConfig, apply_overrides, differing_keys, from_dict, identity, load_config
+from orchestrator import commands
+from orchestrator.artifacts.continual_results import StepScore, write_results
+from orchestrator.artifacts.nas_results import NasScore, ProxyQuality
+from orchestrator.artifacts.pool_networks import check_pool_ready
+from orchestrator.artifacts.training_sets import training_set
+from orchestrator.components.eval_pool import actor_memory
+from orchestrator.config import RunConfig, apply_overrides, from_dict, load_config
 from orchestrator.plan import PlanError, check_config_against_dataset, estimate_work, make_plan, planned_classes
-from orchestrator.run_dir import RunDir, RunError
 from orchestrator.pool_dir import pool_of, pool_root, pools_at
-from orchestrator.run_record import RunRecord
+from orchestrator.report import TableRow, report
+from orchestrator.run_dir import RunDir, RunError
+from orchestrator.run_identity import differing_keys, identity
+from orchestrator.run_record import RunKind, RunRecord
+from orchestrator.stages import continual as continual_stage
 from orchestrator.stages.baselines import baselines
 from orchestrator.stages.condense import condense
-from orchestrator.stages.evaluate import actor_memory, evaluate
-from orchestrator.stages.pool import check_pool_ready
+from orchestrator.stages.evaluate import evaluate
+from orchestrator.stages.nas import nas, sampled
 from orchestrator.stages.pool import make_pool as make_pool_stage
-from orchestrator.stages.report import TableRow, report
 from workers.data import DatasetInfo, open_dataset
 
 
-def new_run(cfg: RunConfig, pool_hint: str = "dmcondense pool CONFIG", make_pool: bool = False,
-            info: DatasetInfo | None = None) -> RunDir:
+def new_run(cfg: RunConfig, pool_hint: str = commands.pool("CONFIG"), make_pool: bool = False,
+            info: DatasetInfo | None = None, kind: RunKind = "run") -> RunDir:
     """The run ``cfg`` asks for at ``cfg.output``: the dataset opened once (its info goes into the
     record; pass ``info`` when known), the plan made or grown, everything checked, the pool too
     unless ``make_pool`` (``pool_hint``: the command that makes it); nothing is written."""
@@ -31,12 +41,13 @@ def new_run(cfg: RunConfig, pool_hint: str = "dmcondense pool CONFIG", make_pool
         existing = ()
         if RunDir.exists(cfg.output):
             old = RunDir.load(cfg.output)
+            _refuse_other_kind(old, kind)
             _refuse_other_images(old.config, cfg, cfg.output, allow_growth=True)
             existing = old.shards
         plan = make_plan(classes, cfg.plan.classes_per_shard, cfg.seed, existing)
     except PlanError as exc:
         raise RunError(str(exc)) from None
-    run = RunDir(cfg.output, RunRecord.build(cfg, plan, info))
+    run = RunDir(cfg.output, RunRecord.build(cfg, plan, info, kind))
     if not make_pool:
         check_pool(run, pool_hint)
     return run
@@ -74,12 +85,18 @@ def reopened_run(uri: str, overrides: list[str], config_path: str | None = None,
     _refuse_other_images(run.config, cfg, uri, allow_growth=False)
     run = run.with_config(cfg)
     if not make_pool:
-        check_pool(run, f"dmcondense pool {uri}")
+        check_pool(run, commands.pool(uri))
     return run
 
 
+def _refuse_other_kind(old: RunDir, kind: RunKind) -> None:
+    if old.record.kind != kind:
+        raise RunError(f"{old.uri} holds a {old.record.kind} run, not a {kind} run; give this one its own "
+                       "directory with --out")
+
+
 def _refuse_other_images(old: RunConfig, new: RunConfig, uri: str, *, allow_growth: bool,
-                         advice: str = "resume it with its own config (`dmcondense resume RUN`) or start a new "
+                         advice: str = f"resume it with its own config (`{commands.resume('RUN')}`) or start a new "
                                        "run with --out") -> None:
     a, b = identity(old), identity(new)
     if allow_growth:  # a plan may grow: checked by make_plan
@@ -99,14 +116,58 @@ def run_stages(run: RunDir, console: Console, *, condensing: bool = True, method
     cfg = run.config
     pool = pool_of(run.config, run.dataset)
     if make_pool and pool is not None:
-        make_pool_stage(pool, cfg, console, again=f"dmcondense pool {run.uri}")
-        check_pool(run, f"dmcondense pool {run.uri}")
+        make_pool_stage(pool, cfg, console)
+        check_pool(run, commands.pool(run.uri))
     if condensing:
         condense(run, console)
     if methods is None and cfg.evaluate.baselines:
         baselines(run, cfg.evaluate.baselines, console)
     scores = evaluate(run, console, methods) if cfg.evaluate.num_models > 0 else []
     return report(run, scores)
+
+
+def run_continual(cfg: RunConfig, info: DatasetInfo, console: Console) -> list[StepScore]:
+    """Class-incremental learning: per step, the run grown by the step's classes, condensed, its
+    coreset memories selected, networks trained on the memory of the classes seen; returns every
+    network's score, step by step (also in RUN/continual/, with the curves' table and picture)."""
+    steps, methods = continual_stage.check_continual(cfg, info), cfg.continual.methods
+    scores: list[StepScore] = []
+    seen: list[int] = []
+    run = None
+    for number, new in enumerate(steps, start=1):
+        seen = sorted(seen + new)
+        run = continual_stage.step_run(continual_stage.step_config(cfg, seen), info, lambda c: _grow(c, info))
+        console.print(f"continual: step {number} of {len(steps)}, {len(seen)} classes seen ({len(new)} new)",
+                      highlight=False)
+        if "dm" in methods:
+            condense(run, console)
+        if run.config.evaluate.baselines:
+            baselines(run, run.config.evaluate.baselines, console)
+        scores += [StepScore(number, len(seen), s.method, s.model, s.seed, s.accuracy)
+                   for s in evaluate(run, console, list(methods), test_classes=seen)]
+    write_results(run, scores)
+    return scores
+
+
+def _grow(cfg: RunConfig, info: DatasetInfo) -> RunDir:
+    run = new_run(cfg, info=info, kind="continual")
+    run.save()
+    return run
+
+
+def check_nas(run: RunDir) -> None:
+    """Before any task starts: every architecture builds, the synthetic set is committed."""
+    info = run.dataset
+    sampled(run.config, (info.channels, *info.im_size), info.num_classes)
+    training_set(run, "dm")
+
+
+def run_nas(run: RunDir, console: Console) -> tuple[list[NasScore], list[ProxyQuality]]:
+    """The NAS proxy on a finished run: the random proxy's selection where asked, then every
+    architecture trained on every proxy and on the whole set."""
+    if "random" in run.config.nas.proxies:
+        baselines(run, ["random"], console)
+    return nas(run, console)
 
 
 def describe_plan(run: RunDir, console: Console) -> None:

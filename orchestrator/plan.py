@@ -49,7 +49,7 @@ def make_plan(
     """Shards covering ``classes``; shards in ``existing`` are kept unchanged.
 
     New classes (not covered by ``existing``) are chunked in ascending order into
-    shards of ``classes_per_shard``, numbered after the largest existing id.
+    shards of at most ``classes_per_shard``, numbered after the largest existing id.
     """
     if classes_per_shard <= 0:
         raise PlanError(f"plan.classes_per_shard must be >= 1, got {classes_per_shard}")
@@ -62,11 +62,6 @@ def make_plan(
             "a plan can only grow (start a new run with --out to shrink it)"
         )
     new = sorted(c for c in wanted if c not in covered)
-    if not existing and classes_per_shard > len(new):
-        raise PlanError(
-            f"plan.classes_per_shard={classes_per_shard} is larger than the {len(new)} classes to condense; "
-            f"set plan.classes_per_shard to at most {len(new)}"
-        )
     next_id = max((s.shard_id for s in existing), default=-1) + 1
     shards = list(existing)
     for i in range(0, len(new), classes_per_shard):

@@ -21,7 +21,7 @@ import ray
 from ray.exceptions import RayActorError, RayError
 from rich.console import Console
 
-from orchestrator import faults
+from orchestrator import faults, worker_env
 from orchestrator.config import RunConfig
 from orchestrator.progress import ProgressDisplay
 from orchestrator.run_dir import RunError
@@ -101,7 +101,7 @@ def actor_options(cfg: RunConfig, gpus: float) -> dict[str, Any]:
 def _with_env(options: dict[str, Any], cfg: RunConfig) -> dict[str, Any]:
     # failure tests inject faults into the workers through the driver's environment
     extra = {**faults.worker_env(), **(DETERMINISTIC_ENV if cfg.precision.deterministic else {})}
-    runtime_env = cfg.resources.runtime_env(**extra)
+    runtime_env = worker_env.runtime_env(cfg.resources, **extra)
     return {**options, "runtime_env": runtime_env} if runtime_env else options
 
 

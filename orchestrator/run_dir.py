@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from orchestrator import storage
+from orchestrator import commands, storage
 from orchestrator.run_record import RunRecord, upgrade
 
 if TYPE_CHECKING:
@@ -39,8 +39,7 @@ class RunDir:
     def load(cls, uri: str) -> "RunDir":
         path = storage.join(uri, "run.json")
         if not storage.exists(path):
-            raise RunError(f"{uri} is not a run directory (no run.json); start one with "
-                           f"`dmcondense run CONFIG --out {uri}`")
+            raise RunError(f"{uri} is not a run directory (no run.json); start one with `{commands.new_run(uri)}`")
         data = storage.read_json(path)
         if "format" not in data:  # written by dmcondense 0.1
             data = upgrade(data, _open_info(data["config"]))

@@ -14,11 +14,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from orchestrator.config import RunConfig, config_hash
+from orchestrator.config import RunConfig
+from orchestrator.run_identity import config_hash
 from orchestrator.plan import ShardSpec
 from workers.data.types import DatasetInfo
 
 FORMAT = 2
+RunKind = Literal["run", "continual"]  # a continual run grows step by step; the two never share a directory
 
 
 class Versions(BaseModel):
@@ -45,11 +47,12 @@ class RunRecord(BaseModel):
     shards: tuple[ShardSpec, ...]
     dataset: DatasetInfo
     versions: Versions
+    kind: RunKind = "run"
 
     @classmethod
-    def build(cls, cfg: RunConfig, shards: list[ShardSpec], info: DatasetInfo) -> "RunRecord":
+    def build(cls, cfg: RunConfig, shards: list[ShardSpec], info: DatasetInfo, kind: RunKind = "run") -> "RunRecord":
         return cls(config=cfg, config_hash=config_hash(cfg), shards=tuple(shards), dataset=info,
-                   versions=Versions.current())
+                   versions=Versions.current(), kind=kind)
 
     def with_config(self, cfg: RunConfig) -> "RunRecord":
         """The same run under settings that do not change its images (resources, evaluation)."""

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from orchestrator.artifacts.pool_networks import network_state
+from orchestrator.artifacts.scores import EvaluationState, evaluation_state
+from orchestrator.artifacts.selections import selection_state
+from orchestrator.artifacts.shards import shard_state
 from orchestrator.pool_dir import pool_of
 from orchestrator.run_dir import RunDir
-from orchestrator.stages.baselines import selection_state
-from orchestrator.stages.condense import shard_state
-from orchestrator.stages.evaluate import EvaluationState, evaluation_state
-from orchestrator.stages.pool import network_state
 
 STATES = ("committed", "in_progress", "failed", "corrupt", "pending")
 

@@ -47,7 +47,7 @@ def test_measurement_reports_both_loops_and_they_agree(capsys):
 def test_ours_is_what_a_shipped_gpu_config_runs():
     from benchmarks.dm_loop import ours_settings, parse_args
     from orchestrator.config import load_config
-    from orchestrator.stages.condense_shard import dm_settings
+    from orchestrator.components.settings import dm_settings
 
     cuda = torch.device("cuda")
     config = dm_settings(load_config(REPO / "configs" / "cifar10-ipc10.yaml")).resolve(cuda)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orchestrator.stages.continual import StepScore, curve_table
+from orchestrator.artifacts.continual_results import StepScore, curve_table
 
 
 def test_curve_table_is_mean_and_std_per_method_and_step():

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from workers.train_eval import TrainSettings
 from workers.coreset import embed_features, herding, k_center, select_coreset
 
 
@@ -102,7 +103,9 @@ def test_embed_features_random_and_trained():
     assert feats.shape == (12, 32 * 4 * 4) and feats.dtype == torch.float32
     assert torch.equal(feats, embed_features(images, seed=3, **args))
     assert not torch.equal(feats, embed_features(images, seed=4, **args))
-    trained = embed_features(images, seed=3, train_epochs=2, labels=labels, **args)
+    trained = embed_features(images, seed=3, train=TrainSettings(epochs=2), labels=labels, **args)
     assert trained.shape == feats.shape and not torch.equal(trained, feats)
+    faster = embed_features(images, seed=3, train=TrainSettings(epochs=2, lr=0.1), labels=labels, **args)
+    assert not torch.equal(faster, trained)  # the settings given are the ones trained with
     with pytest.raises(ValueError, match="labels"):
-        embed_features(images, seed=3, train_epochs=1, **args)
+        embed_features(images, seed=3, train=TrainSettings(epochs=1), **args)

@@ -8,6 +8,7 @@ import threading
 import time
 import uuid
 
+import pyarrow.fs as pafs
 import pytest
 
 from orchestrator import storage
@@ -15,6 +16,7 @@ from orchestrator.lease import LEASE_FILE, LeaseHeld, LeaseLost, LeaseRecord, Le
 from orchestrator.run_dir import RunError
 
 from .conftest import moto_s3
+from .flaky_fs import Flaky
 
 FAST = LeaseTimings(renew_every_s=0.2, stale_after_s=1.2, settle_s=0.3, poll_every_s=0.05)
 BUCKET = "dmc-lease"
@@ -232,3 +234,17 @@ def test_drivers_taking_turns_never_overlap(folder):
     for t in threads:
         t.join()
     assert most[0] == 1
+
+
+def test_a_holder_that_cannot_renew_steps_down(tmp_path, monkeypatch):
+    """Past stale_after_s without a renewal another driver may have taken over: the holder stops."""
+    monkeypatch.setattr(storage, "RETRY", storage.RetryPolicy(attempts=2, first_delay_s=0.01, max_delay_s=0.01))
+    flaky = Flaky(pafs.LocalFileSystem())
+    with storage.mounted(pafs.PyFileSystem(flaky), str(tmp_path)) as base:
+        lease = acquire(base, "run", timings=FAST)
+        flaky.break_path(str(tmp_path / LEASE_FILE))
+        assert _until(lambda: lease.lost is not None, 3 * FAST.stale_after_s)
+        assert "not renewed for" in lease.lost and "connection refused" in lease.lost
+        with pytest.raises(LeaseLost):
+            lease.check()
+        lease.release()

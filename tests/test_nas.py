@@ -6,13 +6,8 @@ import pytest
 
 from orchestrator.config import NasSpace, load_config
 from orchestrator.run_dir import RunError
-from orchestrator.stages.nas import (
-    NasScore,
-    architectures,
-    proxy_qualities,
-    sampled,
-    step_budget,
-)
+from orchestrator.artifacts.nas_results import NasScore, proxy_qualities
+from orchestrator.stages.nas import architectures, sampled, step_budget
 from workers.networks import build_network
 from workers.pool_training import validation_split
 

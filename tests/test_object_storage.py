@@ -13,8 +13,8 @@ import pytest
 from orchestrator import storage
 from orchestrator.cli import main
 from orchestrator.run_dir import RunDir
-from orchestrator.stages.baselines import selection_state
-from orchestrator.stages.condense import shard_state
+from orchestrator.artifacts.selections import selection_state
+from orchestrator.artifacts.shards import shard_state
 
 from .conftest import REPO, moto_s3, start_local_ray
 

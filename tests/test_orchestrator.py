@@ -17,9 +17,9 @@ import pytest
 
 from orchestrator.cli import main
 from orchestrator.run_dir import RunDir
-from orchestrator.stages.baselines import selection_state
-from orchestrator.stages.condense import shard_state
-from orchestrator.stages.training_sets import read_method, snapshot_iterations
+from orchestrator.artifacts.selections import selection_state
+from orchestrator.artifacts.shards import shard_state, snapshot_iterations
+from orchestrator.artifacts.training_sets import read_method
 
 from .conftest import REPO
 
@@ -187,7 +187,7 @@ def test_resume_with_another_config_names_the_keys(reference_run, tmp_path, caps
     [
         (["condense.ipcc=3"], "condense.ipcc: unknown key; did you mean 'ipc'"),
         (["condense.ipc=0"], "condense.ipc"),
-        (["plan.classes_per_shard=11"], "plan.classes_per_shard=11 is larger than the 10 classes"),
+        (["plan.classes=[3,12]"], "plan.classes: [12] are not classes of digits"),
         (["dataset.name=mnist", "dataset.root=/nonexistent/mnist"], "/nonexistent/mnist"),
         (["resources.gpus_per_shard=3"], "no node can host a shard needing 1 CPU and 3 GPU"),
         (["evaluate.models=[ConvNett]"], "did you mean 'ConvNet'"),

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.config import ConfigError, config_hash, differing_keys, identity, load_config
+from orchestrator.config import ConfigError, load_config
+from orchestrator.run_identity import config_hash, differing_keys, identity
 from orchestrator.plan import PlanError, make_plan, shard_seed
 
 from .conftest import REPO
@@ -20,8 +21,8 @@ def test_shards_and_seeds_do_not_depend_on_the_class_count():
     assert grown[3].seed == shard_seed(0, 3) != shard_seed(1, 3)
     with pytest.raises(PlanError, match="can only grow"):
         make_plan(range(10), 8, run_seed=0, existing=first)
-    with pytest.raises(PlanError, match="larger than the 5 classes"):
-        make_plan(range(5), 8, run_seed=0)
+    # classes_per_shard is an upper bound: fewer classes make a smaller shard (a continual step)
+    assert [s.class_ids for s in make_plan(range(5), 8, run_seed=0)] == [tuple(range(5))]
 
 
 def test_unknown_keys_name_the_nearest_valid_key():
@@ -38,18 +39,18 @@ def test_unknown_keys_name_the_nearest_valid_key():
 
 
 def test_worker_env_adds_to_the_allocator_settings_which_reuse_memory_switches():
-    from orchestrator.config import ALLOCATOR_ENV
+    from orchestrator.worker_env import ALLOCATOR_ENV, runtime_env
 
-    assert load_config(None).resources.runtime_env() == {"env_vars": ALLOCATOR_ENV}
-    assert load_config(None, ["resources.worker_env.OMP_PROC_BIND=close"]).resources.runtime_env() == {
+    assert runtime_env(load_config(None).resources) == {"env_vars": ALLOCATOR_ENV}
+    assert runtime_env(load_config(None, ["resources.worker_env.OMP_PROC_BIND=close"]).resources) == {
         "env_vars": {**ALLOCATOR_ENV, "OMP_PROC_BIND": "close"}}
     cleared = load_config(None, ["resources.reuse_memory=false"]).resources
-    assert cleared.runtime_env() == {}
-    assert cleared.runtime_env(EXTRA="1") == {"env_vars": {"EXTRA": "1"}}
+    assert runtime_env(cleared) == {}
+    assert runtime_env(cleared, EXTRA="1") == {"env_vars": {"EXTRA": "1"}}
 
 
 def test_allocator_environ_sets_or_removes_only_the_allocator_settings():
-    from orchestrator.config import ALLOCATOR_ENV, allocator_environ
+    from orchestrator.worker_env import ALLOCATOR_ENV, allocator_environ
 
     shell = {"PATH": "/bin", "MALLOC_TOP_PAD_": "1"}
     assert allocator_environ(shell, reuse_memory=True) == {"PATH": "/bin", **ALLOCATOR_ENV}
@@ -91,14 +92,14 @@ def test_compile_auto_pays_off_only_on_long_runs():
 
 
 def _sets(methods: list[str]) -> list:
-    from orchestrator.stages.training_sets import TrainingSet
+    from orchestrator.artifacts.training_sets import TrainingSet
 
     return [TrainingSet(m, f"key-{m}") for m in methods]
 
 
 @pytest.mark.parametrize("models,methods,actors", [(3, 3, 2), (20, 3, 4), (5, 1, 8)])
 def test_evaluation_jobs_cover_every_seed_once_and_keep_actors_busy(models, methods, actors):
-    from orchestrator.stages.evaluate import make_jobs
+    from orchestrator.components.eval_pool import make_jobs
 
     baselines = ["random", "herding"][: methods - 1]
     cfg = load_config(None, [f"evaluate.num_models={models}", f"evaluate.baselines={baselines}"])
@@ -115,7 +116,8 @@ def test_evaluation_jobs_cover_every_seed_once_and_keep_actors_busy(models, meth
 
 
 def test_evaluation_jobs_leave_out_the_networks_already_scored():
-    from orchestrator.stages.evaluate import make_jobs, planned_networks
+    from orchestrator.artifacts.scores import planned_networks
+    from orchestrator.components.eval_pool import make_jobs
 
     cfg = load_config(None, ["evaluate.num_models=4", "evaluate.baselines=[random]"])
     sets = _sets(["dm", "random"])
@@ -127,7 +129,7 @@ def test_evaluation_jobs_leave_out_the_networks_already_scored():
 
 
 def test_scores_are_kept_apart_by_the_settings_that_shape_a_score():
-    from orchestrator.stages.eval_scores import settings_key
+    from orchestrator.artifacts.scores import settings_key
 
     base = settings_key(load_config(None, []))
     # how the work is spread does not change a score; how a network is trained does
@@ -145,14 +147,14 @@ def test_scores_are_kept_apart_by_the_settings_that_shape_a_score():
     ({"CPU": 2}, 6, (2, False)),
 ])
 def test_evaluation_pool_never_exceeds_what_the_cluster_hosts(resources, num_actors, expected):
-    from orchestrator.stages.evaluate import pool_capacity
+    from orchestrator.components.eval_pool import pool_capacity
 
     sets = [f"evaluate.num_actors={num_actors}"] if num_actors else []
     assert pool_capacity(load_config(None, sets), resources) == expected
 
 
 def test_evaluation_job_labels_are_unique_and_name_their_networks():
-    from orchestrator.stages.evaluate import make_jobs
+    from orchestrator.components.eval_pool import make_jobs
 
     cfg = load_config(None, ["evaluate.num_models=5", "evaluate.baselines=[random]"])
     labels = [j.label for j in make_jobs(cfg, _sets(["dm", "random"]), n_actors=2)]

@@ -11,7 +11,7 @@ import pytest
 
 from orchestrator.cli import _parser, main
 from orchestrator.run_dir import RunDir
-from orchestrator.stages.baselines import selection_state
+from orchestrator.artifacts.selections import selection_state
 
 from .conftest import REPO, sets
 

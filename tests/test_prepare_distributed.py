@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from orchestrator import storage
-from orchestrator.stages.prepare import PLAN, PrepareFailed, prepare
+from orchestrator.stages import StageFailed
+from orchestrator.stages.prepare import PLAN, prepare
 from orchestrator.cli import main
 from workers.data import DatasetError, open_dataset
 from workers.data.prepared import META, commit_record, train_file
@@ -61,7 +62,7 @@ def test_failed_range_resumes_without_rewriting_committed_ones(tmp_path):
     # The corrupt file sits in class "b" (range 1): with strict, that task fails while the others commit.
     root = make_image_folder(tmp_path / "src", spec=SPEC, corrupt=("b", "broken.png"))
     out = str(tmp_path / "out")
-    with pytest.raises(PrepareFailed, match="broken.png") as err:
+    with pytest.raises(StageFailed, match="broken.png") as err:
         prepare("imagefolder", root, out, resolution=RES, strict=True, classes_per_task=1)
     assert "1 of 5 prepare tasks failed" in str(err.value)
     assert not storage.exists(storage.join(out, META))

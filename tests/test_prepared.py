@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from orchestrator import storage
-from orchestrator.stages.prepare import PrepareFailed, prepare
+from orchestrator.stages import StageFailed
+from orchestrator.stages.prepare import prepare
 from tests.conftest import moto_s3
 from workers.data import DatasetError, PreparedReader, open_dataset
 from workers.data import sources as sources_mod
@@ -97,7 +98,7 @@ def test_schema_and_row_groups(prepared_folder):
 
 def test_strict_prepare_fails_naming_the_file(folder, tmp_path):
     out = str(tmp_path / "strict")
-    with pytest.raises(PrepareFailed, match="zz_corrupt.jpg"):
+    with pytest.raises(StageFailed, match="zz_corrupt.jpg"):
         prepare("imagefolder", folder, out, resolution=RES, strict=True, classes_per_task=2, **QUIET)
     assert not os.path.exists(os.path.join(out, META))  # incomplete: no meta.json
 

@@ -11,7 +11,8 @@ import torch
 from orchestrator import storage
 from orchestrator.config import load_config
 from orchestrator.pipeline import new_run
-from orchestrator.stages.condense_shard import _stream_identity, condense_shard, dm_settings
+from orchestrator.components.settings import dm_settings
+from orchestrator.stages.condense import condense_shard, stream_identity
 from workers.dm import DMCondenser
 
 from .conftest import REPO
@@ -28,7 +29,7 @@ def _run(tmp_path, name):  # noqa: ANN001, ANN202
 
 def _checkpoint_at_3(run, identity: dict) -> None:  # noqa: ANN001
     spec = run.shards[0]
-    from orchestrator.stages.worker_setup import run_reader
+    from orchestrator.components.worker_setup import run_reader
 
     condenser = DMCondenser(run_reader(run).read_train(list(spec.class_ids)), run.dataset, spec.class_ids,
                             dm_settings(run.config), spec.seed)
@@ -49,7 +50,7 @@ def uninterrupted(tmp_path_factory) -> bytes:
 def test_a_checkpoint_is_continued_only_under_its_own_stream(tmp_path, uninterrupted, made_on, resumed_from):
     torch.set_num_threads(1)  # what a shard task with resources.cpus_per_shard=1 runs with
     run = _run(tmp_path, made_on)
-    identity = _stream_identity(torch.device("cpu"))
+    identity = stream_identity(torch.device("cpu"))
     if made_on == "cuda":
         identity["device_type"] = "cuda"
     elif made_on == "threads":

@@ -132,23 +132,20 @@ def embed_features(
     seed: int,
     device: torch.device | str,
     batch: int = 512,
-    train_epochs: int = 0,
+    train: TrainSettings | None = None,
     labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """CPU float features ``[N, D]`` of ``net.embed`` for normalised float images.
 
-    The network is initialised from ``seed``; with ``train_epochs > 0`` it is first
-    trained on (images_float, labels) with the evaluation protocol (DSA included).
+    The network is initialised from ``seed``; with ``train`` it is first trained on
+    (images_float, labels) with those settings (the caller's evaluation protocol).
     """
     if not images_float.is_floating_point():
         raise ValueError(f"images_float must be normalised float images, got {images_float.dtype}; normalise them first")
-    if train_epochs < 0:
-        raise ValueError(f"train_epochs must be >= 0, got {train_epochs}")
     device = torch.device(device)
     net = fresh_network(model_name, channels=channels, num_classes=num_classes, im_size=im_size, seed=seed, device=device)
-    if train_epochs > 0:
+    if train is not None:
         if labels is None or len(labels) != len(images_float):
-            raise ValueError("train_epochs > 0 trains the embedding network: pass labels [N] for images_float")
-        settings = TrainSettings(epochs=train_epochs)
-        train_network(net, images_float.to(device), labels.to(device), settings, seed)
+            raise ValueError("training the embedding network needs labels [N] for images_float")
+        train_network(net, images_float.to(device), labels.to(device), train, seed)
     return _embed(net, images_float, batch, device)

@@ -296,15 +296,29 @@ class ConvNetSpec:
     pool: str = "avgpooling"
 
 
-# Suffix tokens of ConvNet names: (regex, field, value or None to parse the int).
+# The ConvNet name grammar, its one source: "ConvNet" then any of D<depth>, W<width> and one
+# word per field below (longest first where one word starts another: ASwish before AS).
+CONVNET_WORDS: dict[str, dict[str, str]] = {
+    "act": {"ASwish": "swish", "AS": "sigmoid", "AR": "relu", "AL": "leakyrelu"},
+    "norm": {"NN": "none", "BN": "batchnorm", "LN": "layernorm", "IN": "instancenorm", "GN": "groupnorm"},
+    "pool": {"NP": "none", "MP": "maxpooling", "AP": "avgpooling"},
+}
+_CONVNET_NUMBERS = {"D": "depth", "W": "width"}
+# (regex, field, value or None to parse the int), in the order they are tried
 _CONVNET_TOKENS: tuple[tuple[str, str, str | None], ...] = (
-    (r"D(\d+)", "depth", None), (r"W(\d+)", "width", None),
-    (r"ASwish", "act", "swish"), (r"AS", "act", "sigmoid"), (r"AR", "act", "relu"),
-    (r"AL", "act", "leakyrelu"),
-    (r"NN", "norm", "none"), (r"BN", "norm", "batchnorm"), (r"LN", "norm", "layernorm"),
-    (r"IN", "norm", "instancenorm"), (r"GN", "norm", "groupnorm"),
-    (r"NP", "pool", "none"), (r"MP", "pool", "maxpooling"), (r"AP", "pool", "avgpooling"),
+    *((rf"{letter}(\d+)", name, None) for letter, name in _CONVNET_NUMBERS.items()),
+    *((re.escape(word), name, value) for name, words in CONVNET_WORDS.items() for word, value in words.items()),
 )
+
+
+def convnet_name(*, depth: int | None = None, width: int | None = None, act: str | None = None,
+                 norm: str | None = None, pool: str | None = None) -> str:
+    """The registry name of a ConvNet with these fields (None: the default), e.g. ConvNetD3W64ARBNMP."""
+    words = {name: {value: word for word, value in table.items()} for name, table in CONVNET_WORDS.items()}
+    chosen = {"act": act, "norm": norm, "pool": pool}
+    return ("ConvNet" + (f"D{depth}" if depth is not None else "") + (f"W{width}" if width is not None else "")
+            + "".join(words[name][value] for name, value in chosen.items() if value is not None))
+
 
 _OTHERS: dict[str, Callable[[int, int, Size], nn.Module]] = {
     "MLP": MLP,
@@ -319,11 +333,11 @@ _OTHERS: dict[str, Callable[[int, int, Size], nn.Module]] = {
     "ResNet18BN_AP": lambda c, n, s: ResNet18(c, n, s, norm="batchnorm", avgpool=True),
 }
 
+# Every name the registry builds, one example per word of the grammar (the words combine).
 NETWORK_NAMES: tuple[str, ...] = (
-    "ConvNet", *(f"ConvNetD{d}" for d in range(1, 6)), *(f"ConvNetW{w}" for w in (32, 64, 128, 256)),
-    "ConvNetAS", "ConvNetAR", "ConvNetAL", "ConvNetASwish", "ConvNetASwishBN",
-    "ConvNetNN", "ConvNetBN", "ConvNetLN", "ConvNetIN", "ConvNetGN",
-    "ConvNetNP", "ConvNetMP", "ConvNetAP", *_OTHERS,
+    "ConvNet", *(convnet_name(depth=d) for d in range(1, 6)), *(convnet_name(width=w) for w in (32, 64, 128, 256)),
+    *(convnet_name(**{name: value}) for name, words in CONVNET_WORDS.items() for value in words.values()),
+    *_OTHERS,
 )
 
 

@@ -1,4 +1,5 @@
-"""The condense stage: one task per shard of the plan without a valid commit.
+"""The condense stage: one task per shard of the plan without a valid commit; the task reads its
+classes, runs the matching loop with checkpoints and commits the shard's images.
 
 Failures cost only their shard: Ray runs a task again when its worker dies
 (``resources.max_retries``) or when it raised (``resources.retry_exceptions``); a
@@ -9,62 +10,129 @@ shard's last checkpoint.
 
 from __future__ import annotations
 
+import time
+from typing import Protocol
+
+import torch
 from rich.console import Console
 
-from orchestrator import commits, ray_work, storage
-from orchestrator.commits import UnitState
+from orchestrator import faults, ray_work, storage
+from orchestrator.artifacts import shards
+from orchestrator.artifacts.pool_networks import pool_states
+from orchestrator.artifacts.shards import ShardManifest
+from orchestrator.components.settings import dm_settings
+from orchestrator.components.worker_setup import run_reader, task_device
 from orchestrator.plan import ShardSpec
+from orchestrator.pool_dir import PoolDir
 from orchestrator.run_dir import RunDir
-from orchestrator.stages import StageFailed
-from orchestrator.stages.worker_setup import check_gpus_usable
-from orchestrator.stages.condense_shard import ShardManifest, condense_shard
+from orchestrator.stage_runner import Needs, Unit, UnitStage, run_units
+from workers.dm import DMCondenser
+from workers.matching import PoolStates
 
-STAGE = "condense"
+STAGE = shards.STAGE
 
 
-def shard_state(run: RunDir, spec: ShardSpec, *, deep: bool = True) -> UnitState[ShardManifest]:
-    """committed, corrupt (files or manifest no longer match), failed, in_progress or pending."""
-    st = commits.read_state(run, run.manifest(spec), ShardManifest, deep=deep)
-    if st.manifest is not None and (st.manifest.classes != list(spec.class_ids) or st.manifest.seed != spec.seed):
-        return UnitState("corrupt", "manifest does not match the plan (classes or seed differ)", st.manifest)
-    if st.state != "pending":
-        return st
-    error = commits.failure_of(run.failure(STAGE, spec))
-    if error is not None:
-        return UnitState("failed", error)
-    if storage.exists(run.progress(spec)):
-        iteration = storage.read_json(run.progress(spec)).get("checkpoint_iteration", 0)
-        return UnitState("in_progress", f"checkpoint at iteration {iteration}")
-    return st
+class Context(Protocol):
+    """Where the task runs, and where it reports its iterations (orchestrator.ray_work.TaskContext)."""
+
+    node_id: str
+
+    def __call__(self, done: int, final: bool = False) -> None: ...
 
 
 def condense(run: RunDir, console: Console) -> None:
     """Compute every shard of the plan that has no valid commit; raises StageFailed naming the
     shards that failed after their retries (the others are committed)."""
-    todo: list[ShardSpec] = []
+    r, iterations = run.config.resources, run.config.condense.iterations
+    units = []
     for spec in run.shards:
-        st = shard_state(run, spec)
-        if st.state == "committed":
-            continue
+        st = shards.shard_state(run, spec)
         if st.state == "corrupt":  # the manifest no longer vouches for the files: recompute
             storage.remove(run.manifest(spec))
-        storage.remove(run.failure(STAGE, spec))
-        todo.append(spec)
-    done = len(run.shards) - len(todo)
-    if done:
-        console.print(f"condense: {done} shards already committed; {len(todo)} to compute", highlight=False)
-    if not todo:
+        units.append(Unit(spec.name, (spec,), iterations, st.state == "committed", run.failure(STAGE, spec)))
+    stage = UnitStage(STAGE, "it", "shards", condense_shard, ray_work.task_options(run.config), shared=(run,),
+                      needs=Needs("a shard", r),
+                      limit=r.max_concurrent_shards, with_context=True)
+    run_units(stage, units, console)
+
+
+# ------------------------------------------------------------------ the task body
+def condense_shard(run: RunDir, spec: ShardSpec, context: Context | None = None) -> ShardManifest:
+    """Condense one shard and commit it; returns its manifest. Idempotent. Runs inside a Ray
+    worker but knows nothing of Ray: it writes straight to the run directory."""
+    state = shards.shard_state(run, spec)
+    if state.state == "committed":  # a retry after a commit that the driver never heard of
+        return state.manifest  # type: ignore[return-value]
+    _maybe_fault(run, spec, "start")
+    device = task_device(run.config.resources)
+    started = time.time()
+    real = run_reader(run).read_train(list(spec.class_ids))
+    condenser = DMCondenser(real, run.dataset, spec.class_ids, dm_settings(run.config), spec.seed, device,
+                            pool=shard_pool(run))
+    resumed_from = _restore(run, spec, condenser, device)
+
+    def on_checkpoint(st: dict) -> None:
+        shards.write_checkpoint(run, spec, {**st, **stream_identity(device)})
+        _maybe_fault(run, spec, "checkpoint")
+
+    condenser.run(on_progress=(lambda p: context(p.iteration)) if context else None,
+                  checkpoint_every=run.config.condense.checkpoint_every, on_checkpoint=on_checkpoint)
+    images, labels = condenser.synthetic()
+    losses = condenser.losses
+    manifest = shards.commit_shard(run, spec, images, labels, dict(
+        iterations=condenser.iteration, resumed_from=resumed_from, wall_time_s=round(time.time() - started, 3),
+        final_loss=losses[-1][1] if losses else None, loss_curve=_downsample(losses, 200), device=str(device),
+        threads=torch.get_num_threads(), compile=condenser.compile_state,
+        node_id=context.node_id if context else None))
+    shards.clear_work_files(run, spec)
+    if context is not None:
+        context(manifest.iterations, final=True)
+    return manifest
+
+
+def shard_pool(run: RunDir) -> PoolStates | None:
+    """The pool states a shard draws its networks from (none for random networks or pixels)."""
+    c = run.config.condense
+    if c.networks not in ("pool", "blend"):
+        return None
+    return pool_states(PoolDir.for_run(run.config, run.dataset), c.pool_group if c.networks == "pool" else None)
+
+
+def stream_identity(device: torch.device) -> dict:
+    """What picks a shard's random stream and rounding besides its seed: a checkpoint made
+    under other values is never continued (the images would mix two streams)."""
+    return {"device_type": device.type, "threads": torch.get_num_threads()}
+
+
+def _restore(run: RunDir, spec: ShardSpec, condenser: DMCondenser, device: torch.device) -> int:
+    state = shards.read_checkpoint(run, spec)
+    if state is None:
+        return 0
+    made = {k: state.get(k) for k in ("device_type", "threads")}
+    if made != stream_identity(device):
+        print(f"{spec.name}: its checkpoint at iteration {state['iteration']} was made with {made}, this attempt "
+              f"runs with {stream_identity(device)}: starting over, so that the images come from one stream")
+        return 0
+    condenser.load_state_dict(state)
+    return condenser.iteration
+
+
+def _downsample(losses: list[tuple[int, float]], points: int) -> list[list[float]]:
+    if len(losses) <= points:
+        return [[i, v] for i, v in losses]
+    step = len(losses) / points
+    return [[losses[int(k * step)][0], losses[int(k * step)][1]] for k in range(points)] + [list(losses[-1])]
+
+
+def _maybe_fault(run: RunDir, spec: ShardSpec, stage: str) -> None:
+    """Injected shard faults (orchestrator.faults): kill-after-checkpoint SIGKILLs the worker after
+    its first checkpoint (once per run); raise / raise-once raise at the start (always / once)."""
+    fault = faults.fault_for(spec.name)
+    if fault is None:
         return
-    resources, iterations = run.config.resources, run.config.condense.iterations
-    ray_work.check_fits(resources.cpus_per_shard, resources.gpus_per_shard, "a shard")
-    check_gpus_usable(run.config.resources, resources.gpus_per_shard, "shards (resources.gpus_per_shard)")
-    outcome = ray_work.run_tasks(
-        condense_shard, [ray_work.Work(spec.name, (spec,), units=iterations) for spec in todo], shared=(run,),
-        options=ray_work.task_options(run.config), label=STAGE, unit="it", console=console,
-        limit=resources.max_concurrent_shards, with_context=True, done_units=done * iterations,
-    )
-    by_name = {spec.name: spec for spec in todo}
-    for name, error in outcome.failed.items():
-        commits.record_failure(run.failure(STAGE, by_name[name]), error)
-    if outcome.failed:
-        raise StageFailed(STAGE, outcome.failed, again=f"dmcondense resume {run.uri}")
+    if stage == "start" and fault == "raise":
+        raise RuntimeError(f"injected fault in {spec.name}")
+    if stage == "start" and fault == "raise-once" and faults.first_time(run, spec.name, fault):
+        raise RuntimeError(f"injected fault in {spec.name} (first attempt)")
+    if stage == "checkpoint" and fault == "kill-after-checkpoint" and faults.first_time(run, spec.name, fault):
+        faults.kill_this_process()

@@ -11,45 +11,35 @@ an interrupted search resumes.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
-import pyarrow as pa
 import torch
 from rich.console import Console
-from scipy.stats import spearmanr
 
-from orchestrator import ray_work, storage
+from orchestrator import ray_work
+from orchestrator.artifacts.nas_results import (
+    WHOLE, NasScore, ProxyQuality, proxy_qualities, scores_folder, stored_scores, training_key, write_results,
+    write_score,
+)
+from orchestrator.artifacts.training_sets import TrainingSet, load, training_set
+from orchestrator.components.eval_pool import actor_pool, run_jobs
+from orchestrator.components.settings import Purpose, train_settings
+from orchestrator.components.worker_setup import run_reader
 from orchestrator.config import NasSpace, RunConfig
-from orchestrator.figures import plt, png
 from orchestrator.run_dir import RunDir, RunError
 from orchestrator.stages import StageFailed
-from orchestrator.stages.evaluate import pool_capacity
-from orchestrator.stages.training_sets import TrainingSet, load, training_set
-from orchestrator.stages.worker_setup import check_gpus_usable, run_reader
 from workers.data import normalize
-from workers.devices import Precision, compute_device
-from workers.networks import build_network
+from workers.devices import compute_device
+from workers.networks import build_network, convnet_name
 from workers.pool_training import train_size, validation_split
 from workers.seeding import derive_seed
-from workers.train_eval import (
-    TrainSettings,
-    fresh_network,
-    score_networks,
-    train_for_steps,
-    train_network,
-)
+from workers.train_eval import fresh_network, score_networks, train_for_steps, train_network
 
 STAGE = "nas"
-WHOLE = "whole"  # the whole training set: the reference every proxy is measured against
-_ACT = {"sigmoid": "AS", "relu": "AR", "leakyrelu": "AL"}
-_NORM = {"none": "NN", "batchnorm": "BN", "layernorm": "LN", "instancenorm": "IN", "groupnorm": "GN"}
-_POOL = {"none": "NP", "maxpooling": "MP", "avgpooling": "AP"}
 
 
 @dataclass(frozen=True)
@@ -57,35 +47,21 @@ class NasJob:
     architecture: str
     proxy: str  # synthetic | random | early_stopping | whole
     data: TrainingSet | None  # the proxy's images (None: the run's training split)
-    epochs: int
     steps: int | None  # early stopping: as many steps as the proxy training takes
 
     @property
     def key(self) -> str:
-        return f"{self.architecture} on {self.proxy}"
+        return training_key(self.architecture, self.proxy)
 
-
-@dataclass(frozen=True)
-class NasScore:
-    architecture: str
-    proxy: str
-    accuracy: float  # on the validation split held out of train
-    train_seconds: float
-
-
-@dataclass(frozen=True)
-class ProxyQuality:
-    proxy: str
-    spearman_top: float  # over the top architectures by proxy accuracy
-    spearman_all: float
-    selected: str  # the architecture the proxy ranks first
-    selected_whole_accuracy: float  # that architecture's accuracy when trained on the whole set
-    train_seconds: float  # every architecture trained on this proxy, summed
+    @property
+    def purpose(self) -> Purpose:
+        """How it trains (components.settings): proxies like the evaluation, the training split not."""
+        return {"early_stopping": "nas_early_stopping", WHOLE: "nas_whole"}.get(self.proxy, "nas_proxy")
 
 
 def architectures(space: NasSpace) -> list[str]:
     """The space's ConvNets by registry name (ConvNetD<depth>W<width><act><norm><pool>)."""
-    return [f"ConvNetD{d}W{w}{_ACT[a]}{_NORM[n]}{_POOL[p]}" for d in space.depths for w in space.widths
+    return [convnet_name(depth=d, width=w, act=a, norm=n, pool=p) for d in space.depths for w in space.widths
             for a in space.activations for n in space.norms for p in space.pools]
 
 
@@ -106,14 +82,6 @@ def sampled(cfg: RunConfig, info_shape: tuple[int, int, int], num_classes: int) 
     return names
 
 
-def settings_key(cfg: RunConfig, run: RunDir) -> str:
-    n = cfg.nas
-    shaping = {"epochs": n.epochs, "whole_epochs": n.whole_epochs, "batch": n.batch, "lr": n.lr,
-               "validation_fraction": n.validation_fraction, "seed": n.seed, "run": run.record.config_hash,
-               "precision": cfg.precision.model_dump()}
-    return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def nas(run: RunDir, console: Console) -> tuple[list[NasScore], list[ProxyQuality]]:
     """Train and score every architecture on every proxy and the whole set (only what is not
     scored yet); write RUN/nas/results.parquet and the scatter plot; return scores and qualities."""
@@ -126,31 +94,25 @@ def nas(run: RunDir, console: Console) -> tuple[list[NasScore], list[ProxyQualit
         console.print(f"nas: early stopping trains {proxy_steps} steps and the whole set {whole_steps}: it is the "
                       "whole training, so it ranks as the whole set does by construction; raise nas.whole_epochs "
                       "(in the paper early stopping is about 2% of the whole training)", highlight=False)
-    jobs = [NasJob(a, p, ts, cfg.nas.epochs, proxy_steps if p == "early_stopping" else None)
-            for a in names for p, ts in proxies.items()]
-    jobs += [NasJob(a, WHOLE, None, cfg.nas.whole_epochs, None) for a in names]
-    folder = run.path("nas", "scores", settings_key(cfg, run))
-    done = _stored(folder)
+    jobs = [NasJob(a, p, ts, proxy_steps if p == "early_stopping" else None) for a in names for p, ts in proxies.items()]
+    jobs += [NasJob(a, WHOLE, None, None) for a in names]
+    folder = scores_folder(run)
+    done = stored_scores(folder)
     todo = [j for j in jobs if j.key not in done]
     if done and todo:
         console.print(f"nas: {len(jobs) - len(todo)} of {len(jobs)} trainings were scored by an earlier attempt",
                       highlight=False)
     if todo:
-        capacity, use_gpu = pool_capacity(cfg, ray_work.cluster_resources())  # the evaluation's actor pool
-        gpus = 1.0 / cfg.evaluate.actors_per_gpu if use_gpu else 0.0
-        check_gpus_usable(cfg.resources, gpus, "NAS actors (evaluate.gpus)")
+        pool = actor_pool(cfg)  # the evaluation's actor pool
         data = ray_work.compute_shared(read_train_split, run, options={"num_cpus": 1})
-        outcome = ray_work.run_on_actors(
-            NasActor, (run, folder, use_gpu), "train", [ray_work.Work(j.key, (j, data)) for j in todo],
-            actors=capacity, options=ray_work.actor_options(cfg, gpus), label=STAGE, unit="trainings",
-            console=console, done_units=len(jobs) - len(todo))
+        outcome = run_jobs(pool, cfg, NasActor, (run, folder, pool.use_gpu), "train",
+                           [ray_work.Work(j.key, (j, data)) for j in todo], label=STAGE, unit="trainings",
+                           console=console, done_units=len(jobs) - len(todo))
         if outcome.failed:
-            raise StageFailed(STAGE, outcome.failed, again=f"dmcondense nas {run.uri}")
-    scores = [s for key, s in _stored(folder).items() if key in {j.key for j in jobs}]
-    qualities = proxy_qualities(scores, cfg.nas.top_fraction)
-    storage.write_parquet_atomic(run.path("nas", "results.parquet"), pa.Table.from_pylist([asdict(s) for s in scores]))
-    storage.write_bytes_atomic(run.path("nas", "proxy-vs-whole.png"), scatter_png(scores))
-    return scores, qualities
+            raise StageFailed(STAGE, outcome.failed)
+    scores = [s for key, s in stored_scores(folder).items() if key in {j.key for j in jobs}]
+    write_results(run, scores)
+    return scores, proxy_qualities(scores, cfg.nas.top_fraction)
 
 
 def step_budget(cfg: RunConfig, train_counts: list[int], proxy_size: int) -> tuple[int, int]:
@@ -171,15 +133,6 @@ def _proxy_set(run: RunDir, proxy: str) -> TrainingSet | None:
 
 def _size(run: RunDir, ts: TrainingSet) -> int:
     return len(run.record.classes) * run.config.condense.ipc * (ts.factor**2)
-
-
-def _stored(folder: str) -> dict[str, NasScore]:
-    out = {}
-    for name in storage.list_names(folder):
-        if name.endswith(".json"):
-            score = NasScore(**storage.read_json(storage.join(folder, name)))
-            out[f"{score.architecture} on {score.proxy}"] = score
-    return out
 
 
 def read_train_split(run: RunDir) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -222,9 +175,7 @@ class NasActor:
                 self._sets[job.proxy] = tuple(t.to(self.device) for t in load(self.run, job.data))
             x, y = self._sets[job.proxy]
         cfg, info = self.run.config, self.run.dataset
-        settings = TrainSettings(epochs=job.epochs, lr=cfg.nas.lr, batch=cfg.nas.batch,
-                                 dsa_strategy=cfg.condense.dsa_strategy if job.proxy in ("synthetic", "random") else None,
-                                 precision=Precision(tf32=cfg.precision.tf32, deterministic=cfg.precision.deterministic))
+        settings = train_settings(cfg, job.purpose)
         seed = derive_seed(cfg.nas.seed, "nas-network", job.architecture)
         net = fresh_network(job.architecture, channels=info.channels, num_classes=info.num_classes,
                             im_size=tuple(info.im_size), seed=seed, device=self.device)
@@ -237,45 +188,5 @@ class NasActor:
         val_x, val_y = self._sets["validation"]
         [accuracy] = score_networks([net], val_x, val_y, settings, self.device, info.mean, info.std)
         score = NasScore(job.architecture, job.proxy, float(accuracy), seconds)
-        name = hashlib.sha256(job.key.encode()).hexdigest()[:16]
-        storage.write_json_atomic(storage.join(self.folder, f"{name}.json"), asdict(score))
+        write_score(self.folder, score)
         return score
-
-
-def proxy_qualities(scores: list[NasScore], top_fraction: float) -> list[ProxyQuality]:
-    """Per proxy: the Spearman rank correlation between its accuracies and the whole set's,
-    over the top ``top_fraction`` of architectures by proxy accuracy (at least two) and over
-    all of them; the architecture it would select, with its whole-set accuracy."""
-    whole = {s.architecture: s.accuracy for s in scores if s.proxy == WHOLE}
-    out = []
-    for proxy in dict.fromkeys(s.proxy for s in scores if s.proxy != WHOLE):
-        mine = sorted((s for s in scores if s.proxy == proxy and s.architecture in whole),
-                      key=lambda s: (-s.accuracy, s.architecture))
-        if len(mine) < 2:
-            continue
-        top = mine[: max(2, math.ceil(top_fraction * len(mine)))]
-        out.append(ProxyQuality(
-            proxy, _spearman(top, whole), _spearman(mine, whole), mine[0].architecture,
-            whole[mine[0].architecture], sum(s.train_seconds for s in mine)))
-    return out
-
-
-def _spearman(scores: list[NasScore], whole: dict[str, float]) -> float:
-    proxy, reference = [s.accuracy for s in scores], [whole[s.architecture] for s in scores]
-    if len(set(proxy)) < 2 or len(set(reference)) < 2:
-        return 0.0  # a proxy (or a reference) that ranks nothing apart correlates with nothing
-    return float(spearmanr(proxy, reference).statistic)
-
-
-def scatter_png(scores: list[NasScore]) -> bytes:
-    whole = {s.architecture: 100 * s.accuracy for s in scores if s.proxy == WHOLE}
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    for proxy in dict.fromkeys(s.proxy for s in scores if s.proxy != WHOLE):
-        mine = [s for s in scores if s.proxy == proxy and s.architecture in whole]
-        ax.scatter([100 * s.accuracy for s in mine], [whole[s.architecture] for s in mine], s=12, label=proxy,
-                   alpha=0.7)
-    ax.set_xlabel("validation accuracy after proxy training (%)")
-    ax.set_ylabel("validation accuracy after whole-set training (%)")
-    ax.set_title("NAS: each point an architecture", fontsize=9)
-    ax.legend(fontsize=8)
-    return png(fig)

@@ -1,99 +1,43 @@
 """The pool stage: N networks trained on the real training set as Ray tasks, each from its own
 seed, keeping its states at fixed steps with their validation accuracy and counting every
-training example's forgetting events. Each network is committed like a shard (its files, then
-a manifest), so a stopped pool trains only the networks it lacks.
+training example's forgetting events. Each network is committed like a shard
+(``orchestrator.artifacts.pool_networks``), so a stopped pool trains only the networks it lacks.
 """
 
 from __future__ import annotations
 
-import io
-import socket
 import time
-from collections import Counter
 
-import numpy as np
-import pyarrow as pa
 import torch
-from pydantic import BaseModel
 from rich.console import Console
 
-from orchestrator import commits, faults, ray_work, storage
-from orchestrator.commits import FileEntry, UnitState
-from orchestrator.config import PrecisionConfig, ResourcesConfig, RunConfig
-from orchestrator.figures import plt, png
-from orchestrator.pool_dir import PoolDir
-from orchestrator.run_dir import RunError
-from orchestrator.stages import StageFailed
-from orchestrator.stages.worker_setup import check_gpus_usable, open_reader, task_device
-from workers.data import normalize
-from workers.data.tensor_table import from_parquet_bytes, to_parquet_bytes
-from workers.devices import Precision
-from workers.matching import PoolStates
-from workers.pool_training import (
-    Schedule,
-    train_pool_network,
-    train_size,
-    validation_split,
+from orchestrator import faults, ray_work, storage
+from orchestrator.artifacts.pool_networks import (
+    NetworkManifest, commit_network, histogram_png, network_name, network_seed, network_state,
 )
-from workers.seeding import derive_seed
+from orchestrator.components.settings import train_settings
+from orchestrator.components.worker_setup import open_reader, task_device
+from orchestrator.config import ResourcesConfig, RunConfig
+from orchestrator.pool_dir import PoolDir
+from orchestrator.stage_runner import Needs, Unit, UnitStage, run_units
+from workers.data import normalize
+from workers.pool_training import Schedule, train_pool_network, train_size, validation_split
 from workers.train_eval import TrainSettings
 
 STAGE = "pool"
-# A never-learned example's score per network: above any count of forgetting events, so the
-# score's quotient by it is how many networks never learned the example.
-NEVER_LEARNED = 1_000_000
-BINS = tuple(range(0, 100, 10))  # accuracy groups of the report and of error messages, in percent
 
 
-class NetworkManifest(BaseModel):
-    """The commit record of one pool network."""
-
-    format: int = 1
-    index: int
-    seed: int
-    files: dict[str, FileEntry]  # states, forgetting
-    steps: list[int]
-    val_accuracy: list[float]
-    train_images: int
-    wall_time_s: float
-    device: str
-    host: str
-
-
-def network_seed(pool: PoolDir, index: int) -> int:
-    return derive_seed(pool.record.settings.seed, "pool-network", index)
-
-
-def network_state(pool: PoolDir, index: int, *, deep: bool = True) -> UnitState[NetworkManifest]:
-    st = commits.read_state(pool, pool.manifest(index), NetworkManifest, deep=deep)
-    if st.state == "pending" and commits.failure_of(pool.failure(index)) is not None:
-        return UnitState("failed", commits.failure_of(pool.failure(index)) or "")
-    return st
-
-
-def make_pool(pool: PoolDir, cfg: RunConfig, console: Console, again: str) -> None:
+def make_pool(pool: PoolDir, cfg: RunConfig, console: Console) -> None:
     """Train every network of the pool that has no valid commit, with ``cfg``'s resources and
-    precision (``again``: the command that finishes the pool, named when some fail)."""
-    resources = cfg.resources
+    precision; raises StageFailed naming the networks that failed (the others are committed)."""
     pool.save()
-    todo = [i for i in range(pool.networks) if network_state(pool, i).state != "committed"]
-    if todo:
-        console.print(f"pool {pool.record.key}: {pool.networks - len(todo)} of {pool.networks} networks committed; "
-                      f"training {len(todo)}", highlight=False)
-        ray_work.check_fits(resources.cpus_per_shard, resources.gpus_per_shard, "a pool network")
-        check_gpus_usable(resources, resources.gpus_per_shard, "pool networks (resources.gpus_per_shard)")
-        steps = total_steps(pool)
-        work = [ray_work.Work(f"net-{i:05d}", (i,), units=steps) for i in todo]
-        for i in todo:
-            storage.remove(pool.failure(i))
-        outcome = ray_work.run_tasks(train_network, work, shared=(pool, resources, cfg.precision),
-                                     options=ray_work.task_options(cfg),
-                                     label=STAGE, unit="steps", console=console, with_context=True,
-                                     done_units=(pool.networks - len(todo)) * steps)
-        for key, error in outcome.failed.items():
-            commits.record_failure(pool.failure(int(key.split("-")[1])), error)
-        if outcome.failed:
-            raise StageFailed(STAGE, outcome.failed, again=again)
+    steps = total_steps(pool)
+    units = [Unit(network_name(i), (i,), steps, network_state(pool, i).state == "committed", pool.failure(i))
+             for i in range(pool.networks)]
+    stage = UnitStage(STAGE, "steps", "networks", train_network, ray_work.task_options(cfg),
+                      shared=(pool, cfg.resources, train_settings(cfg, "pool")),
+                      needs=Needs("a pool network", cfg.resources), with_context=True)
+    run_units(stage, units, console)
     storage.write_bytes_atomic(pool.histogram(), histogram_png(pool))
 
 
@@ -102,7 +46,7 @@ def total_steps(pool: PoolDir) -> int:
     return s.epochs * -(-train_size(counts, s.validation_fraction) // s.batch)
 
 
-def train_network(pool: PoolDir, resources: ResourcesConfig, precision: PrecisionConfig, index: int,
+def train_network(pool: PoolDir, resources: ResourcesConfig, settings: TrainSettings, index: int,
                   context=None) -> NetworkManifest:  # noqa: ANN001 - orchestrator.ray_work.TaskContext
     """The task body: train network ``index`` and commit its states and forgetting counts."""
     st = network_state(pool, index)
@@ -117,25 +61,12 @@ def train_network(pool: PoolDir, resources: ResourcesConfig, precision: Precisio
     x = normalize(real.images, rec.info.mean, rec.info.std, device=device)
     y = real.labels.to(device)
     train, val = torch.tensor(train_rows, device=device), torch.tensor(val_rows, device=device)
-    settings = TrainSettings(epochs=s.epochs, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay,
-                             batch=s.batch, dsa_strategy=s.dsa_strategy,
-                             precision=Precision(tf32=precision.tf32, deterministic=precision.deterministic))
     trained = train_pool_network(
         s.model, x[train], y[train], x[val], y[val], channels=rec.info.channels, num_classes=rec.info.num_classes,
         im_size=tuple(rec.info.im_size), settings=settings, schedule=Schedule(s.states_every, s.early_states),
         seed=network_seed(pool, index), device=device, on_step=(lambda step, total: context(step)) if context else None,
     )
-    buf = io.BytesIO()
-    torch.save({"steps": trained.steps, "val_accuracy": trained.val_accuracy, "states": trained.states}, buf)
-    files = {"states": commits.write_file(pool, pool.states_file(index), buf.getvalue(), len(trained.steps)),
-             "forgetting": commits.write_file(pool, pool.forgetting_file(index),
-                                              _forgetting_table(real.labels.numpy(), train_rows, trained),
-                                              len(train_rows))}
-    manifest = NetworkManifest(index=index, seed=network_seed(pool, index), files=files, steps=trained.steps,
-                               val_accuracy=trained.val_accuracy, train_images=len(train_rows),
-                               wall_time_s=round(time.time() - started, 3), device=str(device),
-                               host=socket.gethostname())
-    commits.write_manifest(pool.manifest(index), manifest)
+    manifest = commit_network(pool, index, trained, real.labels.numpy(), train_rows, started, device)
     if context is not None:
         context(total_steps(pool), final=True)
     return manifest
@@ -144,96 +75,9 @@ def train_network(pool: PoolDir, resources: ResourcesConfig, precision: Precisio
 def _maybe_fault(pool: PoolDir, index: int) -> None:
     """Injected pool faults (orchestrator.faults): net-NNNNN=kill-once SIGKILLs the worker at the
     network's first start; =raise raises every time."""
-    target = f"net-{index:05d}"
+    target = network_name(index)
     fault = faults.fault_for(target)
     if fault == "raise":
         raise RuntimeError(f"injected fault in {target}")
     if fault == "kill-once" and faults.first_time(pool, target, fault):
         faults.kill_this_process()
-
-
-def _forgetting_table(labels: np.ndarray, train_rows: list[int], trained) -> bytes:  # noqa: ANN001
-    """One row per training example: its class, its position among its class's train images
-    (the order every reader gives), its forgetting events and whether it was ever learned."""
-    first = {int(c): int(np.flatnonzero(labels == c)[0]) for c in np.unique(labels)}
-    rows = np.asarray(train_rows)
-    classes = labels[rows]
-    table = pa.table({
-        "class_id": pa.array(classes.astype(np.int32)),
-        "index": pa.array((rows - np.array([first[int(c)] for c in classes])).astype(np.int32)),
-        "events": pa.array(trained.forgetting.numpy().astype(np.int32)),
-        "learned": pa.array(trained.learned.numpy()),
-    })
-    return to_parquet_bytes(table)
-
-
-# ------------------------------------------------------------------ reading a pool
-def check_pool_ready(pool: PoolDir, group: tuple[float, float] | None, make: str) -> None:
-    """Before any shard starts: the pool exists, every network verifies, and the group holds
-    states. ``make``: the command that makes or finishes the pool."""
-    if not pool.exists():
-        raise RunError(f"no pool made from this run's data and settings at {pool.uri}; make it first with "
-                       f"`{make}`, or add --make-pool to this command")
-    problems = [f"net-{i:05d} is {st.state} {st.detail}".strip() for i in range(pool.networks)
-                if (st := network_state(pool, i)).state != "committed"]
-    if problems:
-        raise RunError(f"the pool at {pool.uri} is not complete ({'; '.join(problems[:5])}); `{make}` trains what "
-                       "it lacks")
-    if group is not None and not _in_group(accuracies(pool), group):
-        counts = ", ".join(f"{lo}-{lo + 10}%: {n}" for lo, n in sorted(accuracy_bins(pool).items()))
-        raise RunError(f"condense.pool_group {list(group)} holds no state of the pool; its states by validation "
-                       f"accuracy: {counts}; choose a group among those")
-
-
-def accuracies(pool: PoolDir) -> list[float]:
-    """Validation accuracy (%) of every kept state of every network, from the manifests."""
-    return [100 * a for i in range(pool.networks)
-            for a in network_state(pool, i, deep=False).manifest.val_accuracy]  # type: ignore[union-attr]
-
-
-def accuracy_bins(pool: PoolDir) -> dict[int, int]:
-    return dict(Counter(min(int(a // 10) * 10, 90) for a in accuracies(pool)))
-
-
-def _in_group(accs: list[float], group: tuple[float, float]) -> list[int]:
-    lo, hi = group
-    return [i for i, a in enumerate(accs) if lo <= a < hi or (hi == 100 and a == 100)]
-
-
-def pool_states(pool: PoolDir, group: tuple[float, float] | None) -> PoolStates:
-    """What a shard draws from: the states in the accuracy group (all with None), network by
-    network, step by step, and each network's first and last states."""
-    chosen, initial, final = [], {}, {}
-    for i in range(pool.networks):
-        manifest = network_state(pool, i, deep=False).manifest
-        saved = torch.load(io.BytesIO(commits.read_checked(pool, manifest.files["states"])), map_location="cpu",
-                           weights_only=True)
-        accs = [100 * a for a in saved["val_accuracy"]]
-        chosen += [(i, saved["states"][k]) for k in (range(len(accs)) if group is None else _in_group(accs, group))]
-        initial[i], final[i] = saved["states"][0], saved["states"][-1]
-    return PoolStates(chosen, initial, final)
-
-
-def forgetting_scores(pool: PoolDir, class_ids: list[int]) -> dict[int, np.ndarray]:
-    """Per class, a score per position among its train images, summed over the pool's networks:
-    the forgetting events, a never-learned example counting as forgotten most; NaN for the
-    validation examples (never presented)."""
-    scores: dict[int, np.ndarray] = {c: np.full(pool.record.info.train_counts[c], np.nan) for c in class_ids}
-    for i in range(pool.networks):
-        manifest = network_state(pool, i, deep=False).manifest
-        table = from_parquet_bytes(commits.read_checked(pool, manifest.files["forgetting"])).to_pydict()
-        for c, k, events, learned in zip(table["class_id"], table["index"], table["events"], table["learned"]):
-            if c in scores:
-                scores[c][k] = np.nan_to_num(scores[c][k]) + (events if learned else NEVER_LEARNED)
-    return scores
-
-
-def histogram_png(pool: PoolDir) -> bytes:
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.hist(accuracies(pool), bins=list(range(0, 101, 5)), color="tab:blue", edgecolor="white")
-    ax.set_xlabel("validation accuracy of a kept state (%)")
-    ax.set_ylabel("states")
-    s = pool.record.settings
-    ax.set_title(f"pool of {pool.networks} x {s.model}, {s.epochs} epoch(s), a state every {s.states_every} steps",
-                 fontsize=9)
-    return png(fig)

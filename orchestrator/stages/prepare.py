@@ -24,9 +24,8 @@ import numpy as np
 import pyarrow.fs as pafs
 from rich.console import Console
 
-from orchestrator import ray_work, storage
-from orchestrator.local_ray import ray_session
-from orchestrator.progress import ProgressDisplay
+from orchestrator import storage
+from orchestrator.stage_runner import Unit, UnitStage, run_units
 from workers.data import DatasetError, check_source, open_source
 from workers.data.base import Loaded, Source
 from workers.data.prepared import FORMAT_VERSION, META, PARQUET_OPTIONS, build_meta, commit_record, test_file, train_file
@@ -37,10 +36,6 @@ from workers.data.types import ChannelStats
 PLAN = "prepare.json"
 DEFAULT_CLASSES_PER_TASK = 10  # ImageNet-1K: 100 tasks of ~13k images (~160 MB at 64x64) each
 TEST_PART_SIZE = 10_000
-
-
-class PrepareFailed(RuntimeError):
-    """Some tasks failed; everything else is committed and a re-run does only the rest."""
 
 
 @dataclass(frozen=True)
@@ -175,15 +170,15 @@ def prepare(
     resolution: int | None = None,
     strict: bool = False,
     classes_per_task: int | None = None,
-    address: str | None = None,
     download: bool = False,
     in_process: bool = False,
 ) -> dict:
     """Prepare ``source`` into ``out`` and return meta.json's content.
 
-    ``in_process`` runs the jobs one by one here, without Ray (small datasets,
-    debugging). Raises ``DatasetError`` on bad input before any decoding, and
-    ``PrepareFailed`` when tasks failed (the rest is committed: re-run to finish).
+    The tasks run on the Ray session the caller opened, or one by one here with
+    ``in_process`` (small datasets, debugging). Raises ``DatasetError`` on bad input before
+    any decoding, and ``StageFailed`` when tasks failed (the rest is committed: re-run to
+    finish).
     """
     if not out:
         raise DatasetError("--out: give the prepared dataset's location (a path or a URI)")
@@ -205,13 +200,11 @@ def prepare(
     _check_plan(out, plan)
     jobs = plan_jobs(len(src.class_names), k, src.test_size())
     records = {job: committed_record(spec, out, job) for job in jobs}
-    todo = [job for job, record in records.items() if record is None]
-    console.print(f"prepare {source}: {len(jobs)} tasks, {len(jobs) - len(todo)} already committed in {out}")
-    run = _in_process if in_process else _on_ray
-    results, failures = run(spec, out, todo, strict, address, console, len(jobs))
-    records.update(results)
-    if failures:
-        raise PrepareFailed(_failure_message(failures, len(jobs)))
+    stage = UnitStage(f"prepare {source}", "tasks", "tasks", run_job, {"num_cpus": 1}, shared=(spec, out, strict))
+    outcome = run_units(stage, [Unit(job.file, (job,), committed=records[job] is not None) for job in jobs], console,
+                        in_process=in_process)
+    by_file = {job.file: job for job in jobs}
+    records.update({by_file[key]: record for key, record in outcome.results.items()})
     meta = build_meta(
         source=source, resolution=src.resolution, channels=src.channels, class_names=src.class_names,
         train_records=[r for j, r in records.items() if j.split == "train"],
@@ -223,44 +216,8 @@ def prepare(
     return meta
 
 
-def _failure_message(failures: dict[Job, str], total: int) -> str:
-    lines = [f"{len(failures)} of {total} prepare tasks failed; the others are committed and a re-run does only these:"]
-    lines += [f"  {job.file}: {err}" for job, err in failures.items()]
-    return "\n".join(lines)
-
-
 def _report_skipped(skipped: list[dict], console: Console) -> None:
     if skipped:
         console.print(f"[yellow]skipped {len(skipped)} undecodable file(s) (listed in {META}):[/]")
         for item in skipped[:20]:
             console.print(f"  {item['path']}: {item['reason']}")
-
-
-Results = tuple[dict[Job, dict], dict[Job, str]]
-
-
-def _in_process(spec: SourceSpec, out: str, todo: list[Job], strict: bool, address: str | None,
-                console: Console, total: int) -> Results:
-    results: dict[Job, dict] = {}
-    failures: dict[Job, str] = {}
-    with ProgressDisplay(console, f"prepare {spec.name}", total, "tasks", done=total - len(todo)) as display:
-        for job in todo:
-            try:
-                results[job] = run_job(spec, out, strict, job)
-            except Exception as err:  # noqa: BLE001 - recorded per job, like a failed Ray task
-                failures[job] = f"{type(err).__name__}: {err}"
-            display.update(total - len(todo) + len(results) + len(failures), f"{len(failures)} failed")
-    return results, failures
-
-
-def _on_ray(spec: SourceSpec, out: str, todo: list[Job], strict: bool, address: str | None,
-            console: Console, total: int) -> Results:
-    if not todo:
-        return {}, {}
-    by_key = {job.file: job for job in todo}
-    with ray_session(address):
-        outcome = ray_work.run_tasks(
-            run_job, [ray_work.Work(job.file, (job,)) for job in todo], shared=(spec, out, strict),
-            options={"num_cpus": 1}, label=f"prepare {spec.name}", unit="tasks", console=console,
-            done_units=total - len(todo))
-    return ({by_key[k]: r for k, r in outcome.results.items()}, {by_key[k]: e for k, e in outcome.failed.items()})

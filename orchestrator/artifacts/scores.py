@@ -1,4 +1,4 @@
-"""The evaluation's scores in the run directory.
+"""The evaluation's scores in the run directory, and which networks a config asks for.
 
 Every finished job writes its networks' scores at once to RUN/eval/scores/<settings key>/
 (one file per job), keyed by every setting that shapes a score and, per row, by the
@@ -18,10 +18,14 @@ from typing import Iterable
 import pyarrow as pa
 
 from orchestrator import storage
+from orchestrator.artifacts.shards import snapshot_iteration
+from orchestrator.artifacts.training_sets import data_key
 from orchestrator.config import RunConfig
 from orchestrator.run_dir import RunDir
-from orchestrator.stages.training_sets import snapshot_iteration
 from workers.data.tensor_table import from_parquet_bytes
+from workers.seeding import derive_seed
+
+Network = tuple[str, str, int]  # (method, model, seed)
 
 
 @dataclass(frozen=True)
@@ -39,7 +43,7 @@ class Score:
     data: str  # identity of the set it trained on (TrainingSet.data_key)
 
     @property
-    def network(self) -> tuple[str, str, int]:
+    def network(self) -> Network:
         return (self.method, self.model, self.seed)
 
 
@@ -50,6 +54,24 @@ class Summary:
     n: int
     mean: float  # percent
     std: float
+
+
+def asked_methods(cfg: RunConfig) -> list[str]:
+    return ["dm", *cfg.evaluate.baselines]
+
+
+def data_keys(run: RunDir) -> dict[str, str]:
+    """The identity of the current data of every method the config asks for (no file read)."""
+    return {m: data_key(run, m) for m in asked_methods(run.config)}
+
+
+def model_seeds(cfg: RunConfig, model: str) -> list[int]:
+    """The same seeds for every method, so that comparisons are paired."""
+    return [derive_seed(cfg.seed, "eval", model, i) for i in range(cfg.evaluate.num_models)]
+
+
+def planned_networks(cfg: RunConfig, methods: list[str]) -> set[Network]:
+    return {(m, model, s) for model in cfg.evaluate.models for s in model_seeds(cfg, model) for m in methods}
 
 
 def settings_key(cfg: RunConfig, test_classes: list[int] | None = None) -> str:
@@ -71,16 +93,16 @@ def write_job_scores(run: RunDir, scores: list[Score]) -> None:
     storage.write_parquet_atomic(uri, pa.Table.from_pylist([asdict(s) for s in scores]))
 
 
-def stored_scores(run: RunDir, key: str, data_keys: dict[str, str]) -> list[Score]:
+def stored_scores(run: RunDir, key: str, current: dict[str, str]) -> list[Score]:
     """Scores under settings ``key`` of networks trained on the current data of their method
-    (``data_keys``: method -> data key; snapshot methods always count)."""
+    (``current``: method -> data key; snapshot methods always count)."""
     folder = run.scores_dir(key)
     rows: dict[tuple[str, str, int], Score] = {}
     for name in storage.list_names(folder):
         if name.endswith(".parquet"):
             for row in from_parquet_bytes(storage.read_bytes(storage.join(folder, name))).to_pylist():
                 score = Score(**row)
-                if data_keys.get(score.method, score.data) == score.data:
+                if current.get(score.method, score.data) == score.data:
                     rows[score.network] = score
     return list(rows.values())
 
@@ -115,3 +137,21 @@ def summarize(scores: Iterable[Score]) -> list[Summary]:
         groups.setdefault((s.method, s.model), []).append(100.0 * s.accuracy)
     return [Summary(method, model, len(accs), statistics.fmean(accs), statistics.pstdev(accs))
             for (method, model), accs in groups.items()]
+
+
+@dataclass(frozen=True)
+class EvaluationState:
+    state: str  # done | unfinished | not run | not asked
+    scored: int  # networks of the current settings scored so far
+    planned: int
+
+
+def evaluation_state(run: RunDir) -> EvaluationState:
+    """What the run directory holds of the evaluation its config asks for (no file read but scores)."""
+    cfg = run.config
+    planned = planned_networks(cfg, asked_methods(cfg))
+    scored = len({s.network for s in stored_scores(run, settings_key(cfg), data_keys(run))} & planned)
+    if not planned:
+        return EvaluationState("not asked", 0, 0)
+    state = "done" if scored == len(planned) else "unfinished" if scored else "not run"
+    return EvaluationState(state, scored, len(planned))

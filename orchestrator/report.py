@@ -1,4 +1,4 @@
-"""The report stage: report.md (accuracy table, the paper's figure, timings), grid.png, loss.png, sweep.png."""
+"""The report: report.md (accuracy table, the paper's figure, timings), grid.png, loss.png, sweep.png."""
 
 from __future__ import annotations
 
@@ -16,11 +16,10 @@ from orchestrator.config import RECIPES, CondenseConfig, RunConfig
 from orchestrator.figures import plt, png
 from orchestrator.pool_dir import pool_of
 from orchestrator.run_dir import RunDir
-from orchestrator.stages.condense import shard_state
-from orchestrator.stages.condense_shard import ShardManifest
-from orchestrator.stages.eval_scores import Score, summarize
-from orchestrator.stages.pool import histogram_png
-from orchestrator.stages.training_sets import read_method, snapshot_iteration
+from orchestrator.artifacts.pool_networks import histogram_png
+from orchestrator.artifacts.scores import Score, summarize
+from orchestrator.artifacts.shards import ShardManifest, shard_state, snapshot_iteration
+from orchestrator.artifacts.training_sets import read_method
 from workers.data import denormalize
 
 # Table 1 of the paper, ConvNet, mean accuracy (%): dataset -> method -> ipc -> accuracy.

@@ -8,20 +8,17 @@ data are never reused). Whoever loads it hashes the bytes as it reads them.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
 import torch
 
-from orchestrator import commits, storage
+from orchestrator import commands, commits
+from orchestrator.artifacts.selections import baseline_identity, selection_state
+from orchestrator.artifacts.shards import read_snapshot, shard_state, snapshot_iteration
 from orchestrator.commits import FileEntry
 from orchestrator.run_dir import RunDir, RunError
-from orchestrator.stages.baselines import baseline_identity, selection_state
-from orchestrator.stages.condense import shard_state
 from workers.data.tensor_table import from_parquet_bytes, table_arrays
 from workers.parameterize import decode
-
-SNAPSHOT_PREFIX = "dm@"
 
 
 @dataclass(frozen=True)
@@ -31,22 +28,6 @@ class TrainingSet:
     files: tuple[FileEntry, ...] = ()  # committed Parquet files (dm, baselines)
     snapshots: tuple[str, ...] = ()  # kept checkpoints, relative paths (dm@<iteration>)
     factor: int = 1  # each stored image decodes to factor^2 training images (condense.factor)
-
-
-def snapshot_iteration(method: str) -> int | None:
-    """The iteration of a ``dm@<iteration>`` method (a kept checkpoint); None for any other."""
-    rest = method[len(SNAPSHOT_PREFIX):] if method.startswith(SNAPSHOT_PREFIX) else ""
-    return int(rest) if rest.isdigit() else None
-
-
-def snapshot_iterations(run: RunDir) -> list[int]:
-    """Iterations whose kept checkpoint (condense.keep_checkpoints) exists for every shard."""
-    common: set[int] | None = None
-    for spec in run.shards:
-        names = storage.list_names(run.snapshot_dir(spec))
-        its = {int(n[3:-3]) for n in names if n.startswith("it-") and n.endswith(".pt")}
-        common = its if common is None else common & its
-    return sorted(common or ())
 
 
 def training_set(run: RunDir, method: str) -> TrainingSet:
@@ -61,7 +42,7 @@ def training_set(run: RunDir, method: str) -> TrainingSet:
         st = shard_state(run, spec, deep=False) if method == "dm" else selection_state(run, spec, method, deep=False)
         if st.state != "committed":
             what = spec.name if method == "dm" else f"the {method} selection of {spec.name}"
-            fix = f"dmcondense resume {run.uri}" if method == "dm" else f"dmcondense evaluate {run.uri}"
+            fix = commands.resume(run.uri) if method == "dm" else commands.evaluate(run.uri)
             raise RunError(f"{what} is {st.state} {st.detail}; `{fix}` computes it first")
         files.append(st.manifest.files[method])  # type: ignore[union-attr]
     if method == "dm":
@@ -85,10 +66,9 @@ def load(run: RunDir, ts: TrainingSet) -> tuple[torch.Tensor, torch.Tensor]:
         images.append(torch.from_numpy(x.copy()))
         labels.append(torch.from_numpy(y))
     for path in ts.snapshots:
-        state = torch.load(io.BytesIO(storage.read_bytes(run.path(path))), map_location="cpu", weights_only=True)
-        ipc = state["images"].shape[0] // len(state["class_ids"])
-        images.append(state["images"])
-        labels.append(torch.tensor(state["class_ids"], dtype=torch.int64).repeat_interleave(ipc))
+        x, y = read_snapshot(run, path)
+        images.append(x)
+        labels.append(y)
     x, y = decode(torch.cat(images), ts.factor), torch.cat(labels).repeat_interleave(ts.factor**2)
     order = torch.argsort(y, stable=True)
     return x[order], y[order]

@@ -1,0 +1,60 @@
+"""The workers' settings built from the run config, each by one function: the numerics
+(``Precision``), the matching loop (``DMSettings``) and every training of a fresh network
+(``TrainSettings``: evaluation, herding's features, the pool, the NAS trainings).
+
+Nothing else builds these records from a config, so a key of the config reaches every
+component that it should (``precision.*`` and ``evaluate.lr`` reach herding's features too).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from orchestrator.config import RunConfig
+from orchestrator.pool_dir import PoolSettings
+from workers.devices import Precision
+from workers.dm import DMSettings
+from workers.train_eval import TrainSettings
+
+Purpose = Literal["evaluate", "coreset_features", "pool", "nas_proxy", "nas_early_stopping", "nas_whole"]
+
+
+def precision(cfg: RunConfig, *, condensing: bool = False) -> Precision:
+    """One rule for condensation and evaluation (``precision.*``); the matching loop adds its
+    own layout and bf16 switches (``condense.*``)."""
+    p = cfg.precision
+    if condensing:
+        c = cfg.condense
+        return Precision(bf16=c.bf16, tf32=p.tf32, channels_last=c.channels_last, deterministic=p.deterministic)
+    return Precision(tf32=p.tf32, deterministic=p.deterministic)
+
+
+def dm_settings(cfg: RunConfig) -> DMSettings:
+    c = cfg.condense
+    pixels = c.method == "mmd_pixel"  # no network, no augmentation: MMD of the images themselves
+    return DMSettings(
+        ipc=c.ipc, iterations=c.iterations, lr_img=c.effective_lr_img, momentum=c.momentum,
+        batch_real=c.batch_real, init=c.init, model=c.model, dsa_strategy="none" if pixels else c.dsa_strategy,
+        embed_chunk=c.embed_chunk, compile=c.effective_compile, loss_every=c.loss_every, cuda_graphs=c.cuda_graphs,
+        precision=precision(cfg, condensing=True),
+        networks="pixels" if pixels else c.networks, loss="mmd" if pixels else c.loss, kernel=c.kernel,
+        factor=c.factor, ce_weight=c.ce_weight, ce_network=c.ce_network,
+    )
+
+
+def train_settings(cfg: RunConfig, purpose: Purpose) -> TrainSettings:
+    """How a fresh network trains for ``purpose``: the evaluation's protocol (and herding's
+    features, trained like an evaluation network for ``evaluate.coreset_feature_epochs``), the
+    pool's (``pool.*``), or the NAS trainings (``nas.*``: proxies augmented like the evaluation,
+    the real training split not)."""
+    e, n, dsa, numerics = cfg.evaluate, cfg.nas, cfg.condense.dsa_strategy, precision(cfg)
+    if purpose in ("evaluate", "coreset_features"):
+        epochs = e.epochs if purpose == "evaluate" else e.coreset_feature_epochs
+        return TrainSettings(epochs=epochs, lr=e.lr, batch=e.batch, dsa_strategy=dsa, precision=numerics)
+    if purpose == "pool":
+        p = PoolSettings.of(cfg)
+        return TrainSettings(epochs=p.epochs, lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay,
+                             batch=p.batch, dsa_strategy=p.dsa_strategy, precision=numerics)
+    epochs = n.whole_epochs if purpose == "nas_whole" else n.epochs
+    return TrainSettings(epochs=epochs, lr=n.lr, batch=n.batch, dsa_strategy=dsa if purpose == "nas_proxy" else None,
+                         precision=numerics)

@@ -1,0 +1,109 @@
+"""The one contract of a stage that commits units, and the one runner of every such stage.
+
+A stage declares what it is (``UnitStage``: its name, the task body that computes and
+commits one unit, what every task shares, what a unit needs of a node) and lists its units
+(``Unit``: a key, the body's arguments, whether it is committed already, where its failure
+is recorded). ``run_units`` does the rest, the same way for condense, baselines, the pool
+and prepare: it skips what is committed, clears the old failure records of what it runs,
+checks before any task starts that a node can host a unit (and that reserved GPUs are
+usable there), runs the bodies through the one Ray helper (or one after the other in this
+process), records each failure, and raises ``StageFailed`` naming the units that still
+failed while every other unit stays committed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from rich.console import Console
+
+from orchestrator import commits, ray_work, storage
+from orchestrator.components.worker_setup import check_gpus_usable
+from orchestrator.config import ResourcesConfig
+from orchestrator.progress import ProgressDisplay
+from orchestrator.stages import StageFailed
+
+
+@dataclass(frozen=True)
+class Unit:
+    key: str  # names it in progress and failure messages: shard-00017, net-00003, ...
+    args: tuple
+    weight: int = 1  # progress units it is worth (a shard's iterations)
+    committed: bool = False
+    failure: str | None = None  # where its failure is recorded (None: not recorded)
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What one unit reserves on a node (``resources.cpus_per_shard``, ``gpus_per_shard``),
+    checked before any task starts."""
+
+    what: str  # "a shard", "a pool network": named when no node fits
+    resources: ResourcesConfig
+
+
+@dataclass(frozen=True)
+class UnitStage:
+    name: str  # the stage: progress label, failure records, StageFailed
+    unit: str  # what progress counts: "it", "shards", "steps", "tasks"
+    noun: str  # what a unit is, in the "already committed" line: "shards", "networks"
+    body: Callable[..., Any]  # body(*shared, *unit.args[, context]) computes and commits one unit
+    options: dict[str, Any]  # Ray options of a task
+    shared: tuple = ()
+    needs: Needs | None = None
+    limit: int | None = None  # units in flight at most (None: as many as fit)
+    with_context: bool = False  # the body takes a TaskContext to report progress with
+
+
+def run_units(stage: UnitStage, units: Sequence[Unit], console: Console, *,
+              in_process: bool = False) -> ray_work.Outcome:
+    """Compute every unit not committed yet (module docstring); ``in_process`` runs the bodies
+    here one after the other, without Ray."""
+    todo = [u for u in units if not u.committed]
+    done = sum(u.weight for u in units if u.committed)
+    if len(todo) < len(units):
+        console.print(f"{stage.name}: {len(units) - len(todo)} of {len(units)} {stage.noun} already committed; "
+                      f"{len(todo)} to compute", highlight=False)
+    if not todo:
+        return ray_work.Outcome()
+    for u in todo:
+        if u.failure is not None:
+            storage.remove(u.failure)
+    work = [ray_work.Work(u.key, u.args, u.weight) for u in todo]
+    if in_process:
+        outcome = _here(stage, work, console, done)
+    else:
+        if stage.needs is not None:
+            r = stage.needs.resources
+            ray_work.check_fits(r.cpus_per_shard, r.gpus_per_shard, stage.needs.what)
+            check_gpus_usable(r, r.gpus_per_shard, f"{stage.noun} (resources.gpus_per_shard)")
+        outcome = ray_work.run_tasks(stage.body, work, options=stage.options, label=stage.name, unit=stage.unit,
+                                     console=console, shared=stage.shared, limit=stage.limit,
+                                     with_context=stage.with_context, done_units=done)
+    failures = {u.key: u.failure for u in todo}
+    for key, error in outcome.failed.items():
+        if failures[key] is not None:
+            commits.record_failure(failures[key], error)
+    if outcome.failed:
+        raise StageFailed(stage.name, outcome.failed)
+    return outcome
+
+
+def _here(stage: UnitStage, work: list[ray_work.Work], console: Console, done: int) -> ray_work.Outcome:
+    """The bodies one after the other in this process, with the same display and failure records."""
+    outcome = ray_work.Outcome()
+    total = done + sum(w.units for w in work)
+    with ProgressDisplay(console, stage.name, total, stage.unit, done=done) as display:
+        for w in work:
+            started = time.monotonic()
+            try:
+                outcome.results[w.key] = stage.body(*stage.shared, *w.args)
+            except Exception as err:  # noqa: BLE001 - recorded per unit, like a failed Ray task
+                outcome.failed[w.key] = f"{type(err).__name__}: {err}".splitlines()[0][:300]
+            done += w.units
+            display.update(done, f"{len(outcome.results)}/{len(work)} done, {len(outcome.failed)} failed, "
+                                 f"last {time.monotonic() - started:.0f} s")
+    return outcome
