@@ -18,7 +18,8 @@ from orchestrator.run_dir import RunError
 from .conftest import moto_s3
 from .flaky_fs import Flaky
 
-FAST = LeaseTimings(renew_every_s=0.2, stale_after_s=1.2, settle_s=0.3, poll_every_s=0.05)
+# Short, but stale only after many renewals: a loaded machine can stall one renewal by a second.
+FAST = LeaseTimings(renew_every_s=0.2, stale_after_s=2.5, settle_s=0.3, poll_every_s=0.05)
 BUCKET = "dmc-lease"
 
 
@@ -85,14 +86,14 @@ def test_wait_acquires_once_the_holder_releases(folder):
     threading.Thread(target=release_later).start()
     heard: list[str] = []
     with acquire(folder, "resume", wait=True, timings=FAST, notify=heard.append) as second:
-        assert released_at and time.monotonic() >= released_at[0]
-        assert second.took_over is None and second.record.command == "resume"
-    assert len(heard) == 1 and heard[0].startswith("waiting for `run`")
+        assert released_at and time.monotonic() >= released_at[0], heard
+        assert second.took_over is None and second.record.command == "resume", (heard, first.lost)
+    assert len(heard) == 1 and heard[0].startswith("waiting for `run`"), heard
 
 
 def test_stale_lease_is_taken_over_and_the_taker_is_told(folder):
     _put(folder, _foreign("run", 4242, renewed=time.time()))
-    with pytest.raises(LeaseHeld, match=r"pid 4242 on elsewhere.*taken over in [01]\.\ds"):
+    with pytest.raises(LeaseHeld, match=r"pid 4242 on elsewhere.*taken over in [12]\.\ds"):
         acquire(folder, "resume", timings=FAST)
     time.sleep(FAST.stale_after_s)
     heard: list[str] = []
@@ -103,7 +104,7 @@ def test_stale_lease_is_taken_over_and_the_taker_is_told(folder):
 
 def test_renewal_keeps_a_live_lease_from_being_taken(folder):
     with acquire(folder, "run", timings=FAST) as lease:
-        deadline = time.monotonic() + 2 * FAST.stale_after_s
+        deadline = time.monotonic() + 1.5 * FAST.stale_after_s
         while time.monotonic() < deadline:
             with pytest.raises(LeaseHeld):
                 acquire(folder, "resume", timings=FAST)
@@ -243,7 +244,7 @@ def test_a_holder_that_cannot_renew_steps_down(tmp_path, monkeypatch):
     with storage.mounted(pafs.PyFileSystem(flaky), str(tmp_path)) as base:
         lease = acquire(base, "run", timings=FAST)
         flaky.break_path(str(tmp_path / LEASE_FILE))
-        assert _until(lambda: lease.lost is not None, 3 * FAST.stale_after_s)
+        assert _until(lambda: lease.lost is not None, 2 * FAST.stale_after_s)
         assert "not renewed for" in lease.lost and "connection refused" in lease.lost
         with pytest.raises(LeaseLost):
             lease.check()
