@@ -18,10 +18,11 @@ from orchestrator.artifacts.continual_results import curve_table
 from orchestrator.artifacts.pool_networks import accuracy_bins
 from orchestrator.artifacts.scores import read_results
 from orchestrator.artifacts.shards import SNAPSHOT_PREFIX, snapshot_iterations
-from orchestrator.config import ConfigError, load_config
+from orchestrator.commits import CorruptFile
+from orchestrator.config import ConfigError, RunConfig, load_config
 from orchestrator.export import export_run
-from orchestrator.local_ray import ray_session
-from orchestrator.pool_dir import PoolDir
+from orchestrator.driver_session import Interrupted, driver_session
+from orchestrator.pool_dir import PoolDir, pool_of
 from orchestrator.report import TableRow, report
 from orchestrator.run_dir import RunDir, RunError
 from orchestrator.run_status import run_status
@@ -29,11 +30,13 @@ from orchestrator.stages import StageFailed
 from orchestrator.stages.continual import check_continual
 from orchestrator.stages.pool import make_pool
 from orchestrator.stages.prepare import prepare
+from orchestrator.storage import StorageError
 from workers.data import DatasetError
 
 console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)  # logs: lines and tables unwrapped
 
-EXIT_OK, EXIT_FAILED_UNITS, EXIT_USAGE, EXIT_FAILED_EVALUATION = 0, 1, 2, 3
+# The exit codes (README, "Commands"); 130 and 143: stopped by SIGINT or SIGTERM (128 + the signal).
+EXIT_OK, EXIT_FAILED_UNITS, EXIT_USAGE, EXIT_FAILED_EVALUATION, EXIT_STORAGE = 0, 1, 2, 3, 4
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,13 +46,21 @@ def main(argv: list[str] | None = None) -> int:
 
         return bench_main(argv[1:])
     args = _parser().parse_args(argv)
+    args.command_line = commands.shown_command_line(argv)  # named in the lease this command holds
     try:
         return int(args.func(args))
-    except (ConfigError, RunError, DatasetError, FileNotFoundError, ValueError) as exc:
-        if os.environ.get("DMCONDENSE_DEBUG"):
-            raise
-        console.print(f"[bold red]error:[/] {exc}", highlight=False)
-        return EXIT_USAGE
+    except (ConfigError, RunError, DatasetError, FileNotFoundError, ValueError, CorruptFile) as exc:
+        return _error(exc, EXIT_USAGE)
+    except StorageError as exc:
+        return _error(exc, EXIT_STORAGE)
+
+
+def _error(exc: BaseException, code: int) -> int:
+    """One line (the traceback with DMCONDENSE_DEBUG=1) and the documented exit code."""
+    if os.environ.get("DMCONDENSE_DEBUG"):
+        raise exc
+    console.print(f"[bold red]error:[/] {exc}", highlight=False)
+    return code
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -66,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     res.add_argument("run")
     res.add_argument("--config", help="refuse to resume unless the run used this config")
     _add_set(res, "overrides; only keys that do not change the images (resources, evaluate, output)")
-    _add_address(res)
+    _add_address(res, writes=True)
     _add_make_pool(res)
     res.set_defaults(func=cmd_resume)
 
@@ -81,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="score the kept checkpoints (condense.keep_checkpoints) as dm@<iteration>: an iteration "
                          "sweep from one run")
     _add_set(ev, "evaluate.* (and resources.*) overrides, kept in the run's record")
-    _add_address(ev)
+    _add_address(ev, writes=True)
     _add_make_pool(ev)
     ev.set_defaults(func=cmd_evaluate)
 
@@ -97,7 +108,7 @@ def _parser() -> argparse.ArgumentParser:
     na = sub.add_parser("nas", help="rank architectures on the run's synthetic set as a NAS proxy (nas: section)")
     na.add_argument("run")
     _add_set(na, "nas.* (and resources.*, evaluate.*) overrides")
-    _add_address(na)
+    _add_address(na, writes=True)
     na.set_defaults(func=cmd_nas)
 
     rp = sub.add_parser("report", help="write the report again from what the run directory holds")
@@ -132,7 +143,7 @@ def _add_job(sub: Any, name: str, help_text: str, source_help: str, out_help: st
     p.add_argument("source", help=source_help)
     _add_set(p)
     p.add_argument("--out", help=out_help)
-    _add_address(p)
+    _add_address(p, writes=True)
     return p
 
 
@@ -150,27 +161,41 @@ def _add_make_pool(p: argparse.ArgumentParser) -> None:
                    help="train the pool the run needs first, when it lacks one (a shard never trains one)")
 
 
-def _add_address(p: argparse.ArgumentParser) -> None:
+def _add_address(p: argparse.ArgumentParser, writes: bool = False) -> None:
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray on 127.0.0.1)")
+    if writes:
+        p.add_argument("--wait", action="store_true",
+                       help="when another driver holds the directory's lease, wait for it instead of stopping")
 
 
 # ------------------------------------------------------------------ commands
 def cmd_run(args: argparse.Namespace) -> int:
     sets = _job_sets(args)
     cfg = load_config(args.source, sets)
-    run = pipeline.new_run(cfg, pool_hint=commands.pool(args.source, sets), make_pool=args.make_pool)
     if args.dry_run:
-        pipeline.describe_plan(run, console)
-        console.print("dry run: nothing was written and no task started")
+        return _dry_run(cfg, commands.pool(args.source, sets), args.make_pool)
+    run = pipeline.new_run(cfg, pool_hint=commands.pool(args.source, sets), make_pool=args.make_pool)
+    return _run_stages(args, run, commands.resume(run.uri), make_pool=args.make_pool)
+
+
+def _dry_run(cfg: RunConfig, pool_hint: str, make_pool: bool) -> int:
+    """The checks and the plan, with nothing written and nothing fetched."""
+    try:
+        run = pipeline.new_run(cfg, pool_hint=pool_hint, make_pool=make_pool, download=False)
+    except DatasetError as exc:
+        if not cfg.dataset.download:
+            raise
+        console.print(f"dry run: {exc.args[0].split(';')[0]}; the run fetches it first (dataset.download: true), "
+                      "then checks the config against it; nothing was written", highlight=False)
         return EXIT_OK
-    run.save()
-    return _run_stages(run, args.address, commands.resume(run.uri), make_pool=args.make_pool)
+    pipeline.describe_plan(run, console)
+    console.print("dry run: nothing was written and no task started")
+    return EXIT_OK
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
     run = pipeline.reopened_run(args.run, args.overrides, args.config, make_pool=args.make_pool)
-    run.save()
-    return _run_stages(run, args.address, commands.resume(run.uri), make_pool=args.make_pool)
+    return _run_stages(args, run, commands.resume(run.uri), make_pool=args.make_pool)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -181,9 +206,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if not methods:
             raise ConfigError(f"{args.run} kept no checkpoints of every shard; a run keeps them with "
                               "--set condense.keep_checkpoints=true")
-    run.save()
     again = commands.evaluate(run.uri, args.overrides) + (" --snapshots" if args.snapshots else "")
-    return _run_stages(run, args.address, again, condensing=False, methods=methods, make_pool=args.make_pool)
+    return _run_stages(args, run, again, condensing=False, methods=methods, make_pool=args.make_pool)
 
 
 def cmd_pool(args: argparse.Namespace) -> int:
@@ -204,7 +228,7 @@ def cmd_pool(args: argparse.Namespace) -> int:
                       f"validation accuracy: {bins}; histogram {pool.histogram()}", highlight=False)
         return EXIT_OK
 
-    return _with_ray(args.address, commands.pool(args.source, sets), work)
+    return _drive(args, commands.pool(args.source, sets), work, writes=[pool.uri])
 
 
 def cmd_continual(args: argparse.Namespace) -> int:
@@ -229,15 +253,15 @@ def cmd_continual(args: argparse.Namespace) -> int:
         console.print(f"results: {cfg.output}/continual/report.md (results.parquet, accuracy.png)", highlight=False)
         return EXIT_OK
 
-    return _with_ray(args.address, commands.job("continual", args.source, sets), work)
+    return _drive(args, commands.job("continual", args.source, sets), work, writes=[cfg.output])
 
 
 def cmd_nas(args: argparse.Namespace) -> int:
     run = pipeline.reopened_run(args.run, args.overrides)
     pipeline.check_nas(run)
-    run.save()
 
     def work(where: str) -> int:
+        run.save()
         console.print(f"nas: running on {where}; run directory {run.uri}", highlight=False)
         scores, qualities = pipeline.run_nas(run, console)
         table = Table(title=f"NAS over {len({s.architecture for s in scores})} architectures: proxy quality")
@@ -250,7 +274,7 @@ def cmd_nas(args: argparse.Namespace) -> int:
         console.print(f"results: {run.path('nas', 'results.parquet')} (proxy-vs-whole.png)", highlight=False)
         return EXIT_OK
 
-    return _with_ray(args.address, commands.nas(run.uri, args.overrides), work)
+    return _drive(args, commands.nas(run.uri, args.overrides), work, writes=[run.uri])
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -301,31 +325,43 @@ def cmd_prepare(args: argparse.Namespace) -> int:
                   f"{args.out}")
         return EXIT_OK
 
-    return _with_ray(args.address, again, work, out=err)
+    return _drive(args, again, work, writes=[], out=err)
 
 
 # ------------------------------------------------------------------ execution
-def _run_stages(run: RunDir, address: str | None, again: str, condensing: bool = True,
+def _run_stages(args: argparse.Namespace, run: RunDir, again: str, condensing: bool = True,
                 methods: list[str] | None = None, make_pool: bool = False) -> int:
+    pool = pool_of(run.config, run.dataset) if make_pool else None
+
     def work(where: str) -> int:
+        run.save()
         console.print(f"{run.config.name}: running on {where}; run directory {run.uri}", highlight=False)
         _print_results(pipeline.run_stages(run, console, condensing=condensing, methods=methods,
                                            make_pool=make_pool), run)
         return EXIT_OK
 
-    return _with_ray(address, again, work)
+    return _drive(args, again, work, writes=[run.uri, *([pool.uri] if pool else [])],
+                  done=lambda: f"shards: {run_status(run).shard_summary()}")
 
 
-def _with_ray(address: str | None, again: str, work: Callable[[str], int], out: Console = console) -> int:
-    """``work(where)`` in a Ray session; when units failed, their errors, the command that
-    finishes (``again``) and exit 1 (3 when evaluation or NAS jobs failed)."""
+def _drive(args: argparse.Namespace, again: str, work: Callable[[str], int], *, writes: list[str],
+           done: Callable[[], str] | None = None, out: Console = console) -> int:
+    """``work(where)`` in a driver session (orchestrator.driver_session) over the directories it
+    ``writes``. Failed units: their errors, the command that finishes (``again``), exit 1 (3 for
+    evaluation or NAS jobs). SIGINT/SIGTERM: one line of what is done and ``again``, exit 128 + signal."""
     try:
-        with ray_session(address) as where:
+        with driver_session(args.address, writes, command=args.command_line, wait=getattr(args, "wait", False),
+                            notify=lambda message: out.print(message, highlight=False)) as where:
             return work(where)
     except StageFailed as exc:
         out.print(f"[red]{exc}[/]", highlight=False)
         out.print(f"Finish with: {again}", highlight=False)
         return EXIT_FAILED_EVALUATION if exc.stage in ("evaluate", "nas") else EXIT_FAILED_UNITS
+    except Interrupted as exc:
+        progress = f" {done()};" if done else ""
+        out.print(f"stopped by {exc.name}: the work in flight was cancelled and everything committed is kept;"
+                  f"{progress} finish with: {again}", highlight=False)
+        return exc.exit_code
 
 
 def _print_results(rows: list[TableRow], run: RunDir) -> None:

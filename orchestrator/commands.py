@@ -13,9 +13,25 @@ from collections.abc import Sequence
 PROGRAM = "dmcondense"
 
 
+SECRET_KEYS = "resources.worker_env."  # their values are never printed: see orchestrator.secrets
+
+
 def job(name: str, source: str, sets: Sequence[str] = ()) -> str:
-    """``dmcondense NAME SOURCE --set k=v ...``: a command that reads a config (or a run)."""
-    return shlex.join([PROGRAM, name, source, *(arg for s in sets for arg in ("--set", s))])
+    """``dmcondense NAME SOURCE --set k=v ...``: a command that reads a config (or a run); a
+    worker environment value is written as the shell variable of its name, never in clear."""
+    return " ".join([shlex.join([PROGRAM, name, source]), *(f"--set {_shown(s)}" for s in sets)])
+
+
+def shown_command_line(argv: Sequence[str]) -> str:
+    """A command line as it may be shown or stored: worker environment values hidden."""
+    return " ".join(_shown(a) if a.startswith(SECRET_KEYS) else shlex.quote(a) for a in [PROGRAM, *argv])
+
+
+def _shown(assignment: str) -> str:
+    key, _, value = assignment.partition("=")
+    if key.startswith(SECRET_KEYS):
+        return f'{shlex.quote(key)}="${key[len(SECRET_KEYS):]}"'
+    return shlex.quote(assignment)
 
 
 def resume(run_uri: str) -> str:

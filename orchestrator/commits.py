@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 from orchestrator import storage
 
 M = TypeVar("M", bound=BaseModel)
-State = Literal["committed", "corrupt", "failed", "in_progress", "pending"]
+State = Literal["committed", "corrupt", "foreign", "failed", "in_progress", "pending"]  # foreign: another config made it
 
 
 class CorruptFile(RuntimeError):

@@ -5,11 +5,38 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 from typing import Iterator
+from urllib.parse import urlsplit
 
 import ray
 
+from orchestrator.run_dir import RunError
+
 LOOPBACK = "127.0.0.1"
+ADDRESS_TIMEOUT_S = 10.0  # how long a cluster address may take to answer before the command stops
+DEFAULT_GCS_PORT = 6379
+
+
+def check_reachable(address: str | None) -> None:
+    """Fail within ADDRESS_TIMEOUT_S, in one line, when nothing answers at ``address`` (or
+    RAY_ADDRESS); Ray itself would retry for minutes. "auto" and "local" are Ray's to resolve."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is None or address in ("auto", "local"):
+        return
+    parts = urlsplit(address if "://" in address else f"ray://{address}")
+    try:
+        host, port = parts.hostname, parts.port or DEFAULT_GCS_PORT
+    except ValueError:
+        host = port = None
+    if not host:
+        raise RunError(f"--address {address}: expected HOST:PORT (or ray://HOST:PORT)")
+    try:
+        socket.create_connection((host, port), timeout=ADDRESS_TIMEOUT_S).close()
+    except OSError as exc:
+        reason = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise RunError(f"no Ray cluster answers at {address} ({reason} within {ADDRESS_TIMEOUT_S:g} s); start it "
+                       "or check the address, or leave out --address (and RAY_ADDRESS) to run on a local Ray") from None
 
 
 @contextlib.contextmanager

@@ -17,12 +17,12 @@ from orchestrator.config import RunConfig, apply_overrides, from_dict, load_conf
 from orchestrator.plan import PlanError, check_config_against_dataset, estimate_work, make_plan, planned_classes
 from orchestrator.pool_dir import pool_of, pool_root, pools_at
 from orchestrator.report import TableRow, report
-from orchestrator.run_dir import RunDir, RunError
-from orchestrator.run_identity import differing_keys, identity
+from orchestrator.run_dir import DamagedRecord, RunDir, RunError
+from orchestrator.run_identity import differing_keys, identity, unit_device
 from orchestrator.run_record import RunKind, RunRecord
 from orchestrator.stages import continual as continual_stage
 from orchestrator.stages.baselines import baselines
-from orchestrator.stages.condense import condense
+from orchestrator.stages.condense import condense, refuse_foreign_shards
 from orchestrator.stages.evaluate import evaluate
 from orchestrator.stages.nas import nas, sampled
 from orchestrator.stages.pool import make_pool as make_pool_stage
@@ -30,17 +30,18 @@ from workers.data import DatasetInfo, open_dataset
 
 
 def new_run(cfg: RunConfig, pool_hint: str = commands.pool("CONFIG"), make_pool: bool = False,
-            info: DatasetInfo | None = None, kind: RunKind = "run") -> RunDir:
+            info: DatasetInfo | None = None, kind: RunKind = "run", download: bool = True) -> RunDir:
     """The run ``cfg`` asks for at ``cfg.output``: the dataset opened once (its info goes into the
     record; pass ``info`` when known), the plan made or grown, everything checked, the pool too
-    unless ``make_pool`` (``pool_hint``: the command that makes it); nothing is written."""
-    info = info or dataset_info(cfg)
+    unless ``make_pool`` (``pool_hint``: the command that makes it); nothing is written, nothing
+    is fetched without ``download``."""
+    info = info or dataset_info(cfg, download)
     try:
         classes = planned_classes(cfg, info)
         check_config_against_dataset(cfg, info, classes)
         existing = ()
-        if RunDir.exists(cfg.output):
-            old = RunDir.load(cfg.output)
+        old = _existing_run(cfg.output)
+        if old is not None:
             _refuse_other_kind(old, kind)
             _refuse_other_images(old.config, cfg, cfg.output, allow_growth=True)
             existing = old.shards
@@ -48,15 +49,28 @@ def new_run(cfg: RunConfig, pool_hint: str = commands.pool("CONFIG"), make_pool:
     except PlanError as exc:
         raise RunError(str(exc)) from None
     run = RunDir(cfg.output, RunRecord.build(cfg, plan, info, kind))
+    refuse_foreign_shards(run)  # shards left by another configuration (say its run.json was deleted)
     if not make_pool:
         check_pool(run, pool_hint)
     return run
 
 
-def dataset_info(cfg: RunConfig) -> DatasetInfo:
-    """The dataset's info, found once in the driver (a statistics pass for raw sources)."""
+def _existing_run(uri: str) -> RunDir | None:
+    """The run already at ``uri``; None when there is none, or when its record is damaged: the new
+    record replaces it, and the units there are adopted only if their identities match."""
+    if not RunDir.exists(uri):
+        return None
+    try:
+        return RunDir.load(uri)
+    except DamagedRecord:
+        return None
+
+
+def dataset_info(cfg: RunConfig, download: bool = True) -> DatasetInfo:
+    """The dataset's info, found once in the driver (a statistics pass for raw sources); fetched
+    first where ``dataset.download`` allows it and ``download`` does."""
     d = cfg.dataset
-    return open_dataset(d.name, d.root, resolution=d.resolution, download=d.download).info
+    return open_dataset(d.name, d.root, resolution=d.resolution, download=d.download and download).info
 
 
 def check_pool(run: RunDir, hint: str) -> None:
@@ -98,7 +112,7 @@ def _refuse_other_kind(old: RunDir, kind: RunKind) -> None:
 def _refuse_other_images(old: RunConfig, new: RunConfig, uri: str, *, allow_growth: bool,
                          advice: str = f"resume it with its own config (`{commands.resume('RUN')}`) or start a new "
                                        "run with --out") -> None:
-    a, b = identity(old), identity(new)
+    a, b = identity(old, unit_device(new)), identity(new)  # both as the device that computes next sees them
     if allow_growth:  # a plan may grow: checked by make_plan
         a["plan"].pop("classes", None)
         b["plan"].pop("classes", None)

@@ -13,7 +13,9 @@ Stage modules call this and never Ray itself.
 from __future__ import annotations
 
 import time
+import contextlib
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -127,6 +129,21 @@ def check_fits(cpus: float, gpus: float, what: str) -> None:
 
 
 # ------------------------------------------------------------------ running
+_GUARDS: list[Callable[[], object]] = []
+
+
+@contextlib.contextmanager
+def guarded(check: Callable[[], object]) -> Iterator[None]:
+    """Call ``check`` between the units of every stage run meanwhile; what it raises stops the
+    stage (its work in flight cancelled), as an interrupt does."""
+    _GUARDS.append(check)
+    try:
+        yield
+    finally:
+        _GUARDS.remove(check)
+
+
+
 def run_tasks(fn: Callable[..., Any], work: Sequence[Work], *, options: dict[str, Any], label: str, unit: str,
               console: Console, shared: tuple = (), limit: int | None = None, with_context: bool = False,
               done_units: int = 0) -> Outcome:
@@ -147,7 +164,8 @@ def run_tasks(fn: Callable[..., Any], work: Sequence[Work], *, options: dict[str
 
     try:
         return _stream(work, submit, lambda ref, died: None, limit or len(work), board,
-                       ProgressDisplay(console, label, done_units + sum(w.units for w in work), unit, done=done_units))
+                       ProgressDisplay(console, label, done_units + sum(w.units for w in work), unit, done=done_units),
+                       cancel=_cancel)
     finally:
         if board is not None:
             ray.kill(board)
@@ -212,33 +230,42 @@ def _probe(value: Any) -> None:
 
 
 def _stream(work: Sequence[Work], submit: Callable[[Work], Any], release: Callable[[Any, bool], None],
-            limit: int, board: Any, display: ProgressDisplay) -> Outcome:
+            limit: int, board: Any, display: ProgressDisplay, cancel: Callable[[Any], None] = lambda ref: None) -> Outcome:
+    """Submit up to ``limit`` units at a time and collect them as they finish; whatever stops the
+    loop (an interrupt, a guard) cancels the units in flight on its way out."""
     if len({w.key for w in work}) != len(work):
         raise ValueError(f"work keys must be unique: {[w.key for w in work]}")
     queue = deque(work)
     running: dict[Any, Work] = {}
     outcome = Outcome()
     finished_units = display.completed
-    with display:
-        while queue or running:
-            while queue and len(running) < limit:
-                w = queue.popleft()
-                running[submit(w)] = w
-            ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
-            for ref in ready:
-                w = running.pop(ref)
-                try:
-                    outcome.results[w.key] = ray.get(ref)
-                    release(ref, False)
-                except RayError as exc:  # a unit's failure is recorded, the others go on
-                    outcome.failed[w.key] = short_error(exc)
-                    release(ref, isinstance(exc, RayActorError))
-                    display.print(f"[red]{w.key} failed:[/] {outcome.failed[w.key]}")
-                finished_units += w.units
-            partial = ray.get(board.snapshot.remote()) if board is not None else {}
-            in_flight = sum(min(partial.get(w.key, 0), w.units) for w in running.values())
-            display.update(finished_units + in_flight, f"{len(outcome.results)}/{len(work)} done, "
-                                                       f"{len(running)} in flight, {len(outcome.failed)} failed")
+    try:
+        with display:
+            while queue or running:
+                for check in _GUARDS:
+                    check()
+                while queue and len(running) < limit:
+                    w = queue.popleft()
+                    running[submit(w)] = w
+                ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
+                for ref in ready:
+                    w = running.pop(ref)
+                    try:
+                        outcome.results[w.key] = ray.get(ref)
+                        release(ref, False)
+                    except RayError as exc:  # a unit's failure is recorded, the others go on
+                        outcome.failed[w.key] = short_error(exc)
+                        release(ref, isinstance(exc, RayActorError))
+                        display.print(f"[red]{w.key} failed:[/] {outcome.failed[w.key]}")
+                    finished_units += w.units
+                partial = ray.get(board.snapshot.remote()) if board is not None else {}
+                in_flight = sum(min(partial.get(w.key, 0), w.units) for w in running.values())
+                display.update(finished_units + in_flight, f"{len(outcome.results)}/{len(work)} done, "
+                                                           f"{len(running)} in flight, {len(outcome.failed)} failed")
+    except BaseException:
+        for ref in running:
+            cancel(ref)
+        raise
     return outcome
 
 
@@ -247,6 +274,13 @@ def short_error(exc: BaseException) -> str:
     cause = getattr(exc, "cause", None) or exc
     text = f"{type(cause).__name__}: {cause}".strip()
     return text.splitlines()[-1][:300] if text else type(cause).__name__
+
+
+def _cancel(ref: Any) -> None:
+    try:
+        ray.cancel(ref, force=True)  # the worker process ends: its unit resumes from its last checkpoint
+    except Exception:  # noqa: BLE001 - already finished is fine
+        pass
 
 
 def _kill(actor: Any) -> None:

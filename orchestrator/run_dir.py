@@ -25,6 +25,15 @@ class RunError(RuntimeError):
     """A problem the user must fix before the run can go on; nothing computed is lost."""
 
 
+class DamagedRecord(RunError):
+    """RUN/run.json is there but unreadable; the units beside it are not affected."""
+
+
+# What to do about a damaged run.json: its units are intact and keep their own identities.
+_RECORD_FIX = ("the committed units are untouched: start the run again over them with `dmcondense run CONFIG --out "
+               "RUN` (its own config; units of another config are refused), or give a new run its own --out")
+
+
 @dataclass(frozen=True)
 class RunDir:
     uri: str
@@ -40,18 +49,29 @@ class RunDir:
         path = storage.join(uri, "run.json")
         if not storage.exists(path):
             raise RunError(f"{uri} is not a run directory (no run.json); start one with `{commands.new_run(uri)}`")
-        data = storage.read_json(path)
-        if "format" not in data:  # written by dmcondense 0.1
+        try:
+            data = storage.read_json(path)
+        except ValueError as exc:  # truncated, or not JSON at all
+            raise DamagedRecord(f"{path} is not readable JSON ({str(exc).splitlines()[0]}); {_RECORD_FIX}") from None
+        if not isinstance(data, dict) or not data:
+            raise DamagedRecord(f"{path} holds no run record; {_RECORD_FIX}")
+        if "format" not in data and "config" in data:  # written by dmcondense 0.1
             data = upgrade(data, _open_info(data["config"]))
+        data = RunRecord.restored(data)
         try:
             return cls(uri, RunRecord.model_validate(data))
         except ValidationError as exc:
-            raise RunError(f"{path} is not a run record this version reads: {exc.errors()[0]['msg']} "
-                           f"at {'.'.join(map(str, exc.errors()[0]['loc']))}") from None
+            raise DamagedRecord(f"{path} is not a run record this version reads: {exc.errors()[0]['msg']} "
+                           f"at {'.'.join(map(str, exc.errors()[0]['loc']))}; {_RECORD_FIX}") from None
 
     def save(self) -> None:
-        storage.ensure_dir(self.uri)
-        storage.write_json_atomic(self.path("run.json"), self.record.model_dump(mode="json"))
+        """Write RUN/run.json (the directory made first); an unwritable location is bad input."""
+        try:
+            storage.ensure_dir(self.uri)
+            storage.write_json_atomic(self.path("run.json"), self.record.dump())
+        except OSError as exc:
+            raise RunError(f"cannot write the run directory {self.uri} ({str(exc).splitlines()[0]}); choose a "
+                           "writable location with --out") from None
 
     def with_config(self, cfg: RunConfig) -> "RunDir":
         return RunDir(self.uri, self.record.with_config(cfg))

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict
 
 from orchestrator.config import RunConfig
 from orchestrator.run_identity import config_hash
+from orchestrator.secrets import redacted_config, restore
 from orchestrator.plan import ShardSpec
 from workers.data.types import DatasetInfo
 
@@ -53,6 +54,20 @@ class RunRecord(BaseModel):
     def build(cls, cfg: RunConfig, shards: list[ShardSpec], info: DatasetInfo, kind: RunKind = "run") -> "RunRecord":
         return cls(config=cfg, config_hash=config_hash(cfg), shards=tuple(shards), dataset=info,
                    versions=Versions.current(), kind=kind)
+
+    def dump(self) -> dict[str, Any]:
+        """run.json's content: the worker environment's values as fingerprints (orchestrator.secrets)."""
+        data = self.model_dump(mode="json")
+        return {**data, "config": redacted_config(data["config"])}
+
+    @staticmethod
+    def restored(data: dict[str, Any]) -> dict[str, Any]:
+        """run.json's content with each fingerprint taken back from this process's environment."""
+        resources = (data.get("config") or {}).get("resources") or {}
+        if not resources.get("worker_env"):
+            return data
+        env = restore(resources["worker_env"])
+        return {**data, "config": {**data["config"], "resources": {**resources, "worker_env": env}}}
 
     def with_config(self, cfg: RunConfig) -> "RunRecord":
         """The same run under settings that do not change its images (resources, evaluation)."""

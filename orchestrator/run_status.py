@@ -11,7 +11,7 @@ from orchestrator.artifacts.shards import shard_state
 from orchestrator.pool_dir import pool_of
 from orchestrator.run_dir import RunDir
 
-STATES = ("committed", "in_progress", "failed", "corrupt", "pending")
+STATES = ("committed", "in_progress", "failed", "corrupt", "foreign", "pending")
 
 
 @dataclass(frozen=True)

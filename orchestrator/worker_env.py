@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from orchestrator.config import ResourcesConfig
+from orchestrator.secrets import check_restored
 
 # glibc serves blocks above 32 MiB with fresh mmap pages and returns them on free, so a
 # training step whose activations exceed that pays a page fault per 4 KiB on every step
@@ -26,5 +27,6 @@ def allocator_environ(environ: dict[str, str], reuse_memory: bool) -> dict[str, 
 
 def runtime_env(resources: ResourcesConfig, **extra: str) -> dict[str, Any]:
     """The Ray runtime_env of the worker processes: the allocator settings, ``worker_env``, ``extra``."""
+    check_restored(resources.worker_env)
     env = {**(ALLOCATOR_ENV if resources.reuse_memory else {}), **resources.worker_env, **extra}
     return {"env_vars": env} if env else {}

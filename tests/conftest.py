@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import inspect
 import logging
 import os
+import re
 import sys
+import textwrap
 from pathlib import Path
 from typing import Iterator
 
@@ -23,6 +27,70 @@ SHARED_DATA = next(
 
 
 _EXIT_STATUS: list[int] = []
+
+# ---------------------------------------------------------------- test tiers, by rule
+# A test is in the slow tier (marker "ray") when it, a fixture it uses or a helper of its module
+# it calls starts Ray or a subprocess: these patterns are how the suite does either. The fast
+# tier (-m "not ray") gives each test FAST_TIMEOUT_S and fails any test that starts Ray anyway.
+_SLOW = re.compile(
+    r"\bray\.init\(|\bray_session\(|start_local_ray\(|\bCluster\(|\bsubprocess\.|\bPopen\("
+    r"|\b(cpu_ray|local_ray|ray_cluster)\b"
+    r"|\bmain\(\s*\[?\s*[\"'](run|resume|evaluate|pool|continual|nas|prepare)[\"']"
+    r"|\b(run_cli|cli)\(\s*[\"'](run|resume|evaluate|pool|continual|nas|prepare)[\"']"
+)
+FAST_TIMEOUT_S = 60
+
+
+def _source(obj: object) -> str:
+    try:
+        return textwrap.dedent(inspect.getsource(obj))
+    except (OSError, TypeError):
+        return ""
+
+
+def _called_helpers(source: str, module: object, depth: int = 2) -> str:
+    """The sources of the module's own functions that ``source`` calls, followed ``depth`` levels."""
+    if depth == 0 or not source:
+        return ""
+    try:
+        names = {n.func.id for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+    except SyntaxError:
+        return ""
+    helpers = [getattr(module, n) for n in names if inspect.isfunction(getattr(module, n, None))
+               and getattr(module, n).__module__ == getattr(module, "__name__", None)]
+    return "".join(_source(h) + _called_helpers(_source(h), module, depth - 1) for h in helpers)
+
+
+def starts_ray_or_a_process(item: pytest.Item) -> bool:
+    fn = getattr(item, "function", None)
+    module = getattr(item, "module", None)
+    text = _source(fn) + _called_helpers(_source(fn), module)
+    for name in getattr(item, "fixturenames", ()):
+        defs = item._fixtureinfo.name2fixturedefs.get(name, ()) if hasattr(item, "_fixtureinfo") else ()
+        text += "".join(_source(d.func) for d in defs) + f" {name} "
+    return bool(_SLOW.search(text))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("ray") is None and starts_ray_or_a_process(item):
+            item.add_marker(pytest.mark.ray)
+        if item.get_closest_marker("ray") is None and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(FAST_TIMEOUT_S))
+
+
+@pytest.fixture(autouse=True)
+def _fast_tier_starts_no_ray(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fast-tier test that starts Ray fails at once, naming the rule (what it missed)."""
+    if request.node.get_closest_marker("ray") is not None:
+        return
+    import ray
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        pytest.fail(f"{request.node.nodeid} starts Ray but the tier rule (tests/conftest.py, _SLOW) did not see it: "
+                    "start it through a fixture or helper the rule knows", pytrace=False)
+
+    monkeypatch.setattr(ray, "init", refuse)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -3,6 +3,8 @@ nothing is written and no Ray starts."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from orchestrator.cli import main
@@ -49,10 +51,23 @@ def test_missing_mnist_files_with_a_failed_download_in_one_line(capsys, tmp_path
         raise URLError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(sources_mod, "_torchvision", lambda: SimpleNamespace(datasets=SimpleNamespace(MNIST=offline)))
-    out = _fails_before_any_work(capsys, tmp_path, ["run", str(REPO / "configs" / "mnist-ipc1.yaml"), "--dry-run",
+    out = _fails_before_any_work(capsys, tmp_path, ["run", str(REPO / "configs" / "mnist-ipc1.yaml"),
                                                     "--set", "dataset.root=/nonexistent"])
     assert len(out.strip().splitlines()) == 1
     assert "train-images-idx3-ubyte" in out and "/nonexistent/MNIST/raw" in out and "dataset.download" in out
+
+
+def test_a_dry_run_of_a_shipped_config_fetches_nothing_and_writes_nothing(capsys, tmp_path, monkeypatch):
+    def no_download(*args, **kwargs):
+        raise AssertionError("a dry run must not download")
+
+    monkeypatch.setattr(sources_mod, "_torchvision", lambda: SimpleNamespace(datasets=SimpleNamespace(
+        CIFAR10=no_download)))
+    monkeypatch.chdir(tmp_path)  # the shipped config's dataset.root (data) and output (runs/...) are relative
+    assert main(["run", str(REPO / "configs" / "cifar10-ipc10.yaml"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "data/cifar-10-batches-py" in out and "nothing was written" in out and len(out.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_yaml_syntax_error_names_the_file_and_line(capsys, tmp_path):

@@ -69,10 +69,19 @@ def test_overrides_are_read_as_yaml_and_defaults_follow_the_paper():
 
 def test_hash_covers_what_changes_the_images_only():
     a = load_config(None)
-    b = load_config(None, ["evaluate.num_models=3", "resources.gpus_per_shard=0", "output=elsewhere"])
+    b = load_config(None, ["evaluate.num_models=3", "resources.max_retries=1", "output=elsewhere", "name=other",
+                           "condense.checkpoint_every=7", "condense.keep_checkpoints=true", "dataset.download=true"])
     c = load_config(None, ["condense.ipc=3"])
     assert config_hash(a) == config_hash(b) != config_hash(c)
     assert differing_keys(identity(a), identity(c)) == ["condense.ipc"]
+
+
+def test_cuda_numerics_are_identity_only_where_the_units_compute_on_cuda():
+    on_gpu, tf32_off = load_config(None), load_config(None, ["precision.tf32=false"])  # a GPU per shard
+    assert differing_keys(identity(on_gpu), identity(tf32_off)) == ["precision.tf32"]
+    cpu = ["resources.gpus_per_shard=0"]
+    assert identity(load_config(None, cpu)) == identity(load_config(None, [*cpu, "precision.tf32=false"]))
+    assert identity(load_config(None, ["resources.device=cpu"])) == identity(load_config(None, cpu))
 
 
 def test_every_shipped_config_validates():

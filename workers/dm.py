@@ -26,7 +26,7 @@ from workers.augment import DEFAULT_STRATEGY, DSAParams, apply_dsa, draw_params
 from workers.data.types import DatasetInfo, ImageSet
 from workers.devices import Precision, compile_problem
 from workers.matching import (
-    BlendNetworks, NetworkSource, PoolNetworks, PoolStates, RandomNetworks, cfd, cfd_frequencies, mmd,
+    BlendNetworks, NetworkSource, PoolNetworks, PoolStates, RandomNetworks, matching_loss,
 )
 from workers.networks import build_network, uses_batchnorm
 from workers.parameterize import decode, encode
@@ -36,7 +36,6 @@ from workers.seeding import derive_seed, generator
 # Real images normalised and augmented per call of apply_dsa (fp32 3x32x32: 12 MiB).
 _AUGMENT_BLOCK = 1024
 LOSS_EVERY_CUDA = 20
-CFD_FREQUENCIES = 256
 
 
 @dataclass(frozen=True)
@@ -209,6 +208,7 @@ class DMCondenser:
         self.pool = pool.to(self.device) if pool is not None else None
         self.net = None if self.pixels else self._build_network(info)
         self.networks = self._network_source()
+        self.matching = matching_loss(settings.loss, settings.kernel)
         # the final state of the pool network drawn, for the cross-entropy term
         self.expert = self._build_network(info) if settings.ce_weight > 0 and settings.ce_network == "trained" else None
         self.batchnorm = not self.pixels and uses_batchnorm(settings.model)
@@ -362,15 +362,12 @@ class DMCondenser:
         s = self.settings
         x = self._syn_augmented(draw.params)
         syn = self._syn_embeddings(x)
-        if s.loss == "mean" or (s.loss == "mmd" and s.kernel == "linear"):
-            total = ((self._real_means(draw.batch, draw.params) - syn.mean(dim=1)) ** 2).sum()
+        if self.matching.means_only:
+            real, weights = self._real_means(draw.batch, draw.params), None
         else:
             real, weights = self._real_embeddings(draw.batch, draw.params)
-            if s.loss == "mmd":
-                total = mmd(real, weights, syn, s.kernel)
-            else:
-                gen = generator(derive_seed(self.seed, "iter", self.iteration, "cfd"), self.device)
-                total = cfd(real, weights, syn, cfd_frequencies(real, weights, CFD_FREQUENCIES, gen))
+        total = self.matching(real, weights, syn,
+                              lambda: generator(derive_seed(self.seed, "iter", self.iteration, "cfd"), self.device))
         if s.ce_weight > 0:
             total = total + s.ce_weight * self._cross_entropy(x, syn, draw.network)
         return total

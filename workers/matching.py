@@ -15,8 +15,9 @@ shard draws what an uninterrupted one does.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import torch
 from torch import nn
@@ -27,6 +28,7 @@ from workers.seeding import derive_seed
 # Gaussian bandwidths, as multiples of the mean squared distance between a class's real
 # embeddings (measured anew every iteration, on the detached real side)
 RBF_SCALES = (0.25, 1.0, 4.0)
+CFD_FREQUENCIES = 256  # frequencies per class at which the characteristic functions are compared
 
 
 State = dict[str, torch.Tensor]
@@ -144,3 +146,61 @@ def mmd(real: torch.Tensor, weights: torch.Tensor, syn: torch.Tensor, kernel: st
         term_ss = k[2].mean(dim=(1, 2))
         total = total + (term_rr - 2 * term_rs + term_ss).sum()
     return total
+
+
+# ------------------------------------------------------------------ matching losses
+class MatchingLoss(Protocol):
+    """How the real and synthetic embeddings of every class are compared, summed over classes."""
+
+    means_only: ClassVar[bool]  # needs only the real class means [K, D] (streamed), else every embedding
+
+    def __call__(self, real: torch.Tensor, weights: torch.Tensor | None, syn: torch.Tensor,
+                 generator: Callable[[], torch.Generator]) -> torch.Tensor:
+        """``real``: [K, D] means, or [K, n, D] embeddings with ``weights`` [K, n] (0: padding);
+        ``syn``: [K, m, D]; ``generator``: this iteration's stream, for losses that draw."""
+
+
+@dataclass(frozen=True)
+class MeanLoss:
+    """DM: the squared distance of the class means (kernel MMD with the linear kernel is the same)."""
+
+    means_only: ClassVar[bool] = True
+
+    def __call__(self, real: torch.Tensor, weights: torch.Tensor | None, syn: torch.Tensor,
+                 generator: Callable[[], torch.Generator]) -> torch.Tensor:
+        return ((real - syn.mean(dim=1)) ** 2).sum()
+
+
+@dataclass(frozen=True)
+class KernelMMD:
+    """M3D: the MMD with a Gaussian kernel of several bandwidths (``mmd``)."""
+
+    kernel: str
+    means_only: ClassVar[bool] = False
+
+    def __call__(self, real: torch.Tensor, weights: torch.Tensor | None, syn: torch.Tensor,
+                 generator: Callable[[], torch.Generator]) -> torch.Tensor:
+        return mmd(real, weights, syn, self.kernel)
+
+
+@dataclass(frozen=True)
+class CharacteristicFunctions:
+    """NCFM: the distance of the empirical characteristic functions at frequencies drawn each iteration."""
+
+    frequencies: int = CFD_FREQUENCIES
+    means_only: ClassVar[bool] = False
+
+    def __call__(self, real: torch.Tensor, weights: torch.Tensor | None, syn: torch.Tensor,
+                 generator: Callable[[], torch.Generator]) -> torch.Tensor:
+        return cfd(real, weights, syn, cfd_frequencies(real, weights, self.frequencies, generator()))
+
+
+def matching_loss(loss: str, kernel: str) -> MatchingLoss:
+    """The loss named by ``condense.loss`` and ``condense.kernel``."""
+    if loss == "mean" or (loss == "mmd" and kernel == "linear"):
+        return MeanLoss()
+    if loss == "mmd":
+        return KernelMMD(kernel)
+    if loss == "cfd":
+        return CharacteristicFunctions()
+    raise ValueError(f"unknown matching loss {loss!r}; choose mean, mmd or cfd")

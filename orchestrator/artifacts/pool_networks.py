@@ -46,6 +46,7 @@ class NetworkManifest(BaseModel):
     wall_time_s: float
     device: str
     host: str
+    pool: str | None = None  # the key of the pool it was trained for; None: made before identities
 
 
 def network_name(index: int) -> str:
@@ -58,6 +59,8 @@ def network_seed(pool: PoolDir, index: int) -> int:
 
 def network_state(pool: PoolDir, index: int, *, deep: bool = True) -> UnitState[NetworkManifest]:
     st = commits.read_state(pool, pool.manifest(index), NetworkManifest, deep=deep)
+    if st.manifest is not None and st.manifest.pool not in (None, pool.record.key):
+        return UnitState("foreign", f"trained for pool {st.manifest.pool}, not {pool.record.key}", st.manifest)
     if st.state == "pending" and commits.failure_of(pool.failure(index)) is not None:
         return UnitState("failed", commits.failure_of(pool.failure(index)) or "")
     return st
@@ -74,7 +77,7 @@ def commit_network(pool: PoolDir, index: int, trained: TrainedNetwork, labels: n
     manifest = NetworkManifest(index=index, seed=network_seed(pool, index), files=files, steps=trained.steps,
                                val_accuracy=trained.val_accuracy, train_images=len(train_rows),
                                wall_time_s=round(time.time() - started, 3), device=str(device),
-                               host=socket.gethostname())
+                               host=socket.gethostname(), pool=pool.record.key)
     commits.write_manifest(pool.manifest(index), manifest)
     return manifest
 

@@ -19,6 +19,7 @@ from orchestrator import commits, storage
 from orchestrator.commits import FileEntry, UnitState
 from orchestrator.plan import ShardSpec
 from orchestrator.run_dir import RunDir
+from orchestrator.run_identity import differing_keys, shard_identity
 from workers.data.tensor_table import tensor_table, to_parquet_bytes
 
 STAGE = "condense"  # where a shard's failure is recorded (RUN/failed/condense/)
@@ -47,11 +48,22 @@ class ShardManifest(BaseModel):
     compile: str = "off"  # on | on, CUDA graphs | off | off: <why the worker could not compile>
     host: str
     node_id: str | None = None
+    identity: dict | None = None  # run_identity.shard_identity on its device; None: made before identities
+
+
+def device_type(manifest: ShardManifest) -> str:
+    return manifest.device.split(":")[0]
 
 
 def shard_state(run: RunDir, spec: ShardSpec, *, deep: bool = True) -> UnitState[ShardManifest]:
     """committed, corrupt (files or manifest no longer match), failed, in_progress or pending."""
     st = commits.read_state(run, run.manifest(spec), ShardManifest, deep=deep)
+    if st.manifest is not None and st.manifest.identity is not None:
+        expected = shard_identity(run.config, device_type(st.manifest))
+        keys = differing_keys(st.manifest.identity, expected)
+        if keys:
+            return UnitState("foreign", f"condensed under another configuration (differing keys: {', '.join(keys)})",
+                             st.manifest)
     if st.manifest is not None and (st.manifest.classes != list(spec.class_ids) or st.manifest.seed != spec.seed):
         return UnitState("corrupt", "manifest does not match the plan (classes or seed differ)", st.manifest)
     if st.state != "pending":
@@ -75,7 +87,8 @@ def commit_shard(run: RunDir, spec: ShardSpec, images: torch.Tensor, labels: tor
     table = tensor_table(images.numpy(), labels.numpy(), info.class_names, index=True, metadata=meta)
     entry = commits.write_file(run, run.shard_file(spec), to_parquet_bytes(table), len(labels))
     manifest = ShardManifest(shard_id=spec.shard_id, classes=list(spec.class_ids), seed=spec.seed, rows=entry.rows,
-                             sha256=entry.sha256, files={"dm": entry}, host=socket.gethostname(), **fields)
+                             sha256=entry.sha256, files={"dm": entry}, host=socket.gethostname(),
+                             identity=shard_identity(run.config, fields["device"].split(":")[0]), **fields)
     commits.write_manifest(run.manifest(spec), manifest)
     return manifest
 

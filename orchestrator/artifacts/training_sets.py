@@ -31,7 +31,8 @@ class TrainingSet:
 
 
 def training_set(run: RunDir, method: str) -> TrainingSet:
-    """Where ``method``'s images are, checked once against the manifests (no file read)."""
+    """Where ``method``'s images are, every file checked once against its manifest's sha256, so
+    that a corrupt unit is named here, with the command that mends it, before any work starts."""
     iteration = snapshot_iteration(method)
     if iteration is not None:
         paths = tuple(run.relative(run.snapshot(spec, iteration)) for spec in run.shards)
@@ -39,7 +40,10 @@ def training_set(run: RunDir, method: str) -> TrainingSet:
                            factor=run.config.condense.factor)
     files = []
     for spec in run.shards:
-        st = shard_state(run, spec, deep=False) if method == "dm" else selection_state(run, spec, method, deep=False)
+        st = shard_state(run, spec) if method == "dm" else selection_state(run, spec, method)
+        if st.state == "foreign":
+            raise RunError(f"{spec.name} was {st.detail}; this run would not reproduce it: give a run of this "
+                           "configuration its own directory with --out")
         if st.state != "committed":
             what = spec.name if method == "dm" else f"the {method} selection of {spec.name}"
             fix = commands.resume(run.uri) if method == "dm" else commands.evaluate(run.uri)

@@ -31,10 +31,15 @@ STAGE = selections.STAGE
 def baselines(run: RunDir, methods: list[str], console: Console) -> None:
     """Select what is missing of ``methods`` for every shard; raises StageFailed naming the
     shards whose selection failed (the others are committed)."""
-    units = []
+    units, other_settings = [], 0
     for spec in run.shards:
-        missing = [m for m in methods if selections.selection_state(run, spec, m).state != "committed"]
+        states = {m: selections.selection_state(run, spec, m) for m in methods}
+        missing = [m for m, st in states.items() if st.state != "committed"]
+        other_settings += sum(st.manifest is not None for st in states.values() if st.state != "committed")
         units.append(Unit(spec.name, (spec, missing), committed=not missing, failure=run.failure(STAGE, spec)))
+    if other_settings:
+        console.print(f"baselines: {other_settings} selections were made under other settings or no longer verify; "
+                      "selecting them again", highlight=False)
     r = run.config.resources
     stage = UnitStage(STAGE, "shards", "shards", select_baselines, ray_work.task_options(run.config), shared=(run,),
                       needs=Needs("a baseline selection", r), limit=r.max_concurrent_shards)

@@ -24,7 +24,7 @@ from orchestrator.components.settings import dm_settings
 from orchestrator.components.worker_setup import run_reader, task_device
 from orchestrator.plan import ShardSpec
 from orchestrator.pool_dir import PoolDir
-from orchestrator.run_dir import RunDir
+from orchestrator.run_dir import RunDir, RunError
 from orchestrator.stage_runner import Needs, Unit, UnitStage, run_units
 from workers.dm import DMCondenser
 from workers.matching import PoolStates
@@ -44,6 +44,7 @@ def condense(run: RunDir, console: Console) -> None:
     """Compute every shard of the plan that has no valid commit; raises StageFailed naming the
     shards that failed after their retries (the others are committed)."""
     r, iterations = run.config.resources, run.config.condense.iterations
+    refuse_foreign_shards(run)
     units = []
     for spec in run.shards:
         st = shards.shard_state(run, spec)
@@ -54,6 +55,17 @@ def condense(run: RunDir, console: Console) -> None:
                       needs=Needs("a shard", r),
                       limit=r.max_concurrent_shards, with_context=True)
     run_units(stage, units, console)
+
+
+def refuse_foreign_shards(run: RunDir) -> None:
+    """Before any task starts: a committed shard of another configuration is never adopted."""
+    foreign = [(spec.name, st.detail) for spec in run.shards
+               if (st := shards.shard_state(run, spec, deep=False)).state == "foreign"]
+    if foreign:
+        names = ", ".join(name for name, _ in foreign[:5]) + (" ..." if len(foreign) > 5 else "")
+        raise RunError(f"{run.uri} holds shards {foreign[0][1]}: {names}; this configuration would not reproduce "
+                       "them: resume that run with its own configuration, or give this one its own directory "
+                       "with --out")
 
 
 # ------------------------------------------------------------------ the task body

@@ -1,0 +1,61 @@
+"""What a command that writes a run (or pool) directory holds while it works, in this order:
+
+1. the cluster answers (``--address``, RAY_ADDRESS) within ``ADDRESS_TIMEOUT_S``: nothing is
+   written for a cluster that is not there;
+2. the lease of every directory it writes (``orchestrator.lease``): a second driver stops at
+   once, or waits with ``--wait``;
+3. the Ray session;
+4. SIGINT and SIGTERM turned into ``Interrupted``: the work in flight is cancelled (the one Ray
+   helper cancels its tasks and kills its actors on the way out), what is committed stays, the
+   leases are released, and the CLI says what is done and which command finishes;
+5. a check of the leases between units: a driver whose lease was taken over stops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from collections.abc import Callable, Iterator, Sequence
+
+from orchestrator import lease, ray_work
+from orchestrator.local_ray import check_reachable, ray_session
+
+
+class Interrupted(Exception):
+    """The driver got SIGINT or SIGTERM."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+        super().__init__(self.name)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+
+
+@contextlib.contextmanager
+def driver_session(address: str | None, writes: Sequence[str], *, command: str, wait: bool = False,
+                   notify: Callable[[str], None] = lambda message: None) -> Iterator[str]:
+    """Yields where work runs (module docstring); ``writes``: the directories this command writes."""
+    check_reachable(address)
+    with contextlib.ExitStack() as stack:
+        held = [stack.enter_context(lease.acquire(d, command, wait=wait, notify=notify)) for d in writes]
+        where = stack.enter_context(ray_session(address))
+        stack.enter_context(_signals_interrupt())
+        stack.enter_context(ray_work.guarded(lambda: [h.check() for h in held]))
+        yield where
+
+
+@contextlib.contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """SIGINT and SIGTERM raise ``Interrupted`` in the driver (after Ray set its own handlers)."""
+    def interrupt(signum: int, frame: object) -> None:
+        raise Interrupted(signum)
+
+    saved = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
