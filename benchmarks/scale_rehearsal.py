@@ -229,6 +229,28 @@ class StoreSampler(threading.Thread):
         self.sample()
 
 
+class NodeLoss(threading.Thread):
+    """Removes the last worker node, raylet and workers at once, when ``after`` shards are committed."""
+
+    def __init__(self, cluster: Any, root: Path, after: int) -> None:
+        super().__init__(daemon=True)
+        self.cluster, self.root, self.after = cluster, root, after
+        self.removed_at: int | None = None
+        self.start()
+
+    def run(self) -> None:
+        node = list(self.cluster.worker_nodes)[-1]
+        while (done := len(list((self.root / "manifest").glob("*.json")))) < self.after:
+            time.sleep(0.02)
+        self.cluster.remove_node(node, allow_graceful=False)
+        self.removed_at = done
+
+    def finish(self) -> dict[str, Any]:
+        self.join(timeout=60)
+        _check(self.removed_at is not None, f"the node was never removed ({self.after} commits awaited)")
+        return {"after_commits": self.removed_at, "nodes_alive_after": sum(n["Alive"] for n in ray.nodes())}
+
+
 def check_exactly_once(run: Any, kills: dict[str, str]) -> dict[str, Any]:
     """Every class in exactly one valid shard, every shard committed once, every kill retried."""
     from orchestrator.artifacts.shards import shard_state
@@ -278,7 +300,11 @@ def rehearse(args: argparse.Namespace) -> dict[str, Any]:
         with simulated_cluster(args.nodes, args.gpus_per_node, args.cpus_per_node, args.object_store_mb) as cluster:
             figures = {"nodes": args.nodes, "fake_gpus": args.nodes * args.gpus_per_node, "classes": args.classes,
                        "cluster_start_s": round(time.perf_counter() - started, 1)}
+            loss = NodeLoss(cluster, Path(uri), math.ceil(args.lose_node_at * len(run.shards))) \
+                if args.lose_node_at is not None else None
             figures.update(_schedule(run, kills, cluster.address, quiet=args.json))
+            if loss is not None:
+                figures["node_lost"] = loss.finish()
         figures.update(check_exactly_once(run, kills), shards_per_node=shards_per_node(uri))
         return {**figures, "run": uri if args.out else None}
     finally:
@@ -337,6 +363,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-retries", type=int, default=3, help="resources.max_retries")
     p.add_argument("--task-seconds", type=float, default=0.05, help="the stand-in's sleep per shard")
     p.add_argument("--object-store-mb", type=int, default=80, help="per node")
+    p.add_argument("--lose-node-at", type=float, default=None, metavar="F",
+                   help="remove a whole worker node once this share of shards is committed (node loss)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="keep the run directory here (default: a temporary, removed at the end)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON only")
@@ -357,6 +385,9 @@ def _print(f: dict[str, Any]) -> None:
           f"(capacity {store['capacity_bytes'] / 2**20:.0f} MiB)")
     print(f"kills: {f['kills_injected']} injected {f['kills_by_point']}, {f['killed_shards_retried']} retried by Ray, "
           f"{f['extra_attempts']} extra attempts")
+    if "node_lost" in f:
+        print(f"node loss: a worker node removed after {f['node_lost']['after_commits']} commits, "
+              f"{f['node_lost']['nodes_alive_after']} nodes left; its shards ran again elsewhere")
     print(f"exactly once: every class in one committed shard, every shard committed once "
           f"({f['committed']} committed, {f['failed']} failed)")
 

@@ -20,10 +20,11 @@ from orchestrator.artifacts.scores import read_results
 from orchestrator.artifacts.shards import SNAPSHOT_PREFIX, snapshot_iterations
 from orchestrator.commits import CorruptFile
 from orchestrator.config import ConfigError, RunConfig, load_config
+from orchestrator.export import FORMATS as EXPORT_FORMATS
 from orchestrator.export import export_run
 from orchestrator.driver_session import Interrupted, driver_session
 from orchestrator.pool_dir import PoolDir, pool_of
-from orchestrator.report import TableRow, report
+from orchestrator.report import TableRow, has_fair_scores, report
 from orchestrator.run_dir import RunDir, RunError
 from orchestrator.run_status import run_status
 from orchestrator.stages import StageFailed
@@ -117,8 +118,10 @@ def _parser() -> argparse.ArgumentParser:
 
     ex = sub.add_parser("export", help="export the synthetic set")
     ex.add_argument("run")
-    ex.add_argument("--format", required=True, choices=["pt", "npz", "png"])
-    ex.add_argument("--to", required=True, help="output file (pt, npz) or folder (png)")
+    ex.add_argument("--format", required=True, choices=list(EXPORT_FORMATS),
+                    help="pt: the official DM code's layout; npz; png or imagefolder: torchvision's ImageFolder; "
+                         "hf: a Hugging Face datasets folder with its card (pip install 'dmcondense[hf]')")
+    ex.add_argument("--to", required=True, help="output file (pt, npz) or folder (png, imagefolder, hf)")
     ex.set_defaults(func=cmd_export)
 
     pr = sub.add_parser("prepare", help="prepare a dataset as per-class Parquet, in parallel")
@@ -232,7 +235,9 @@ def cmd_pool(args: argparse.Namespace) -> int:
 
 
 def cmd_continual(args: argparse.Namespace) -> int:
-    sets = _job_sets(args)
+    # without --out, a continual run gets a directory of its own beside the config's plain run
+    sets = _job_sets(args) if args.out else [*args.overrides,
+                                             f"output={load_config(args.source, args.overrides).output}-continual"]
     cfg = load_config(args.source, sets)
     info = pipeline.dataset_info(cfg)
     check_continual(cfg, info)
@@ -366,12 +371,13 @@ def _drive(args: argparse.Namespace, again: str, work: Callable[[str], int], *, 
 
 def _print_results(rows: list[TableRow], run: RunDir) -> None:
     if rows:
-        table = Table(title="test accuracy (%)")
-        for col in ("method", "model", "networks", "mean ± std", "paper"):
+        fair = has_fair_scores(rows)
+        table = Table(title="test accuracy (%)" + (", and DD-Ranking's fair scores (report.md says how)" if fair else ""))
+        for col in ("method", "model", "networks", "mean ± std", "paper", *(("IOR", "HLR", "LRS") if fair else ())):
             table.add_column(col)
         for r in rows:
             paper = f"{r.paper:.1f}" if r.paper is not None else "-"
-            table.add_row(r.label, r.model, str(r.n), f"{r.mean:.2f} ± {r.std:.2f}", paper)
+            table.add_row(r.label, r.model, str(r.n), f"{r.mean:.2f} ± {r.std:.2f}", paper, *(r.fair if fair else ()))
         console.print(table)
     console.print(f"report: {run.path('report.md')} (grid.png, loss.png)", highlight=False)
 

@@ -273,8 +273,31 @@ class ResourcesConfig(_Strict):
         return env
 
 
+class TeacherConfig(_Strict):
+    """The network that relabels every augmented batch under soft labels (evaluate.labels: soft)."""
+
+    source: Literal["pool", "torchvision"] = Field(
+        default="pool", description="pool: the final state of the run's pool network with the best validation "
+        "accuracy (pool: section); torchvision: arch with weights from a file or URI")
+    arch: str | None = Field(default=None, description="torchvision: a torchvision.models classification "
+                             "architecture, e.g. resnet18")
+    weights: str | None = Field(default=None, description="torchvision: a path or URI of its state dict")
+
+    @model_validator(mode="after")
+    def _complete(self) -> "TeacherConfig":
+        if self.source == "torchvision" and not (self.arch and self.weights):
+            raise ValueError("evaluate.teacher.source torchvision needs evaluate.teacher.arch and "
+                             "evaluate.teacher.weights (a path or URI of its state dict)")
+        return self
+
+
 class EvaluateConfig(_Strict):
     models: list[str] = Field(default_factory=lambda: ["ConvNet"])
+    labels: Literal["hard", "soft"] = Field(
+        default="hard", description="hard: the paper's protocol; soft: a teacher (evaluate.teacher) relabels every "
+        "augmented batch and the networks learn its distribution at evaluate.temperature (DD-Ranking's protocol)")
+    temperature: float = Field(default=1.2, gt=0, description="soft labels: the temperature of teacher and student")
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
 
     @field_validator("models")
     @classmethod

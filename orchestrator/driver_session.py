@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import threading
 from collections.abc import Callable, Iterator, Sequence
 
 from orchestrator import lease, ray_work
 from orchestrator.local_ray import check_reachable, ray_session
+from orchestrator.run_dir import RunError
 
 
 class Interrupted(Exception):
@@ -40,16 +42,30 @@ def driver_session(address: str | None, writes: Sequence[str], *, command: str, 
     """Yields where work runs (module docstring); ``writes``: the directories this command writes."""
     check_reachable(address)
     with contextlib.ExitStack() as stack:
-        held = [stack.enter_context(lease.acquire(d, command, wait=wait, notify=notify)) for d in writes]
+        held = [stack.enter_context(_lease(d, command, wait, notify)) for d in writes]
         where = stack.enter_context(ray_session(address))
         stack.enter_context(_signals_interrupt())
         stack.enter_context(ray_work.guarded(lambda: [h.check() for h in held]))
         yield where
 
 
+def _lease(folder: str, command: str, wait: bool, notify: Callable[[str], None]) -> lease.Lease:
+    """The directory's lease; a location that cannot be written is bad input, named here."""
+    try:
+        return lease.acquire(folder, command, wait=wait, notify=notify)
+    except OSError as exc:
+        raise RunError(f"cannot write {folder} ({str(exc).splitlines()[0]}); choose a writable location with "
+                       "--out") from None
+
+
 @contextlib.contextmanager
 def _signals_interrupt() -> Iterator[None]:
-    """SIGINT and SIGTERM raise ``Interrupted`` in the driver (after Ray set its own handlers)."""
+    """SIGINT and SIGTERM raise ``Interrupted`` in the driver (after Ray set its own handlers);
+    a driver run from another thread (an embedding program) leaves signals to that program."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
     def interrupt(signum: int, frame: object) -> None:
         raise Interrupted(signum)
 

@@ -1,17 +1,22 @@
-"""Exports of a run's synthetic set: pt (the official DM layout), npz, png folders."""
+"""Exports of a run's synthetic set: pt (the official DM code's layout), npz, png / imagefolder
+(torchvision's ImageFolder), hf (a Hugging Face datasets folder with its dataset card)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
 import numpy as np
 import torch
-from PIL import Image
+import yaml
 
-from orchestrator.run_dir import RunDir
+from orchestrator.artifacts.scores import read_results, summarize
 from orchestrator.artifacts.training_sets import read_method
-from workers.data import denormalize
+from orchestrator.report import synthetic_label
+from orchestrator.run_dir import RunDir
+from orchestrator.secrets import redacted_config
+from orchestrator.set_formats import ScoreRow, SetCard, pixels_uint8, write_hf, write_imagefolder
 
-FORMATS = ("pt", "npz", "png")
+FORMATS = ("pt", "npz", "png", "imagefolder", "hf")
 
 
 def export_run(run: RunDir, fmt: str, to: str) -> str:
@@ -32,23 +37,19 @@ def export_run(run: RunDir, fmt: str, to: str) -> str:
         np.savez_compressed(target, images=images.numpy(), labels=labels.numpy(), class_names=np.array(names),
                             mean=np.array(mean), std=np.array(std))
         return f"{target} ({len(labels)} images)"
-    return _export_png(images, labels, names, mean, std, target)
+    pixels = pixels_uint8(images, mean, std)
+    if fmt == "hf":
+        return write_hf(target, pixels, labels, names, set_card(run, len(labels)))
+    return write_imagefolder(target, pixels, labels, names)
 
 
-def _export_png(images: torch.Tensor, labels: torch.Tensor, names: list[str], mean: list[float],
-                std: list[float], target: Path) -> str:
-    """One folder per class (ImageFolder layout), images in pixel space."""
-    pixels = (denormalize(images, mean, std) * 255).round().to(torch.uint8)
-    counts: dict[int, int] = {}
-    for img, c in zip(pixels, labels.tolist()):
-        folder = target / f"{c:05d}_{_safe(names[c])}"
-        folder.mkdir(parents=True, exist_ok=True)
-        k = counts.get(c, 0)
-        counts[c] = k + 1
-        arr = img.permute(1, 2, 0).numpy()
-        Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).save(folder / f"{k:04d}.png")
-    return f"{target}/ ({len(labels)} images in {len(counts)} class folders)"
-
-
-def _safe(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)[:60]
+def set_card(run: RunDir, images: int) -> SetCard:
+    """The dataset card of the run's synthetic set: what it is, how it was made, what it scores."""
+    cfg, ds = run.config, run.dataset
+    rows = tuple(ScoreRow("hard labels", s.method, s.model, s.n, s.mean, s.std) for s in summarize(read_results(run)))
+    return SetCard(
+        dataset=ds.name, class_names=tuple(ds.class_names), images=images, ipc=cfg.condense.ipc,
+        image_size=(ds.channels, *ds.im_size), method=synthetic_label(cfg),
+        config_yaml=yaml.safe_dump(redacted_config(cfg.model_dump(mode="json")), sort_keys=False),
+        commit=run.record.versions.commit or f"dmcondense {run.record.versions.dmcondense}",
+        iterations=cfg.condense.iterations, scores=rows)

@@ -13,6 +13,7 @@ from orchestrator.artifacts.nas_results import NasScore, ProxyQuality
 from orchestrator.artifacts.pool_networks import check_pool_ready
 from orchestrator.artifacts.training_sets import training_set
 from orchestrator.components.eval_pool import actor_memory
+from orchestrator.components.teacher import check_teacher
 from orchestrator.config import RunConfig, apply_overrides, from_dict, load_config
 from orchestrator.plan import PlanError, check_config_against_dataset, estimate_work, make_plan, planned_classes
 from orchestrator.pool_dir import pool_of, pool_root, pools_at
@@ -74,9 +75,11 @@ def dataset_info(cfg: RunConfig, download: bool = True) -> DatasetInfo:
 
 
 def check_pool(run: RunDir, hint: str) -> None:
-    """Before any shard starts: the pool the run needs exists, verifies and has its group."""
+    """Before any shard starts: the pool the run needs exists, verifies and has its group; the
+    teacher of soft labels loads and fits the dataset."""
     pool = pool_of(run.config, run.dataset)
     if pool is None:
+        check_teacher(run)
         return
     others = [r.describe() for r in pools_at(pool_root(run.config)) if r.key != pool.record.key]
     try:
@@ -85,6 +88,7 @@ def check_pool(run: RunDir, hint: str) -> None:
     except RunError as exc:
         seen = f" (the pools there were made from other data or settings: {'; '.join(others)})" if others else ""
         raise RunError(f"{exc}{seen}") from None
+    check_teacher(run)
 
 
 def reopened_run(uri: str, overrides: list[str], config_path: str | None = None, make_pool: bool = False) -> RunDir:
@@ -104,9 +108,10 @@ def reopened_run(uri: str, overrides: list[str], config_path: str | None = None,
 
 
 def _refuse_other_kind(old: RunDir, kind: RunKind) -> None:
+    names = {"run": "a plain run (dmcondense run)", "continual": "a continual run (dmcondense continual)"}
     if old.record.kind != kind:
-        raise RunError(f"{old.uri} holds a {old.record.kind} run, not a {kind} run; give this one its own "
-                       "directory with --out")
+        raise RunError(f"{old.uri} holds {names[old.record.kind]}; {names[kind]} needs a directory of its own: "
+                       "pass another --out")
 
 
 def _refuse_other_images(old: RunConfig, new: RunConfig, uri: str, *, allow_growth: bool,
@@ -199,7 +204,8 @@ def describe_plan(run: RunDir, console: Console) -> None:
         mem = actor_memory(run)
         console.print(f"evaluation actors: about {mem.per_actor / 2**20:,.0f} MiB each (the training set "
                       f"{mem.training_set / 2**20:,.1f} MiB, a training step {mem.step / 2**20:,.0f} MiB, an upper "
-                      f"estimate), and the test split {mem.test_split / 2**20:,.1f} MiB once per node (object store)",
+                      f"estimate{f', the teacher {mem.teacher / 2**20:,.0f} MiB' if mem.teacher else ''}), and the "
+                      f"test split {mem.test_split / 2**20:,.1f} MiB once per node (object store)",
                       highlight=False)
     for spec in run.shards[:20]:
         console.print(f"  {spec.name}  seed {spec.seed:>20}  classes {','.join(map(str, spec.class_ids))}")

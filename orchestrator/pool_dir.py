@@ -128,6 +128,8 @@ def pools_at(root: str) -> list[PoolRecord]:
 
 
 def pool_of(cfg: RunConfig, info: DatasetInfo) -> PoolDir | None:
-    """The pool a run's shards or baselines read, if any."""
-    needed = cfg.condense.networks != "random" or "forgetting" in cfg.evaluate.baselines
+    """The pool a run's shards, baselines or soft labels' teacher read, if any."""
+    e = cfg.evaluate
+    needed = (cfg.condense.networks != "random" or "forgetting" in e.baselines
+              or (e.labels == "soft" and e.teacher.source == "pool"))
     return PoolDir.for_run(cfg, info) if needed else None

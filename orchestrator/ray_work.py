@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 
 import ray
 from ray.exceptions import RayActorError, RayError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from rich.console import Console
 
 from orchestrator import faults, worker_env
@@ -108,7 +109,13 @@ def _with_env(options: dict[str, Any], cfg: RunConfig) -> dict[str, Any]:
 
 
 def cluster_resources() -> dict[str, float]:
-    return dict(ray.cluster_resources())
+    """What the live nodes offer (a node just lost may still be counted by ray.cluster_resources)."""
+    total: dict[str, float] = {}
+    for node in ray.nodes():
+        if node.get("Alive"):
+            for key, value in node["Resources"].items():
+                total[key] = total.get(key, 0.0) + value
+    return total
 
 
 def check_fits(cpus: float, gpus: float, what: str) -> None:
@@ -156,14 +163,16 @@ def run_tasks(fn: Callable[..., Any], work: Sequence[Work], *, options: dict[str
         return Outcome()
     remote = ray.remote(fn).options(**options)
     refs = [ray.put(value) for value in shared]
-    board = _Board.remote() if with_context else None
+    # on the driver's node, which lives as long as the driver does; restarted (empty) if need be
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    board = _Board.options(scheduling_strategy=here, max_restarts=-1).remote() if with_context else None
 
     def submit(w: Work) -> Any:
         context = (TaskContext(board, w.key),) if board is not None else ()
         return remote.remote(*refs, *w.args, *context)
 
     try:
-        return _stream(work, submit, lambda ref, died: None, limit or len(work), board,
+        return _stream(work, submit, lambda ref, died: None, lambda running: running < (limit or len(work)), board,
                        ProgressDisplay(console, label, done_units + sum(w.units for w in work), unit, done=done_units),
                        cancel=_cancel)
     finally:
@@ -176,12 +185,31 @@ def run_on_actors(cls: type, init_args: tuple, method: str, work: Sequence[Work]
                   done_units: int = 0) -> Outcome:
     """``cls(*init_args).<method>(*work.args)`` on a pool of up to ``actors`` actors, one call per
     actor at a time. Ray restarts an actor that dies and runs its call again (``options``); an
-    actor lost for good is replaced by a fresh one, its call counted as failed."""
+    actor still unavailable after that (its node gone) is replaced by a fresh one and its call
+    given to the next free actor, up to ``max_restarts`` times per call, then counted as failed."""
     if not work:
         return Outcome()
     spawn = ray.remote(**options)(cls)
-    idle = [spawn.remote(*init_args) for _ in range(min(actors, len(work)))]
+    starting = {a.__ray_ready__.remote(): a for a in (spawn.remote(*init_args) for _ in range(min(actors, len(work))))}
+    idle: list[Any] = []  # only actors that have started take calls: one Ray cannot place never holds one
     busy: dict[Any, Any] = {}
+    lost: dict[str, int] = {}
+
+    def has_idle(running: int) -> bool:
+        if starting:
+            ready, _ = ray.wait(list(starting), num_returns=len(starting), timeout=0)
+            for ref in ready:
+                actor = starting.pop(ref)
+                try:
+                    ray.get(ref)
+                    idle.append(actor)
+                except RayError:  # it could not start (its node went): the others take its share
+                    _kill(actor)
+        return bool(idle)
+
+    def rerun(w: Work, exc: RayError) -> bool:
+        lost[w.key] = lost.get(w.key, 0) + 1
+        return isinstance(exc, RayActorError) and lost[w.key] <= options.get("max_restarts", 0)
 
     def submit(w: Work) -> Any:
         actor = idle.pop()
@@ -191,16 +219,21 @@ def run_on_actors(cls: type, init_args: tuple, method: str, work: Sequence[Work]
 
     def release(ref: Any, died: bool) -> None:
         actor = busy.pop(ref)
-        if died:
+        if died:  # its node may be gone: the others take its calls; a fresh one only if none is left
             _kill(actor)
-            actor = spawn.remote(*init_args)
+            if idle or busy or starting:
+                return
+            fresh = spawn.remote(*init_args)
+            starting[fresh.__ray_ready__.remote()] = fresh
+            return
         idle.append(actor)
 
     try:
-        return _stream(work, submit, release, len(idle), None,
-                       ProgressDisplay(console, label, done_units + sum(w.units for w in work), unit, done=done_units))
+        return _stream(work, submit, release, has_idle, None,
+                       ProgressDisplay(console, label, done_units + sum(w.units for w in work), unit, done=done_units),
+                       rerun=rerun)
     finally:
-        for actor in idle + list(busy.values()):
+        for actor in [*idle, *busy.values(), *starting.values()]:
             _kill(actor)
 
 
@@ -230,9 +263,12 @@ def _probe(value: Any) -> None:
 
 
 def _stream(work: Sequence[Work], submit: Callable[[Work], Any], release: Callable[[Any, bool], None],
-            limit: int, board: Any, display: ProgressDisplay, cancel: Callable[[Any], None] = lambda ref: None) -> Outcome:
-    """Submit up to ``limit`` units at a time and collect them as they finish; whatever stops the
-    loop (an interrupt, a guard) cancels the units in flight on its way out."""
+            room: Callable[[int], bool], board: Any, display: ProgressDisplay,
+            cancel: Callable[[Any], None] = lambda ref: None,
+            rerun: Callable[[Work, RayError], bool] = lambda w, exc: False) -> Outcome:
+    """Submit units while ``room(units in flight)`` and collect them as they finish (a unit that
+    failed in a way ``rerun`` accepts goes back to the queue); whatever stops the loop (an
+    interrupt, a guard) cancels the units in flight on its way out."""
     if len({w.key for w in work}) != len(work):
         raise ValueError(f"work keys must be unique: {[w.key for w in work]}")
     queue = deque(work)
@@ -244,9 +280,12 @@ def _stream(work: Sequence[Work], submit: Callable[[Work], Any], release: Callab
             while queue or running:
                 for check in _GUARDS:
                     check()
-                while queue and len(running) < limit:
+                while queue and room(len(running)):
                     w = queue.popleft()
                     running[submit(w)] = w
+                if not running:  # nothing in flight yet: the actors are still starting
+                    time.sleep(0.1)
+                    continue
                 ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
                 for ref in ready:
                     w = running.pop(ref)
@@ -254,11 +293,16 @@ def _stream(work: Sequence[Work], submit: Callable[[Work], Any], release: Callab
                         outcome.results[w.key] = ray.get(ref)
                         release(ref, False)
                     except RayError as exc:  # a unit's failure is recorded, the others go on
-                        outcome.failed[w.key] = short_error(exc)
                         release(ref, isinstance(exc, RayActorError))
+                        if rerun(w, exc):
+                            queue.appendleft(w)
+                            display.print(f"[yellow]{w.key}: its actor was lost ({short_error(exc)[:80]}); running "
+                                          "it again on another[/]")
+                            continue
+                        outcome.failed[w.key] = short_error(exc)
                         display.print(f"[red]{w.key} failed:[/] {outcome.failed[w.key]}")
                     finished_units += w.units
-                partial = ray.get(board.snapshot.remote()) if board is not None else {}
+                partial = _progress_of(board)
                 in_flight = sum(min(partial.get(w.key, 0), w.units) for w in running.values())
                 display.update(finished_units + in_flight, f"{len(outcome.results)}/{len(work)} done, "
                                                            f"{len(running)} in flight, {len(outcome.failed)} failed")
@@ -267,6 +311,16 @@ def _stream(work: Sequence[Work], submit: Callable[[Work], Any], release: Callab
             cancel(ref)
         raise
     return outcome
+
+
+def _progress_of(board: Any) -> dict[str, int]:
+    """Units done by the running tasks; none known while the board is unreachable (display only)."""
+    if board is None:
+        return {}
+    try:
+        return ray.get(board.snapshot.remote(), timeout=10)
+    except (RayError, TimeoutError):
+        return {}
 
 
 def short_error(exc: BaseException) -> str:

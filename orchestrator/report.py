@@ -51,6 +51,15 @@ class TableRow:
     mean: float
     std: float
     paper: float | None  # Table 1 of the paper, where this setting is one of its
+    ior: float | None = None  # DD-Ranking's fair scores, in percent (artifacts.scores.with_fair_scores)
+    hlr: float | None = None
+    lrs: float | None = None
+
+    @property
+    def fair(self) -> list[str]:
+        """IOR, HLR (signed points) and LRS as table cells; "-" where not computable."""
+        return ["-" if v is None else (f"{v:.2f}" if name == "lrs" else f"{v:+.2f}")
+                for name, v in (("ior", self.ior), ("hlr", self.hlr), ("lrs", self.lrs))]
 
 
 def synthetic_label(cfg: RunConfig) -> str:
@@ -81,15 +90,36 @@ def results_table(scores: list[Score], cfg: RunConfig, dataset: str) -> list[Tab
     for s in summarize(scores):
         label = name + s.method[2:] if s.method.startswith("dm") else s.method  # dm@200 -> <name>@200
         paper = paper_figure(dataset, s.method, cfg.condense.ipc, s.model) if label == s.method else None
-        rows.append(TableRow(s.method, label, s.model, s.n, s.mean, s.std, paper))
+        rows.append(TableRow(s.method, label, s.model, s.n, s.mean, s.std, paper, s.ior, s.hlr, s.lrs))
     return rows
 
 
+FAIR_NOTE = ("IOR, HLR, LRS: DD-Ranking's fair scores (v0.2.0 definitions, orchestrator/fair_scores.py), per "
+             "network seed then averaged, in points: IOR the accuracy over the random set's under the same protocol, "
+             "HLR the real data's hard-label accuracy (the pool's final states on its validation split) less this "
+             "set's hard-label accuracy, LRS their blend (in [0, 100], higher is better).")
+
+
+def _labels(cfg: RunConfig) -> str:
+    e = cfg.evaluate
+    if e.labels == "hard":
+        return "hard labels"
+    teacher = "the pool's best network" if e.teacher.source == "pool" else f"{e.teacher.arch} ({e.teacher.weights})"
+    return f"soft labels from {teacher} at temperature {e.temperature:g}"
+
+
+def has_fair_scores(table: list[TableRow]) -> bool:
+    return any(r.ior is not None or r.hlr is not None for r in table)
+
+
 def markdown_table(table: list[TableRow]) -> str:
-    lines = ["| method | model | networks | accuracy (%) | paper (%) |", "|---|---|---|---|---|"]
+    fair = has_fair_scores(table)
+    head = "| method | model | networks | accuracy (%) | paper (%) |" + (" IOR | HLR | LRS |" if fair else "")
+    lines = [head, "|---" * head.count(" | ") + "|---|"]
     for r in table:
         paper = f"{r.paper:.1f}" if r.paper is not None else "-"
-        lines.append(f"| {r.label} | {r.model} | {r.n} | {r.mean:.2f} ± {r.std:.2f} | {paper} |")
+        cells = f"| {r.label} | {r.model} | {r.n} | {r.mean:.2f} ± {r.std:.2f} | {paper} |"
+        lines.append(cells + ("".join(f" {c} |" for c in r.fair) if fair else ""))
     return "\n".join(lines)
 
 
@@ -112,9 +142,10 @@ def report(run: RunDir, scores: list[Score]) -> list[TableRow]:
         "",
         markdown_table(table) if table else "(evaluation not run)",
         "",
-        f"Protocol: {cfg.evaluate.epochs} epochs, SGD lr {cfg.evaluate.lr}, batch {cfg.evaluate.batch}, DSA; "
-        "mean ± std over networks. The paper column is Table 1 (ConvNet) where this setting is one of the paper's; "
-        "the paper trains 100 networks of 1000 epochs on images condensed for 20,000 iterations.",
+        f"Protocol: {cfg.evaluate.epochs} epochs, SGD lr {cfg.evaluate.lr}, batch {cfg.evaluate.batch}, DSA, "
+        f"{_labels(cfg)}; mean ± std over networks. The paper column is Table 1 (ConvNet) where this setting is one "
+        "of the paper's; the paper trains 100 networks of 1000 epochs on images condensed for 20,000 iterations."
+        + (" " + FAIR_NOTE if has_fair_scores(table) else ""),
         "",
         "## Timings",
         "",

@@ -9,6 +9,8 @@ no task re-opens a dataset to learn its statistics.
 from __future__ import annotations
 
 import platform
+import subprocess
+from pathlib import Path
 from importlib.metadata import version
 from typing import Any, Literal
 
@@ -32,11 +34,25 @@ class Versions(BaseModel):
     ray: str
     pyarrow: str
     python: str
+    commit: str | None = None  # the project's git commit, where it runs from a checkout
 
     @classmethod
     def current(cls) -> "Versions":
         return cls(**{name: version(name) for name in ("dmcondense", "torch", "ray", "pyarrow")},
-                   python=platform.python_version())
+                   python=platform.python_version(), commit=_git_commit())
+
+
+def _git_commit() -> str | None:
+    """The commit of the checkout this package runs from (None when installed from elsewhere)."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True, timeout=5).stdout.strip()
+    return out + ("-dirty" if dirty else "")
 
 
 class RunRecord(BaseModel):

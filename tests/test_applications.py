@@ -63,6 +63,23 @@ def test_a_continual_run_grows_without_touching_earlier_steps_and_resumes_where_
     assert f"{statistics.fmean(dm_final):.2f} ± {statistics.pstdev(dm_final):.2f}" in report.split("| dm |")[1]
 
 
+def test_continual_with_the_shipped_config_and_its_default_output_beside_the_main_run(cpu_ray, tmp_path,
+                                                                                      monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # the shipped output, runs/digits-ipc10, is relative
+    fast = ["condense.iterations=4", "condense.checkpoint_every=0", "evaluate.num_models=1", "evaluate.epochs=2"]
+    assert main(["run", CONFIG, *sets(*fast, "evaluate.baselines=[]")]) == 0  # the main run, where it goes
+    main_run = {p.name: p.read_bytes() for p in (tmp_path / "runs" / "digits-ipc10" / "shards").glob("*")}
+    # as shipped: 5 steps of 2 classes with classes_per_shard 5 (an upper bound: shards of 2)
+    assert main(["continual", CONFIG, *sets(*fast)]) == 0
+    assert "results: runs/digits-ipc10-continual/continual/report.md" in capsys.readouterr().out
+    continual = tmp_path / "runs" / "digits-ipc10-continual"
+    assert len(list((continual / "shards").glob("*.parquet"))) == 5
+    assert {p.name: p.read_bytes() for p in (tmp_path / "runs" / "digits-ipc10" / "shards").glob("*")} == main_run
+    # and one kind never runs in the other's directory
+    assert main(["continual", CONFIG, *sets(*fast), "--out", "runs/digits-ipc10"]) == 2
+    assert "holds a plain run (dmcondense run); a continual run" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("extra, message", [
     (["continual.steps=11"], "continual.steps=11 but there are only 10 classes"),
     (["condense.ipc=200"], "condense.ipc=200 but class 8 ('8') of digits has only 130 train images"),

@@ -69,3 +69,4 @@ def test_a_recipe_makes_its_pool_and_spreads_over_both_nodes_as_dm_does(two_node
     alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
     assert len(manifests) == 4 and len({m["node_id"] for m in manifests} & alive) == 2
     assert "1 images per class stored and 4 trained on (factor 2)" in (run / "report.md").read_text()
+

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import os
 import shutil
 import signal
@@ -153,6 +154,30 @@ def test_driver_killed_mid_run_then_resume_recomputes_only_missing(reference_run
     for name, (data, mtime) in committed.items():
         path = run / "shards" / name
         assert path.read_bytes() == data and path.stat().st_mtime_ns == mtime
+    assert shard_bytes(run) == shard_bytes(reference_run)
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_an_interrupted_driver_stops_cleanly_and_resume_finishes_with_the_same_bytes(reference_run, tmp_path, sig,
+                                                                                     code):
+    run = tmp_path / "interrupted"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "orchestrator.cli", "run", CONFIG, "--out", str(run),
+           *sets("resources.max_concurrent_shards=1", "resources.gpus_per_shard=0", *NO_EVAL)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 180
+    while not list((run / "checkpoints").glob("*/state.pt")):  # a shard is mid-way
+        assert proc.poll() is None and time.time() < deadline, "no checkpoint in time"
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == code, out
+    last = out.strip().splitlines()[-1]
+    assert "Traceback" not in out and last.startswith(f"stopped by {signal.Signals(sig).name}"), out
+    assert f"finish with: dmcondense resume {run}" in last and "shards:" in last
+    assert not (run / "lease.json").exists()  # released
+    advised = shlex.split(last.split("finish with: ")[1])
+    assert run_cli(*advised[1:]) == 0  # the advice, followed
     assert shard_bytes(run) == shard_bytes(reference_run)
 
 

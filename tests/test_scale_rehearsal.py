@@ -11,8 +11,8 @@ from orchestrator.run_dir import RunDir
 
 pytestmark = pytest.mark.ray
 
-ARGS = ["--nodes", "2", "--gpus-per-node", "2", "--classes", "40", "--classes-per-shard", "2",
-        "--kill-fraction", "0.15", "--task-seconds", "0.02"]
+ARGS = ["--nodes", "3", "--gpus-per-node", "2", "--classes", "40", "--classes-per-shard", "2",
+        "--kill-fraction", "0.15", "--task-seconds", "0.3", "--lose-node-at", "0.3"]
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,9 @@ def test_killed_shards_are_retried_and_every_class_is_committed_once(rehearsed):
     assert set(figures["kills_by_point"]) == set(rehearsal.KILL_STAGES)
     manifests = [json.loads(p.read_text()) for p in (run / "manifest").glob("*.json")]
     assert sorted(c for m in manifests for c in m["classes"]) == list(range(40))
-    assert len(figures["shards_per_node"]) == 2 and sum(figures["shards_per_node"]) == 20  # both nodes worked
+    assert sum(figures["shards_per_node"]) == 20 and len(figures["shards_per_node"]) >= 2  # work spread
+    lost = figures["node_lost"]  # a whole node went after 6 commits; its shards were computed elsewhere
+    assert lost["after_commits"] >= 6 and lost["nodes_alive_after"] == 2
     assert figures["driver_cpu_ms_per_shard"] > 0 and figures["object_store"]["capacity_bytes"] > 0
 
 

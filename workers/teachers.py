@@ -143,7 +143,7 @@ def read_state(location: str) -> State:
     try:
         loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch.load raises many kinds for a foreign file
-        raise ValueError(f"teacher weights {location} are not a torch file of tensors ({_first_line(err)}); "
+        raise ValueError(f"teacher weights {location} are not a torch file of tensors; "
                          "save them with torch.save(model.state_dict(), path)") from None
     if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):
         loaded = loaded["state_dict"]

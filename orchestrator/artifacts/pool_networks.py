@@ -130,6 +130,13 @@ def _in_group(accs: list[float], group: tuple[float, float]) -> list[int]:
     return [i for i, a in enumerate(accs) if lo <= a < hi or (hi == 100 and a == 100)]
 
 
+def best_network(pool: PoolDir) -> int:
+    """The network whose final state has the best validation accuracy (the lowest index on a tie)."""
+    finals = [network_state(pool, i, deep=False).manifest.val_accuracy[-1]  # type: ignore[union-attr]
+              for i in range(pool.networks)]
+    return max(range(pool.networks), key=lambda i: (finals[i], -i))
+
+
 def read_states(pool: PoolDir, index: int) -> dict:
     """A committed network's kept states: {"steps", "val_accuracy", "states"}, verified as read."""
     manifest = network_state(pool, index, deep=False).manifest

@@ -12,15 +12,18 @@ from __future__ import annotations
 import hashlib
 import json
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Iterable
 
 import pyarrow as pa
 
 from orchestrator import storage
+from orchestrator.artifacts.pool_networks import best_network, network_state
+from orchestrator.fair_scores import LabelAccuracies, label_robust_score
 from orchestrator.artifacts.shards import snapshot_iteration
 from orchestrator.artifacts.training_sets import data_key
 from orchestrator.config import RunConfig
+from orchestrator.pool_dir import PoolDir, pool_of
 from orchestrator.run_dir import RunDir
 from workers.data.tensor_table import from_parquet_bytes
 from workers.seeding import derive_seed
@@ -41,6 +44,10 @@ class Score:
     device: str
     settings: str  # settings_key() of the evaluation that trained it
     data: str  # identity of the set it trained on (TrainingSet.data_key)
+    # DD-Ranking's fair scores of this network's round (orchestrator.fair_scores; None: not computable)
+    ior: float | None = None  # minus the random set's network of the same seed, same protocol
+    hlr: float | None = None  # the real data's hard-label accuracy minus this set's, hard labels
+    lrs: float | None = None  # their blend
 
     @property
     def network(self) -> Network:
@@ -54,6 +61,9 @@ class Summary:
     n: int
     mean: float  # percent
     std: float
+    ior: float | None = None  # the fair scores' means over the rounds, in percent (None: not for every round)
+    hlr: float | None = None
+    lrs: float | None = None
 
 
 def asked_methods(cfg: RunConfig) -> list[str]:
@@ -74,14 +84,33 @@ def planned_networks(cfg: RunConfig, methods: list[str]) -> set[Network]:
     return {(m, model, s) for model in cfg.evaluate.models for s in model_seeds(cfg, model) for m in methods}
 
 
-def settings_key(cfg: RunConfig, test_classes: list[int] | None = None) -> str:
-    """A key of every setting that shapes a score, the test classes included (None: all); how
-    the work is spread shapes none."""
+def teacher_identity(run: RunDir) -> str | None:
+    """What makes the soft labels (None under hard labels): the pool network, or the torchvision
+    architecture and the sha256 of its weights."""
+    e = run.config.evaluate
+    if e.labels == "hard":
+        return None
+    if e.teacher.source == "pool":
+        pool = PoolDir.for_run(run.config, run.dataset)
+        return f"pool {pool.record.key} net {best_network(pool)}"
+    return f"{e.teacher.arch} {hashlib.sha256(storage.read_bytes(e.teacher.weights)).hexdigest()[:16]}"
+
+
+def run_settings_key(run: RunDir, test_classes: list[int] | None = None) -> str:
+    """The settings key of ``run``'s evaluation, its teacher included."""
+    return settings_key(run.config, test_classes, teacher_identity(run))
+
+
+def settings_key(cfg: RunConfig, test_classes: list[int] | None = None, teacher: str | None = None) -> str:
+    """A key of every setting that shapes a score, the test classes included (None: all) and, under
+    soft labels, the temperature and the teacher's identity; how the work is spread shapes none."""
     e = cfg.evaluate
     shaping = {"epochs": e.epochs, "batch": e.batch, "lr": e.lr, "vectorized": e.vectorized,
                "dsa_strategy": cfg.condense.dsa_strategy, "precision": cfg.precision.model_dump()}
     if test_classes is not None:
         shaping["test_classes"] = sorted(test_classes)
+    if e.labels == "soft":  # hard-label keys stay as they were
+        shaping.update(labels="soft", temperature=e.temperature, teacher=teacher)
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -105,6 +134,40 @@ def stored_scores(run: RunDir, key: str, current: dict[str, str]) -> list[Score]
                 if current.get(score.method, score.data) == score.data:
                     rows[score.network] = score
     return list(rows.values())
+
+
+def with_fair_scores(run: RunDir, scores: list[Score], test_classes: list[int] | None = None) -> list[Score]:
+    """``scores`` with DD-Ranking's scores per round (one seed: the same network initialisation for
+    every method): IOR against the random set's network of the same seed under the same protocol;
+    HLR and LRS where the real data's accuracy (the pool's final states, on its validation split)
+    and this set's hard-label score are known."""
+    by_network = {s.network: s.accuracy for s in scores}
+    hard = by_network if run.config.evaluate.labels == "hard" else _hard_label_scores(run, test_classes)
+    real = real_accuracy(run)
+    out = []
+    for s in scores:
+        rnd, syn_hard = by_network.get(("random", s.model, s.seed)), hard.get(s.network)
+        fair = {"ior": s.accuracy - rnd if rnd is not None else None,
+                "hlr": real - syn_hard if real is not None and syn_hard is not None else None}
+        if fair["ior"] is not None and fair["hlr"] is not None:
+            fair["lrs"] = label_robust_score(LabelAccuracies(real, syn_hard, s.accuracy, rnd)).lrs  # type: ignore[arg-type]
+        out.append(replace(s, **fair))
+    return out
+
+
+def real_accuracy(run: RunDir) -> float | None:
+    """acc(real, hard): the mean validation accuracy of the final states of the run's pool (networks
+    trained on the whole training split with hard labels); None without a committed pool."""
+    pool = pool_of(run.config, run.dataset) or PoolDir.for_run(run.config, run.dataset)
+    finals = [st.manifest.val_accuracy[-1] for i in range(pool.networks)
+              if (st := network_state(pool, i, deep=False)).state == "committed"]
+    return statistics.fmean(finals) if finals else None
+
+
+def _hard_label_scores(run: RunDir, test_classes: list[int] | None) -> dict[Network, float]:
+    cfg = run.config
+    hard = cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(update={"labels": "hard"})})
+    return {s.network: s.accuracy for s in stored_scores(run, settings_key(hard, test_classes), data_keys(run))}
 
 
 def write_results(run: RunDir, scores: Iterable[Score]) -> None:
@@ -132,11 +195,18 @@ def result_order(score: Score) -> tuple:
 
 def summarize(scores: Iterable[Score]) -> list[Summary]:
     """mean +- std (percent, population std) per (method, model), in the order methods first appear."""
-    groups: dict[tuple[str, str], list[float]] = {}
+    groups: dict[tuple[str, str], list[Score]] = {}
     for s in scores:
-        groups.setdefault((s.method, s.model), []).append(100.0 * s.accuracy)
-    return [Summary(method, model, len(accs), statistics.fmean(accs), statistics.pstdev(accs))
-            for (method, model), accs in groups.items()]
+        groups.setdefault((s.method, s.model), []).append(s)
+    return [Summary(method, model, len(group), statistics.fmean(100.0 * s.accuracy for s in group),
+                    statistics.pstdev([100.0 * s.accuracy for s in group]),
+                    *(_mean_of(group, name) for name in ("ior", "hlr", "lrs")))
+            for (method, model), group in groups.items()]
+
+
+def _mean_of(group: list[Score], name: str) -> float | None:
+    values = [getattr(s, name) for s in group]
+    return 100.0 * statistics.fmean(values) if values and None not in values else None
 
 
 @dataclass(frozen=True)
@@ -150,7 +220,7 @@ def evaluation_state(run: RunDir) -> EvaluationState:
     """What the run directory holds of the evaluation its config asks for (no file read but scores)."""
     cfg = run.config
     planned = planned_networks(cfg, asked_methods(cfg))
-    scored = len({s.network for s in stored_scores(run, settings_key(cfg), data_keys(run))} & planned)
+    scored = len({s.network for s in stored_scores(run, run_settings_key(run), data_keys(run))} & planned)
     if not planned:
         return EvaluationState("not asked", 0, 0)
     state = "done" if scored == len(planned) else "unfinished" if scored else "not run"

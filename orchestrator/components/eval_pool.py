@@ -25,11 +25,13 @@ from orchestrator import faults, ray_work
 from orchestrator.artifacts.scores import Network, Score, model_seeds, settings_key, write_job_scores
 from orchestrator.artifacts.training_sets import TrainingSet, load
 from orchestrator.components.settings import train_settings
+from orchestrator.components.teacher import teacher_bytes
 from orchestrator.components.worker_setup import check_gpus_usable, run_reader
 from orchestrator.config import RunConfig
 from orchestrator.run_dir import RunDir
 from workers.devices import compute_device
 from workers.network_costs import training_bytes_per_image
+from workers.teachers import TeacherSpec, load_teacher
 from workers.train_eval import CUDA_BUDGET_FRACTION, train_and_score_many
 
 JOBS_PER_ACTOR = 4
@@ -52,11 +54,11 @@ class Job:
 
 
 def make_jobs(cfg: RunConfig, sets: list[TrainingSet], n_actors: int, done: set[Network] = frozenset(),
-              test_classes: list[int] | None = None) -> list[Job]:
+              test_classes: list[int] | None = None, key: str | None = None) -> list[Job]:
     """Jobs for every planned network not in ``done``, about JOBS_PER_ACTOR per actor so that
     the last jobs do not leave most actors idle; the seeds of one job train together where
-    that pays (vmap on a GPU)."""
-    e, key = cfg.evaluate, settings_key(cfg, test_classes)
+    that pays (vmap on a GPU). ``key``: the scores' settings key (default: hard labels')."""
+    e, key = cfg.evaluate, key or settings_key(cfg, test_classes)
     classes = tuple(sorted(test_classes)) if test_classes is not None else None
     groups = len(sets) * len(e.models)
     chunks = max(1, math.ceil(JOBS_PER_ACTOR * n_actors / max(groups, 1)))
@@ -119,31 +121,38 @@ def read_test_split(run: RunDir) -> tuple[np.ndarray, np.ndarray]:
 class ActorMemory:
     """What one evaluation actor holds, an estimate from the dataset's info (bytes)."""
 
-    training_set: int  # the largest method's images, float32
+    training_set: int  # the largest method's images, float32 (stored images decoded)
     step: int  # one training step of the largest model (workers.network_costs, an upper estimate)
     test_split: int  # uint8, shared through the object store: one copy per node, not per actor
+    teacher: int = 0  # soft labels: the teacher's weights and its forward of a batch
 
     @property
     def per_actor(self) -> int:
-        return self.training_set + self.step
+        return self.training_set + self.step + self.teacher
 
 
 def actor_memory(run: RunDir) -> ActorMemory:
     cfg, info = run.config, run.dataset
     image = info.channels * info.im_size[0] * info.im_size[1]
-    images = len(run.record.classes) * cfg.condense.ipc
+    images = len(run.record.classes) * cfg.condense.ipc * cfg.condense.factor**2
     shape = (info.channels, *info.im_size)
     step = max(training_bytes_per_image(m, shape, info.num_classes) for m in cfg.evaluate.models)
-    return ActorMemory(4 * images * image, step * min(cfg.evaluate.batch, images), sum(info.test_counts) * image)
+    batch = min(cfg.evaluate.batch, images)
+    return ActorMemory(4 * images * image, step * batch, sum(info.test_counts) * image, teacher_bytes(run, batch))
 
 
 class EvalActor:
-    """Keeps the training sets it has loaded; trains and scores jobs."""
+    """Keeps the training sets it has loaded; trains and scores jobs (under soft labels, with the
+    teacher it loaded once on its own device)."""
 
-    def __init__(self, run: RunDir, use_gpu: bool) -> None:
+    def __init__(self, run: RunDir, use_gpu: bool, teacher: TeacherSpec | None = None) -> None:
         torch.set_num_threads(1)
         self.run = run
         self.device = compute_device(run.config.resources.device, reserved_gpu=use_gpu)
+        info = run.dataset
+        self.teacher = None if teacher is None else load_teacher(
+            teacher, channels=info.channels, num_classes=info.num_classes, im_size=tuple(info.im_size),
+            device=self.device)
         self.memory_budget = None  # the CPU's default
         if self.device.type == "cuda":  # this actor's share of the GPU, of which the usual fraction for a step
             share = torch.cuda.get_device_properties(self.device).total_memory / run.config.evaluate.actors_per_gpu
@@ -170,6 +179,7 @@ class EvalActor:
             job.model, x, y, test_x, test_y, channels=info.channels, num_classes=info.num_classes,
             im_size=tuple(info.im_size), settings=settings, seeds=list(job.seeds), device=self.device,
             mean=info.mean, std=info.std, vectorized=e.vectorized, memory_budget=self.memory_budget,
+            teacher=self.teacher,
         )
         per_model = (time.perf_counter() - started) / len(accs)
         scores = [Score(job.data.method, job.model, s, float(a), cfg.condense.ipc, per_model, str(self.device),

@@ -48,9 +48,12 @@ def train_settings(cfg: RunConfig, purpose: Purpose) -> TrainSettings:
     pool's (``pool.*``), or the NAS trainings (``nas.*``: proxies augmented like the evaluation,
     the real training split not)."""
     e, n, dsa, numerics = cfg.evaluate, cfg.nas, cfg.condense.dsa_strategy, precision(cfg)
-    if purpose in ("evaluate", "coreset_features"):
-        epochs = e.epochs if purpose == "evaluate" else e.coreset_feature_epochs
-        return TrainSettings(epochs=epochs, lr=e.lr, batch=e.batch, dsa_strategy=dsa, precision=numerics)
+    if purpose == "evaluate":
+        return TrainSettings(epochs=e.epochs, lr=e.lr, batch=e.batch, dsa_strategy=dsa, precision=numerics,
+                             labels=e.labels, temperature=e.temperature)
+    if purpose == "coreset_features":  # trained on the real labels themselves
+        return TrainSettings(epochs=e.coreset_feature_epochs, lr=e.lr, batch=e.batch, dsa_strategy=dsa,
+                             precision=numerics)
     if purpose == "pool":
         p = PoolSettings.of(cfg)
         return TrainSettings(epochs=p.epochs, lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay,

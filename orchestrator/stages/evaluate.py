@@ -8,12 +8,13 @@ from rich.console import Console
 
 from orchestrator import ray_work
 from orchestrator.artifacts.scores import (
-    Score, asked_methods, data_keys, model_seeds, planned_networks, result_order, settings_key, stored_scores,
-    write_results,
+    Score, asked_methods, data_keys, model_seeds, planned_networks, result_order, run_settings_key, stored_scores,
+    with_fair_scores, write_results,
 )
 from orchestrator.artifacts.shards import snapshot_iteration
 from orchestrator.artifacts.training_sets import training_set
 from orchestrator.components.eval_pool import EvalActor, actor_pool, make_jobs, read_test_split, run_jobs
+from orchestrator.components.teacher import teacher_spec
 from orchestrator.config import RunConfig
 from orchestrator.run_dir import RunDir
 from orchestrator.stages import StageFailed
@@ -29,11 +30,11 @@ def evaluate(run: RunDir, console: Console, methods: list[str] | None = None,
     StageFailed naming failed jobs (the others' scores are kept)."""
     cfg = run.config
     sets = [training_set(run, m) for m in (methods or asked_methods(cfg))]
-    key, keys = settings_key(cfg, test_classes), {**data_keys(run), **{ts.method: ts.data_key for ts in sets}}
+    key, keys = run_settings_key(run, test_classes), {**data_keys(run), **{ts.method: ts.data_key for ts in sets}}
     planned = planned_networks(cfg, [ts.method for ts in sets])
     done = {s.network for s in stored_scores(run, key, keys)} & planned
     pool = actor_pool(cfg)
-    jobs = make_jobs(cfg, sets, pool.actors, done, test_classes)
+    jobs = make_jobs(cfg, sets, pool.actors, done, test_classes, key=key)
     if done and jobs:
         console.print(f"evaluate: {len(done)} of {len(planned)} networks were scored by an earlier attempt; "
                       f"training the other {len(planned) - len(done)}", highlight=False)
@@ -41,12 +42,12 @@ def evaluate(run: RunDir, console: Console, methods: list[str] | None = None,
         test = ray_work.compute_shared(read_test_split, run, options={"num_cpus": 1})
         # The test split goes with every call, not to the constructor: Ray maps it from the node's
         # object store each time (no copy), and a restarted actor never needs it again.
-        outcome = run_jobs(pool, cfg, EvalActor, (run, pool.use_gpu), "score",
+        outcome = run_jobs(pool, cfg, EvalActor, (run, pool.use_gpu, teacher_spec(run)), "score",
                            [ray_work.Work(j.label, (j, test), len(j.seeds)) for j in jobs],
                            label=STAGE, unit="networks", console=console, done_units=len(done))
         if outcome.failed:
             raise StageFailed(STAGE, outcome.failed)
-    results = sorted(_asked(cfg, stored_scores(run, key, keys)), key=result_order)
+    results = with_fair_scores(run, sorted(_asked(cfg, stored_scores(run, key, keys)), key=result_order), test_classes)
     write_results(run, results)
     return results
 
