@@ -321,7 +321,7 @@ def _schedule(run: Any, kills: dict[str, str], address: str, quiet: bool) -> dic
     """The condense stage with the stand-in task, measured."""
     from rich.console import Console
 
-    from orchestrator.stages import StageFailed
+    from orchestrator.stage_runner import StageFailed
     from orchestrator.stages import condense as stage
 
     run.save()  # `dmcondense status RUN` works on the rehearsal's run directory

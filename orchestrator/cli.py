@@ -1,4 +1,4 @@
-"""The ``dmcondense`` command line: parses, calls the stages, prints."""
+"""The ``dmcondense`` command line: parses, calls the pipeline, prints; owns the exit codes."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from orchestrator.pool_dir import PoolDir, pool_of
 from orchestrator.report import TableRow, has_fair_scores, report
 from orchestrator.run_dir import RunDir, RunError
 from orchestrator.run_status import run_status
-from orchestrator.stages import StageFailed
+from orchestrator.stage_runner import StageFailed
 from orchestrator.stages.continual import check_continual
 from orchestrator.stages.pool import make_pool
 from orchestrator.stages.prepare import prepare

@@ -1,9 +1,11 @@
-"""Exports of a run's synthetic set: pt (the official DM code's layout), npz, png / imagefolder
+"""Exports of a run's synthetic set: pt (the official DM code's layout and normalisation), npz, png / imagefolder
 (torchvision's ImageFolder), hf (a Hugging Face datasets folder with its dataset card)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -19,6 +21,36 @@ from orchestrator.set_formats import ScoreRow, SetCard, pixels_uint8, write_hf, 
 FORMATS = ("pt", "npz", "png", "imagefolder", "hf")
 
 
+class Normalisation(NamedTuple):
+    mean: tuple[float, ...]  # per channel, [0, 1] pixel units
+    std: tuple[float, ...]
+
+
+# The constants the official DM code (VICO-UoE/DatasetCondensation, utils.py, get_dataset, commit
+# 53f63a6) hard-codes for the datasets it knows, by this project's dataset name. Its evaluation
+# normalises the real test images with these, so a pt export is written in them. CIFAR-10's std
+# there is not the split's population std (ours: 0.2470, 0.2435, 0.2616).
+OFFICIAL_NORMALISATION: dict[str, Normalisation] = {
+    "mnist": Normalisation((0.1307,), (0.3081,)),
+    "fashion_mnist": Normalisation((0.2861,), (0.3530,)),
+    "svhn": Normalisation((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
+    "cifar10": Normalisation((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    "cifar100": Normalisation((0.5071, 0.4866, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "tinyimagenet": Normalisation((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+
+
+def renormalize(images: torch.Tensor, source: tuple[Sequence[float], Sequence[float]],
+                target: tuple[Sequence[float], Sequence[float]]) -> torch.Tensor:
+    """Images normalised with ``source`` (mean, std) re-expressed in ``target``'s normalisation:
+    the same pixels, nothing clamped, computed in float64 and returned in the input's dtype."""
+    def view(values: Sequence[float]) -> torch.Tensor:
+        return torch.as_tensor(values, dtype=torch.float64).view(1, -1, 1, 1)
+
+    pixels = images.double() * view(source[1]) + view(source[0])
+    return ((pixels - view(target[0])) / view(target[1])).to(images.dtype)
+
+
 def export_run(run: RunDir, fmt: str, to: str) -> str:
     """Write the committed synthetic set of ``run`` to ``to``; returns what was written."""
     if fmt not in FORMATS:
@@ -29,7 +61,12 @@ def export_run(run: RunDir, fmt: str, to: str) -> str:
     target = Path(to)
     if fmt == "pt":
         target.parent.mkdir(parents=True, exist_ok=True)
-        # {'data': [[images, labels]]}: what the official DM code saves and loads.
+        # {'data': [[images, labels]]}: what the official DM code saves and loads, in its normalisation
+        # where its get_dataset knows the dataset (else ours); 'mean'/'std' are the ones the images are in.
+        official = OFFICIAL_NORMALISATION.get(ds.name)
+        if official is not None and len(official.mean) == len(mean):
+            images = renormalize(images, (mean, std), official)
+            mean, std = list(official.mean), list(official.std)
         torch.save({"data": [[images, labels]], "mean": mean, "std": std, "class_names": names}, target)
         return f"{target} ({len(labels)} images)"
     if fmt == "npz":

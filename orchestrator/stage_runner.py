@@ -24,7 +24,17 @@ from orchestrator import commits, ray_work, storage
 from orchestrator.components.worker_setup import check_gpus_usable
 from orchestrator.config import ResourcesConfig
 from orchestrator.progress import ProgressDisplay
-from orchestrator.stages import StageFailed
+
+
+class StageFailed(RuntimeError):
+    """Some units of a stage failed after their retries; every other unit is committed and running
+    the same command again computes only the rest (the CLI names that command)."""
+
+    def __init__(self, stage: str, failed: dict[str, str]) -> None:
+        self.stage, self.failed = stage, failed
+        lines = [f"{stage}: {len(failed)} failed; everything else is committed"]
+        lines += [f"  {key}: {error}" for key, error in sorted(failed.items())]
+        super().__init__("\n".join(lines))
 
 
 @dataclass(frozen=True)

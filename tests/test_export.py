@@ -37,3 +37,29 @@ def test_imagefolder_export_gives_torchvision_the_class_ids(run, tmp_path):
     assert main(["export", run.uri, "--format", "imagefolder", "--to", str(tmp_path / "folders")]) == 0
     _, labels = read_method(run)
     assert sorted(ImageFolder(str(tmp_path / "folders")).targets) == sorted(labels.tolist())
+
+
+def test_pt_export_is_in_the_official_normalisation_where_that_code_knows_the_dataset(run, tmp_path):
+    import torch
+
+    from orchestrator.export import OFFICIAL_NORMALISATION, renormalize
+    from workers.data import normalize
+
+    # CIFAR-like pixels: ours (the split's population statistics) to the official constants and back.
+    ours = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+    official = OFFICIAL_NORMALISATION["cifar10"]
+    pixels = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    theirs = renormalize(normalize(pixels, *ours), ours, official)
+    assert torch.allclose(theirs, normalize(pixels, *official), rtol=0, atol=1e-6)  # a few float32 ulps
+    assert torch.allclose(renormalize(theirs, official, ours), normalize(pixels, *ours), rtol=0, atol=1e-6)
+    assert torch.equal(torch.from_numpy(pixels_uint8(theirs, *official)), pixels)
+    beyond = torch.full((1, 3, 1, 1), 9.0)  # synthetic values outside [0, 1] in pixels survive unclamped
+    assert torch.allclose(renormalize(renormalize(beyond, ours, official), official, ours), beyond, atol=1e-5)
+
+    # digits is not among the official code's datasets: its pt export keeps this project's normalisation.
+    assert main(["export", run.uri, "--format", "pt", "--to", str(tmp_path / "set.pt")]) == 0
+    saved = torch.load(tmp_path / "set.pt")
+    images, labels = read_method(run)
+    (got_images, got_labels), = saved["data"]
+    assert torch.equal(got_images, images) and torch.equal(got_labels, labels)
+    assert saved["mean"] == list(run.dataset.mean) and saved["std"] == list(run.dataset.std)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from orchestrator import storage
-from orchestrator.stages import StageFailed
+from orchestrator.stage_runner import StageFailed
 from orchestrator.stages.prepare import PLAN, prepare
 from orchestrator.cli import main
 from workers.data import DatasetError, open_dataset

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from orchestrator import storage
-from orchestrator.stages import StageFailed
+from orchestrator.stage_runner import StageFailed
 from orchestrator.stages.prepare import prepare
 from tests.conftest import moto_s3
 from workers.data import DatasetError, PreparedReader, open_dataset

@@ -17,7 +17,7 @@ from orchestrator.components.eval_pool import EvalActor, actor_pool, make_jobs, 
 from orchestrator.components.teacher import teacher_spec
 from orchestrator.config import RunConfig
 from orchestrator.run_dir import RunDir
-from orchestrator.stages import StageFailed
+from orchestrator.stage_runner import StageFailed
 
 STAGE = "evaluate"
 

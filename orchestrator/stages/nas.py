@@ -31,7 +31,7 @@ from orchestrator.components.settings import Purpose, train_settings
 from orchestrator.components.worker_setup import run_reader
 from orchestrator.config import NasSpace, RunConfig
 from orchestrator.run_dir import RunDir, RunError
-from orchestrator.stages import StageFailed
+from orchestrator.stage_runner import StageFailed
 from workers.data import normalize
 from workers.devices import compute_device
 from workers.networks import build_network, convnet_name
