@@ -11,12 +11,14 @@ import numpy as np
 import torch
 import yaml
 
-from orchestrator.artifacts.scores import read_results, summarize
+from orchestrator.artifacts.scores import hard_label_scores, read_results, summarize, teacher_identity
 from orchestrator.artifacts.training_sets import read_method
 from orchestrator.report import synthetic_label
 from orchestrator.run_dir import RunDir
 from orchestrator.secrets import redacted_config
-from orchestrator.set_formats import ScoreRow, SetCard, pixels_uint8, write_hf, write_imagefolder
+from orchestrator.components.teacher import teacher_spec
+from orchestrator.set_formats import ScoreRow, SetCard, SoftLabels, pixels_uint8, write_hf, write_imagefolder
+from workers.teachers import load_teacher
 
 FORMATS = ("pt", "npz", "png", "imagefolder", "hf")
 
@@ -76,17 +78,40 @@ def export_run(run: RunDir, fmt: str, to: str) -> str:
         return f"{target} ({len(labels)} images)"
     pixels = pixels_uint8(images, mean, std)
     if fmt == "hf":
-        return write_hf(target, pixels, labels, names, set_card(run, len(labels)))
+        return write_hf(target, pixels, labels, names, set_card(run, len(labels)), soft_labels(run, images))
     return write_imagefolder(target, pixels, labels, names)
 
 
+def soft_labels(run: RunDir, images: torch.Tensor) -> SoftLabels | None:
+    """Under soft-label evaluation, the teacher's probabilities of every image at the temperature
+    the evaluation used (of the stored images, not augmented); None under hard labels."""
+    spec, e, ds = teacher_spec(run), run.config.evaluate, run.dataset
+    if spec is None:
+        return None
+    teacher = load_teacher(spec, channels=ds.channels, num_classes=ds.num_classes, im_size=tuple(ds.im_size))
+    with torch.no_grad():
+        probabilities = torch.softmax(teacher(images) / e.temperature, dim=1)
+    return SoftLabels(probabilities.numpy(), "probabilities", teacher_name(run), e.temperature)
+
+
+def teacher_name(run: RunDir) -> str:
+    t = run.config.evaluate.teacher
+    return f"the pool's best network ({teacher_identity(run)})" if t.source == "pool" else f"{t.arch} ({t.weights})"
+
+
 def set_card(run: RunDir, images: int) -> SetCard:
-    """The dataset card of the run's synthetic set: what it is, how it was made, what it scores."""
+    """The dataset card of the run's synthetic set: what it is, how it was made, what it scores
+    under the evaluation's protocol (with DD-Ranking's LRS where known) and under hard labels."""
     cfg, ds = run.config, run.dataset
-    rows = tuple(ScoreRow("hard labels", s.method, s.model, s.n, s.mean, s.std) for s in summarize(read_results(run)))
+    protocol = "hard labels" if cfg.evaluate.labels == "hard" else f"soft labels from {teacher_name(run)}"
+    rows = [ScoreRow(protocol, s.method, s.model, s.n, s.mean, s.std, s.lrs) for s in summarize(read_results(run))]
+    if cfg.evaluate.labels == "soft":
+        rows += [ScoreRow("hard labels", s.method, s.model, s.n, s.mean, s.std)
+                 for s in summarize(hard_label_scores(run))]
     return SetCard(
         dataset=ds.name, class_names=tuple(ds.class_names), images=images, ipc=cfg.condense.ipc,
         image_size=(ds.channels, *ds.im_size), method=synthetic_label(cfg),
         config_yaml=yaml.safe_dump(redacted_config(cfg.model_dump(mode="json")), sort_keys=False),
         commit=run.record.versions.commit or f"dmcondense {run.record.versions.dmcondense}",
-        iterations=cfg.condense.iterations, scores=rows)
+        iterations=cfg.condense.iterations, scores=tuple(rows),
+        fair_note="LRS: DD-Ranking's label-robust score of the same networks (0-100, higher is better)")

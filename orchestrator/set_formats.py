@@ -60,7 +60,7 @@ class ScoreRow:
     networks: int
     mean: float
     std: float
-    fair_mean: float | None = None  # the same networks under the fair protocol (SetCard.fair_note)
+    fair_mean: float | None = None  # a fair score of the same networks (SetCard.fair_note says which)
     fair_std: float | None = None
 
 
@@ -186,7 +186,7 @@ def _scores_markdown(card: SetCard) -> str:
     if not card.scores:
         return "No scores recorded."
     fair = any(r.fair_mean is not None for r in card.scores)
-    head = ["protocol", "method", "model", "networks", "accuracy (%)"] + (["fair accuracy (%)"] if fair else [])
+    head = ["protocol", "method", "model", "networks", "accuracy (%)"] + (["fair score"] if fair else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in card.scores:
         cells = [_cell(r.protocol), _cell(r.method), _cell(r.model), str(r.networks), f"{r.mean:.2f} ± {r.std:.2f}"]

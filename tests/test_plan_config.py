@@ -169,3 +169,24 @@ def test_evaluation_job_labels_are_unique_and_name_their_networks():
     labels = [j.label for j in make_jobs(cfg, _sets(["dm", "random"]), n_actors=2)]
     assert len(labels) == len(set(labels)) > 2
     assert "dm / ConvNet, networks 1-2" in labels
+
+
+def test_herdings_feature_training_takes_the_evaluations_settings_and_precision():
+    from orchestrator.artifacts.selections import baseline_identity
+    from orchestrator.components.settings import train_settings
+    from orchestrator.run_dir import RunDir
+    from orchestrator.run_record import RunRecord
+    from workers.data import open_dataset
+
+    cfg = load_config(None, ["evaluate.coreset_feature_epochs=3", "evaluate.lr=0.05", "evaluate.batch=64",
+                             "precision.tf32=false", "precision.deterministic=true"])
+    got = train_settings(cfg, "coreset_features")
+    assert (got.epochs, got.lr, got.batch) == (3, 0.05, 64)  # before: TrainSettings(epochs=3)'s defaults
+    assert (got.precision.tf32, got.precision.deterministic) == (False, True)
+    assert got.labels == "hard"  # herding's features learn the real labels, whatever the evaluation's labels
+
+    def identity(*sets: str) -> str:
+        c = load_config(None, ["evaluate.coreset_feature_epochs=3", *sets])
+        return baseline_identity(RunDir("x", RunRecord.build(c, [], open_dataset("digits").info)), "herding")
+
+    assert identity("evaluate.lr=0.05") != identity("evaluate.lr=0.01")  # a selection of other features is redone

@@ -145,3 +145,27 @@ def test_worker_env_values_are_never_written_in_clear(tmp_path, capsys, monkeypa
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "another value")
     with pytest.raises(Exception, match="export AWS_SECRET_ACCESS_KEY"):
         runtime_env(RunDir.load(run.uri).config.resources)  # a different value is not taken for it
+
+
+def test_the_advice_for_a_corrupt_shard_mends_it(cpu_ray, tmp_path, capsys):
+    run = _committed_run(str(tmp_path / "run"))
+    shard = tmp_path / "run" / "shards" / "shard-00000.parquet"
+    good = shard.read_bytes()
+    shard.write_bytes(good[:100])
+    assert main(["report", run.uri]) == 2
+    advised = _one_line(capsys).split("`")[1].split()  # "... `dmcondense resume RUN` computes it first"
+    assert advised[:2] == ["dmcondense", "resume"]
+    assert main(advised[1:]) == 0  # followed as printed
+    assert shard.read_bytes() == good and main(["report", run.uri]) == 0
+
+
+def test_wait_takes_the_lease_once_the_first_driver_lets_it_go(tmp_path, capsys):
+    import threading
+
+    run = _committed_run(str(tmp_path / "run"))
+    held = acquire(run.uri, "dmcondense resume (the first driver)")
+    threading.Timer(3.0, held.release).start()
+    started = time.monotonic()
+    assert main(["resume", run.uri, "--wait"]) == 0
+    assert time.monotonic() - started >= 3.0
+    assert "waiting for" in capsys.readouterr().out

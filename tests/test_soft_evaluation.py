@@ -8,6 +8,7 @@ import torch
 
 from orchestrator.artifacts.scores import Score, read_results, with_fair_scores
 from orchestrator.cli import main
+from orchestrator.run_dir import RunDir
 
 from .test_run_integrity import DIGITS, TINY, _committed_run, _one_line, _sets
 
@@ -71,7 +72,7 @@ def test_soft_labels_run_through_the_stages_and_resume_with_nothing_scored_again
     assert main(["run", DIGITS, *_sets(*soft), "--out", run, "--make-pool"]) == 0
     out = capsys.readouterr().out
     assert "IOR" in out and "HLR" in out
-    rows = read_results(__import__("orchestrator.run_dir", fromlist=["RunDir"]).RunDir.load(run))
+    rows = read_results(RunDir.load(run))
     assert {r.method for r in rows} == {"dm", "random"} and all(r.ior is not None for r in rows)
     assert all(r.hlr is None for r in rows)  # the hard-label scores of this run are not there yet
     assert "soft labels from the pool's best network at temperature 1.2" in open(f"{run}/report.md").read()
@@ -80,5 +81,13 @@ def test_soft_labels_run_through_the_stages_and_resume_with_nothing_scored_again
     assert main(["evaluate", run, *_sets("evaluate.labels=soft")]) == 0  # scored: nothing trains again
     out = capsys.readouterr().out
     assert "evaluate:" not in out.replace("evaluate: 0 of", "")  # no progress line: no job ran
-    rows = read_results(__import__("orchestrator.run_dir", fromlist=["RunDir"]).RunDir.load(run))
+    rows = read_results(RunDir.load(run))
     assert all(r.hlr is not None and r.lrs is not None for r in rows)  # now both protocols are scored
+    datasets = pytest.importorskip("datasets")
+    assert main(["export", run, "--format", "hf", "--to", str(tmp_path / "hf")]) == 0
+    loaded = datasets.load_from_disk(str(tmp_path / "hf"))
+    probabilities = torch.tensor(loaded["soft_label"])
+    assert probabilities.shape == (10, 10) and torch.allclose(probabilities.sum(1), torch.ones(10), atol=1e-5)
+    assert "pool's best network" in loaded.info.description
+    card = (tmp_path / "hf" / "README.md").read_text()
+    assert "soft labels from the pool's best network" in card and "| hard labels |" in card

@@ -142,7 +142,8 @@ def with_fair_scores(run: RunDir, scores: list[Score], test_classes: list[int] |
     HLR and LRS where the real data's accuracy (the pool's final states, on its validation split)
     and this set's hard-label score are known."""
     by_network = {s.network: s.accuracy for s in scores}
-    hard = by_network if run.config.evaluate.labels == "hard" else _hard_label_scores(run, test_classes)
+    hard = by_network if run.config.evaluate.labels == "hard" else {
+        s.network: s.accuracy for s in hard_label_scores(run, test_classes)}
     real = real_accuracy(run)
     out = []
     for s in scores:
@@ -164,10 +165,11 @@ def real_accuracy(run: RunDir) -> float | None:
     return statistics.fmean(finals) if finals else None
 
 
-def _hard_label_scores(run: RunDir, test_classes: list[int] | None) -> dict[Network, float]:
+def hard_label_scores(run: RunDir, test_classes: list[int] | None = None) -> list[Score]:
+    """The run's stored scores under its evaluation settings with hard labels."""
     cfg = run.config
     hard = cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(update={"labels": "hard"})})
-    return {s.network: s.accuracy for s in stored_scores(run, settings_key(hard, test_classes), data_keys(run))}
+    return stored_scores(run, settings_key(hard, test_classes), data_keys(run))
 
 
 def write_results(run: RunDir, scores: Iterable[Score]) -> None:
