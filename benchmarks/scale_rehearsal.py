@@ -239,16 +239,20 @@ class NodeLoss(threading.Thread):
         self.start()
 
     def run(self) -> None:
-        node = list(self.cluster.worker_nodes)[-1]
+        self.node = list(self.cluster.worker_nodes)[-1]
         while (done := len(list((self.root / "manifest").glob("*.json")))) < self.after:
             time.sleep(0.02)
-        self.cluster.remove_node(node, allow_graceful=False)
+        self.cluster.remove_node(self.node, allow_graceful=False)
         self.removed_at = done
 
     def finish(self) -> dict[str, Any]:
+        """When the node went, and how many shards it had committed by then (none after)."""
         self.join(timeout=60)
         _check(self.removed_at is not None, f"the node was never removed ({self.after} commits awaited)")
-        return {"after_commits": self.removed_at, "nodes_alive_after": sum(n["Alive"] for n in ray.nodes())}
+        on_it = sum(json.loads(p.read_text())["node_id"] == self.node.node_id
+                    for p in (self.root / "manifest").glob("*.json"))
+        _check(on_it <= self.removed_at, f"the lost node committed {on_it} shards, {self.removed_at} were done")
+        return {"after_commits": self.removed_at, "shards_committed_by_the_lost_node": on_it}
 
 
 def check_exactly_once(run: Any, kills: dict[str, str]) -> dict[str, Any]:
@@ -386,8 +390,9 @@ def _print(f: dict[str, Any]) -> None:
     print(f"kills: {f['kills_injected']} injected {f['kills_by_point']}, {f['killed_shards_retried']} retried by Ray, "
           f"{f['extra_attempts']} extra attempts")
     if "node_lost" in f:
-        print(f"node loss: a worker node removed after {f['node_lost']['after_commits']} commits, "
-              f"{f['node_lost']['nodes_alive_after']} nodes left; its shards ran again elsewhere")
+        lost = f["node_lost"]
+        print(f"node loss: a worker node removed after {lost['after_commits']} commits (it had committed "
+              f"{lost['shards_committed_by_the_lost_node']}); the shards it was running ran again elsewhere")
     print(f"exactly once: every class in one committed shard, every shard committed once "
           f"({f['committed']} committed, {f['failed']} failed)")
 

@@ -44,9 +44,10 @@ def driver_session(address: str | None, writes: Sequence[str], *, command: str, 
     with contextlib.ExitStack() as stack:
         held = [stack.enter_context(_lease(d, command, wait, notify)) for d in writes]
         where = stack.enter_context(ray_session(address))
-        stack.enter_context(_signals_interrupt())
-        stack.enter_context(ray_work.guarded(lambda: [h.check() for h in held]))
+        stop = stack.enter_context(_signals_interrupt())
+        stack.enter_context(ray_work.guarded(lambda: [stop.check(), *(h.check() for h in held)]))
         yield where
+        stop.check()  # a signal that came after the last unit still ends as an interrupt
 
 
 def _lease(folder: str, command: str, wait: bool, notify: Callable[[str], None]) -> lease.Lease:
@@ -58,20 +59,33 @@ def _lease(folder: str, command: str, wait: bool, notify: Callable[[str], None])
                        "--out") from None
 
 
+class _Stop:
+    """The signal received, if any; ``check`` raises it as ``Interrupted`` where Python code runs.
+    (Raised from the handler itself, it would surface inside Ray's native wait as a SystemError.)"""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def record(self, signum: int, frame: object) -> None:
+        self.signum = signum
+
+    def check(self) -> None:
+        if self.signum is not None:
+            raise Interrupted(self.signum)
+
+
 @contextlib.contextmanager
-def _signals_interrupt() -> Iterator[None]:
-    """SIGINT and SIGTERM raise ``Interrupted`` in the driver (after Ray set its own handlers);
-    a driver run from another thread (an embedding program) leaves signals to that program."""
+def _signals_interrupt() -> Iterator[_Stop]:
+    """SIGINT and SIGTERM recorded, to stop the driver between two polls of its work (after Ray set
+    its own handlers); a driver run from another thread (an embedding program) leaves signals to
+    that program."""
+    stop = _Stop()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield stop
         return
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise Interrupted(signum)
-
-    saved = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+    saved = {s: signal.signal(s, stop.record) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        yield stop
     finally:
         for s, handler in saved.items():
             signal.signal(s, handler)

@@ -15,7 +15,8 @@ write), so a driver claims the lease in four steps, the same on a local disk:
 4. read it back: the lease is its own only if the token is still its own;
    otherwise the other driver won and is the holder.
 
-A renewal reads the lease first: a different token (or none) means it was taken
+A holder on this host whose process is gone is stale at once (a killed driver resumed on the
+same machine need not wait). A renewal reads the lease first: a different token (or none) means it was taken
 over, and the holder marks itself lost (``Lease.lost``, ``Lease.check()`` raises
 ``LeaseLost``) instead of overwriting it. So does a holder that could not renew
 for ``stale_after_s``, since by then another driver may have taken over.
@@ -142,6 +143,20 @@ def _read(path: str) -> LeaseRecord | None:
                     "if no other driver works in this directory, remove it")
 
 
+def _dead_here(record: LeaseRecord) -> bool:
+    """The holder ran on this host and its process is gone (killed): its lease is stale at once.
+    A holder elsewhere, or whose process id is alive (or reused), waits for ``stale_after_s``."""
+    if record.host != socket.gethostname() or record.pid == os.getpid():
+        return False
+    try:
+        os.kill(record.pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
 def _write(path: str, record: LeaseRecord) -> None:
     storage.write_json_atomic(path, record.model_dump(mode="json"))
 
@@ -183,15 +198,16 @@ def acquire(folder: str, command: str, *, wait: bool = False, timings: LeaseTimi
     while True:
         read_at = time.monotonic()
         current = _read(path)
-        if current is None or current.age_s() > timings.stale_after_s:
+        if current is None or current.age_s() > timings.stale_after_s or _dead_here(current):
             now = time.time()
             mine = LeaseRecord(token=uuid.uuid4().hex, host=socket.gethostname(), pid=os.getpid(),
                                command=command, since=now, renewed=now)
             holder = _claim(path, mine, read_at, timings)
             if holder is not None and holder.token == mine.token:
                 if current is not None:
-                    notify(f"took over the lease of {folder} from {current.holder()}: not renewed for "
-                           f"{_secs(current.age_s())} (stale after {_secs(timings.stale_after_s)})")
+                    why = ("its process is gone" if _dead_here(current) else
+                           f"not renewed for {_secs(current.age_s())} (stale after {_secs(timings.stale_after_s)})")
+                    notify(f"took over the lease of {folder} from {current.holder()}: {why}")
                 return Lease(folder, holder, timings, current, notify)
             if holder is None:
                 continue  # the winner already released it: free again

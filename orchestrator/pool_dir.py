@@ -16,6 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from orchestrator import storage
+from workers.data.uri import absolute
 from orchestrator.config import DatasetConfig, RunConfig
 from workers.data.types import DatasetInfo
 
@@ -114,7 +115,7 @@ class PoolDir:
 
 
 def pool_root(cfg: RunConfig) -> str:
-    return cfg.pool.uri or storage.join(cfg.output, "pool")
+    return absolute(cfg.pool.uri or storage.join(cfg.output, "pool"))
 
 
 def pools_at(root: str) -> list[PoolRecord]:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from orchestrator import commands, storage
+from workers.data.uri import absolute
 from orchestrator.run_record import RunRecord, upgrade
 
 if TYPE_CHECKING:
@@ -36,8 +37,11 @@ _RECORD_FIX = ("the committed units are untouched: start the run again over them
 
 @dataclass(frozen=True)
 class RunDir:
-    uri: str
+    uri: str  # absolute: tasks and actors run in other directories, on other nodes
     record: RunRecord
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "uri", absolute(self.uri))
 
     # ------------------------------------------------------------ record
     @staticmethod

@@ -30,9 +30,9 @@ class StageFailed(RuntimeError):
     """Some units of a stage failed after their retries; every other unit is committed and running
     the same command again computes only the rest (the CLI names that command)."""
 
-    def __init__(self, stage: str, failed: dict[str, str]) -> None:
+    def __init__(self, stage: str, failed: dict[str, str], total: int) -> None:
         self.stage, self.failed = stage, failed
-        lines = [f"{stage}: {len(failed)} failed; everything else is committed"]
+        lines = [f"{stage}: {len(failed)} of {total} failed; everything else is committed"]
         lines += [f"  {key}: {error}" for key, error in sorted(failed.items())]
         super().__init__("\n".join(lines))
 
@@ -98,7 +98,7 @@ def run_units(stage: UnitStage, units: Sequence[Unit], console: Console, *,
         if failures[key] is not None:
             commits.record_failure(failures[key], error)
     if outcome.failed:
-        raise StageFailed(stage.name, outcome.failed)
+        raise StageFailed(stage.name, outcome.failed, len(units))
     return outcome
 
 

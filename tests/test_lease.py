@@ -249,3 +249,18 @@ def test_a_holder_that_cannot_renew_steps_down(tmp_path, monkeypatch):
         with pytest.raises(LeaseLost):
             lease.check()
         lease.release()
+
+
+def test_a_lease_whose_process_died_on_this_host_is_taken_over_at_once(tmp_path):
+    import subprocess
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a process id that no longer runs
+    now = time.time()
+    dead = LeaseRecord(token="t", host=socket.gethostname(), pid=gone.pid, command="dmcondense run (killed)",
+                       since=now, renewed=now)
+    folder = str(tmp_path / "run")
+    storage.write_json_atomic(storage.join(folder, LEASE_FILE), dead.model_dump(mode="json"))
+    heard = []
+    with acquire(folder, "dmcondense resume", timings=FAST, notify=heard.append) as held:
+        assert held.took_over == dead and "its process is gone" in heard[0]

@@ -64,7 +64,7 @@ def test_failed_range_resumes_without_rewriting_committed_ones(tmp_path):
     out = str(tmp_path / "out")
     with pytest.raises(StageFailed, match="broken.png") as err:
         prepare("imagefolder", root, out, resolution=RES, strict=True, classes_per_task=1)
-    assert "1 of 5 prepare tasks failed" in str(err.value)
+    assert "prepare imagefolder: 1 of 5 failed; everything else is committed" in str(err.value)
     assert not storage.exists(storage.join(out, META))
     assert not storage.exists(storage.join(out, train_file(1, 1)))
     kept = [f for k in (0, 2, 3) for f in _range_files(k, k)]

@@ -30,7 +30,7 @@ def test_killed_shards_are_retried_and_every_class_is_committed_once(rehearsed):
     assert sorted(c for m in manifests for c in m["classes"]) == list(range(40))
     assert sum(figures["shards_per_node"]) == 20 and len(figures["shards_per_node"]) >= 2  # work spread
     lost = figures["node_lost"]  # a whole node went after 6 commits; its shards were computed elsewhere
-    assert lost["after_commits"] >= 6 and lost["nodes_alive_after"] == 2
+    assert lost["after_commits"] >= 6 and lost["shards_committed_by_the_lost_node"] <= lost["after_commits"]
     assert figures["driver_cpu_ms_per_shard"] > 0 and figures["object_store"]["capacity_bytes"] > 0
 
 

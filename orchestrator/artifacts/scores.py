@@ -207,7 +207,7 @@ def summarize(scores: Iterable[Score]) -> list[Summary]:
 
 
 def _mean_of(group: list[Score], name: str) -> float | None:
-    values = [getattr(s, name) for s in group]
+    values = [getattr(s, name, None) for s in group]  # continual's step scores carry none
     return 100.0 * statistics.fmean(values) if values and None not in values else None
 
 

@@ -46,7 +46,7 @@ def evaluate(run: RunDir, console: Console, methods: list[str] | None = None,
                            [ray_work.Work(j.label, (j, test), len(j.seeds)) for j in jobs],
                            label=STAGE, unit="networks", console=console, done_units=len(done))
         if outcome.failed:
-            raise StageFailed(STAGE, outcome.failed)
+            raise StageFailed(STAGE, outcome.failed, len(jobs))
     results = with_fair_scores(run, sorted(_asked(cfg, stored_scores(run, key, keys)), key=result_order), test_classes)
     write_results(run, results)
     return results

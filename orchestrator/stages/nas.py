@@ -109,7 +109,7 @@ def nas(run: RunDir, console: Console) -> tuple[list[NasScore], list[ProxyQualit
                            [ray_work.Work(j.key, (j, data)) for j in todo], label=STAGE, unit="trainings",
                            console=console, done_units=len(jobs) - len(todo))
         if outcome.failed:
-            raise StageFailed(STAGE, outcome.failed)
+            raise StageFailed(STAGE, outcome.failed, len(todo))
     scores = [s for key, s in stored_scores(folder).items() if key in {j.key for j in jobs}]
     write_results(run, scores)
     return scores, proxy_qualities(scores, cfg.nas.top_fraction)

@@ -29,6 +29,12 @@ def resolve(location: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(location))
 
 
+def absolute(location: str) -> str:
+    """A local path made absolute here (a worker elsewhere, or in another directory, finds the same
+    place); a URI as it is."""
+    return location if is_uri(location) else os.path.abspath(os.path.expanduser(location))
+
+
 def join(base: str, *parts: str) -> str:
     """Join path parts onto a local path or a URI, keeping a URI's query string."""
     if not is_uri(base):
