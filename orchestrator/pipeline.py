@@ -43,7 +43,7 @@ def new_run(cfg: RunConfig, pool_hint: str = commands.pool("CONFIG"), make_pool:
         existing = ()
         old = _existing_run(cfg.output)
         if old is not None:
-            _refuse_other_kind(old, kind)
+            old.refuse_other_kind(kind)
             _refuse_other_images(old.config, cfg, cfg.output, allow_growth=True)
             existing = old.shards
         plan = make_plan(classes, cfg.plan.classes_per_shard, cfg.seed, existing)
@@ -105,13 +105,6 @@ def reopened_run(uri: str, overrides: list[str], config_path: str | None = None,
     if not make_pool:
         check_pool(run, commands.pool(uri))
     return run
-
-
-def _refuse_other_kind(old: RunDir, kind: RunKind) -> None:
-    names = {"run": "a plain run (dmcondense run)", "continual": "a continual run (dmcondense continual)"}
-    if old.record.kind != kind:
-        raise RunError(f"{old.uri} holds {names[old.record.kind]}; {names[kind]} needs a directory of its own: "
-                       "pass another --out")
 
 
 def _refuse_other_images(old: RunConfig, new: RunConfig, uri: str, *, allow_growth: bool,

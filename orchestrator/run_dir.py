@@ -77,6 +77,13 @@ class RunDir:
             raise RunError(f"cannot write the run directory {self.uri} ({str(exc).splitlines()[0]}); choose a "
                            "writable location with --out") from None
 
+    def refuse_other_kind(self, kind: str) -> None:
+        """A plain run and a continual run never share a directory."""
+        names = {"run": "a plain run (dmcondense run)", "continual": "a continual run (dmcondense continual)"}
+        if self.record.kind != kind:
+            raise RunError(f"{self.uri} holds {names[self.record.kind]}; {names[kind]} needs a directory of its "
+                           "own: pass another --out")
+
     def with_config(self, cfg: RunConfig) -> "RunDir":
         return RunDir(self.uri, self.record.with_config(cfg))
 

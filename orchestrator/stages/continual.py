@@ -33,7 +33,10 @@ def class_steps(classes: list[int], steps: int, seed: int) -> list[list[int]]:
 
 
 def check_continual(cfg: RunConfig, info: DatasetInfo) -> list[list[int]]:
-    """Before any task starts: the steps, and every class able to fill its memory."""
+    """Before any task starts: the steps, every class able to fill its memory, and a directory that
+    holds no plain run."""
+    if RunDir.exists(cfg.output):
+        RunDir.load(cfg.output).refuse_other_kind("continual")
     classes = planned_classes(cfg, info)
     try:
         check_config_against_dataset(cfg, info, classes)
@@ -56,6 +59,7 @@ def step_run(cfg: RunConfig, info: DatasetInfo, grow: Callable[[RunConfig], RunD
     seen = set(cfg.plan.classes or ())
     if RunDir.exists(cfg.output):
         current = RunDir.load(cfg.output)
+        current.refuse_other_kind("continual")
         if seen <= set(current.record.classes):
             shards = [spec for spec in current.shards if set(spec.class_ids) <= seen]
             return RunDir(cfg.output, RunRecord.build(cfg, shards, info, current.record.kind))
