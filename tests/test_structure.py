@@ -1,0 +1,42 @@
+"""One source per name list, and test tiers by rule (tests/conftest.py)."""
+
+from __future__ import annotations
+
+import typing
+
+import pytest
+
+from orchestrator.config import RECIPES, CondenseConfig, NasSpace
+from workers.matching import CharacteristicFunctions, KernelMMD, MeanLoss, matching_loss
+from workers.networks import CONVNET_WORDS, NETWORK_NAMES, parse_convnet
+
+
+def test_network_names_and_the_nas_vocabulary_come_from_the_grammar():
+    for field, words in CONVNET_WORDS.items():
+        for word, value in words.items():
+            assert getattr(parse_convnet(f"ConvNet{word}"), field) == value
+            assert f"ConvNet{word}" in NETWORK_NAMES  # every word has its example
+    for field, name in (("act", "activations"), ("norm", "norms"), ("pool", "pools")):
+        allowed = typing.get_args(typing.get_args(NasSpace.model_fields[name].annotation)[0])
+        assert set(allowed) == set(CONVNET_WORDS[field].values())
+    recipe = typing.get_args(CondenseConfig.model_fields["recipe"].annotation)[0]
+    assert set(typing.get_args(recipe)) == set(RECIPES)
+
+
+def test_the_matching_losses_sit_behind_one_interface():
+    assert isinstance(matching_loss("mean", "linear"), MeanLoss)
+    assert isinstance(matching_loss("mmd", "linear"), MeanLoss)  # the same loss: the means' distance
+    assert matching_loss("mmd", "rbf") == KernelMMD("rbf") and not KernelMMD.means_only
+    assert isinstance(matching_loss("cfd", "linear"), CharacteristicFunctions)
+
+
+def test_tests_that_start_ray_or_a_process_are_in_the_slow_tier_by_rule(request):
+    marked = {item.nodeid: item.get_closest_marker("ray") is not None for item in request.session.items}
+    if len(marked) < 100:
+        pytest.skip("checked when the whole suite is collected")
+    slow = ["tests/test_local_ray.py::test_local_ray_started_by_the_program_listens_on_loopback_only",  # subprocess
+            "tests/test_cuda.py::test_a_shard_end_to_end_and_a_resume_on_the_gpu"]  # the CLI, which starts Ray
+    assert all(marked[n] for n in slow if n in marked)  # (a fast-tier run has deselected them)
+    assert not marked["tests/test_plan_config.py::test_hash_covers_what_changes_the_images_only"]
+    fast = next(i for i in request.session.items if i.nodeid.endswith("test_hash_covers_what_changes_the_images_only"))
+    assert fast.get_closest_marker("timeout").args == (60,)
