@@ -24,7 +24,7 @@ from orchestrator.export import FORMATS as EXPORT_FORMATS
 from orchestrator.export import export_run
 from orchestrator.driver_session import Interrupted, driver_session
 from orchestrator.pool_dir import PoolDir, pool_of
-from orchestrator.report import TableRow, has_fair_scores, report
+from orchestrator.report import FAIR_HEADS, TableRow, has_fair_scores, report
 from orchestrator.run_dir import RunDir, RunError
 from orchestrator.run_status import run_status
 from orchestrator.stage_runner import StageFailed
@@ -373,7 +373,7 @@ def _print_results(rows: list[TableRow], run: RunDir) -> None:
     if rows:
         fair = has_fair_scores(rows)
         table = Table(title="test accuracy (%)" + (", and DD-Ranking's fair scores (report.md says how)" if fair else ""))
-        for col in ("method", "model", "networks", "mean ± std", "paper", *(("IOR", "HLR", "LRS") if fair else ())):
+        for col in ("method", "model", "networks", "mean ± std", "paper", *(FAIR_HEADS if fair else ())):
             table.add_column(col)
         for r in rows:
             paper = f"{r.paper:.1f}" if r.paper is not None else "-"

@@ -298,6 +298,9 @@ class EvaluateConfig(_Strict):
         "augmented batch and the networks learn its distribution at evaluate.temperature (DD-Ranking's protocol)")
     temperature: float = Field(default=1.2, gt=0, description="soft labels: the temperature of teacher and student")
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    augment: bool = Field(
+        default=True, description="train the networks with condense.dsa_strategy; false: without augmentation "
+        "(with both scored, the results add DD-Ranking's augmentation-robust score ARS)")
 
     @field_validator("models")
     @classmethod

@@ -103,10 +103,11 @@ def set_card(run: RunDir, images: int) -> SetCard:
     """The dataset card of the run's synthetic set: what it is, how it was made, what it scores
     under the evaluation's protocol (with DD-Ranking's LRS where known) and under hard labels."""
     cfg, ds = run.config, run.dataset
-    protocol = "hard labels" if cfg.evaluate.labels == "hard" else f"soft labels from {teacher_name(run)}"
+    plain = "" if cfg.evaluate.augment else ", without augmentation"
+    protocol = ("hard labels" if cfg.evaluate.labels == "hard" else f"soft labels from {teacher_name(run)}") + plain
     rows = [ScoreRow(protocol, s.method, s.model, s.n, s.mean, s.std, s.lrs) for s in summarize(read_results(run))]
     if cfg.evaluate.labels == "soft":
-        rows += [ScoreRow("hard labels", s.method, s.model, s.n, s.mean, s.std)
+        rows += [ScoreRow("hard labels" + plain, s.method, s.model, s.n, s.mean, s.std)
                  for s in summarize(hard_label_scores(run))]
     return SetCard(
         dataset=ds.name, class_names=tuple(ds.class_names), images=images, ipc=cfg.condense.ipc,

@@ -17,7 +17,7 @@ from orchestrator.figures import plt, png
 from orchestrator.pool_dir import pool_of
 from orchestrator.run_dir import RunDir
 from orchestrator.artifacts.pool_networks import histogram_png
-from orchestrator.artifacts.scores import Score, summarize
+from orchestrator.artifacts.scores import FAIR_SCORES, Score, summarize
 from orchestrator.artifacts.shards import ShardManifest, shard_state, snapshot_iteration
 from orchestrator.artifacts.training_sets import read_method
 from workers.data import denormalize
@@ -54,12 +54,16 @@ class TableRow:
     ior: float | None = None  # DD-Ranking's fair scores, in percent (artifacts.scores.with_fair_scores)
     hlr: float | None = None
     lrs: float | None = None
+    ars: float | None = None
 
     @property
     def fair(self) -> list[str]:
-        """IOR, HLR (signed points) and LRS as table cells; "-" where not computable."""
-        return ["-" if v is None else (f"{v:.2f}" if name == "lrs" else f"{v:+.2f}")
-                for name, v in (("ior", self.ior), ("hlr", self.hlr), ("lrs", self.lrs))]
+        """IOR, HLR (signed points), LRS and ARS as table cells; "-" where not computable."""
+        return ["-" if (v := getattr(self, name)) is None else (f"{v:+.2f}" if name in ("ior", "hlr") else f"{v:.2f}")
+                for name in FAIR_SCORES]
+
+
+FAIR_HEADS = tuple(name.upper() for name in FAIR_SCORES)
 
 
 def synthetic_label(cfg: RunConfig) -> str:
@@ -90,31 +94,35 @@ def results_table(scores: list[Score], cfg: RunConfig, dataset: str) -> list[Tab
     for s in summarize(scores):
         label = name + s.method[2:] if s.method.startswith("dm") else s.method  # dm@200 -> <name>@200
         paper = paper_figure(dataset, s.method, cfg.condense.ipc, s.model) if label == s.method else None
-        rows.append(TableRow(s.method, label, s.model, s.n, s.mean, s.std, paper, s.ior, s.hlr, s.lrs))
+        rows.append(TableRow(s.method, label, s.model, s.n, s.mean, s.std, paper, s.ior, s.hlr, s.lrs, s.ars))
     return rows
 
 
-FAIR_NOTE = ("IOR, HLR, LRS: DD-Ranking's fair scores (v0.2.0 definitions, orchestrator/fair_scores.py), per "
+FAIR_NOTE = ("IOR, HLR, LRS, ARS: DD-Ranking's fair scores (v0.2.0 definitions, orchestrator/fair_scores.py), per "
              "network seed then averaged, in points: IOR the accuracy over the random set's under the same protocol, "
              "HLR the real data's hard-label accuracy (the pool's final states on its validation split) less this "
-             "set's hard-label accuracy, LRS their blend (in [0, 100], higher is better).")
+             "set's hard-label accuracy, LRS their blend (in [0, 100], higher is better), ARS the blend of the "
+             "improvements over random with and without augmentation (in [0, 100]; where both are scored: "
+             "evaluate.augment).")
 
 
 def _labels(cfg: RunConfig) -> str:
     e = cfg.evaluate
+    plain = "" if e.augment else ", without augmentation"
     if e.labels == "hard":
-        return "hard labels"
+        return "hard labels" + plain
     teacher = "the pool's best network" if e.teacher.source == "pool" else f"{e.teacher.arch} ({e.teacher.weights})"
-    return f"soft labels from {teacher} at temperature {e.temperature:g}"
+    return f"soft labels from {teacher} at temperature {e.temperature:g}{plain}"
 
 
 def has_fair_scores(table: list[TableRow]) -> bool:
-    return any(r.ior is not None or r.hlr is not None for r in table)
+    return any(getattr(r, name) is not None for r in table for name in FAIR_SCORES)
 
 
 def markdown_table(table: list[TableRow]) -> str:
     fair = has_fair_scores(table)
-    head = "| method | model | networks | accuracy (%) | paper (%) |" + (" IOR | HLR | LRS |" if fair else "")
+    head = "| method | model | networks | accuracy (%) | paper (%) |" + ("".join(f" {h} |" for h in FAIR_HEADS)
+                                                                       if fair else "")
     lines = [head, "|---" * head.count(" | ") + "|---|"]
     for r in table:
         paper = f"{r.paper:.1f}" if r.paper is not None else "-"

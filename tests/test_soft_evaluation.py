@@ -3,10 +3,15 @@ and DD-Ranking's fair scores in the results."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
-from orchestrator.artifacts.scores import Score, read_results, with_fair_scores
+from orchestrator.artifacts.scores import (
+    Score, data_keys, read_results, settings_key, with_fair_scores, write_job_scores,
+)
+from orchestrator.components.settings import train_settings
 from orchestrator.cli import main
 from orchestrator.run_dir import RunDir
 
@@ -62,6 +67,41 @@ def test_fair_scores_pair_each_network_with_the_random_one_of_its_seed(tmp_path)
     assert fair["dm", 1].hlr is None and fair["dm", 1].lrs is None  # no pool: no real-data accuracy
 
 
+def test_ars_pairs_each_round_with_the_same_seed_scored_without_augmentation(tmp_path):
+    """Round 1: with aug 0.60 - 0.50 = 0.10, without 0.40 - 0.45 = -0.05: beta = 0.025,
+    ARS = (e^0.025 - e^-1) / (e - e^-1) = (1.025315 - 0.367879) / 2.350402 = 0.279712."""
+    run = _committed_run(str(tmp_path / "run"))
+    keys = data_keys(run)
+
+    def score(method: str, seed: int, accuracy: float, cfg) -> Score:  # noqa: ANN001
+        return Score(method, "ConvNet", seed, accuracy, 1, 1.0, "cpu", settings_key(cfg), keys.get(method, "a random set"))
+
+    plain_cfg = run.config.model_copy(update={"evaluate": run.config.evaluate.model_copy(update={"augment": False})})
+    for method, accuracy in (("dm", 0.40), ("random", 0.45)):  # seed 1 only: seed 2 has no plain round
+        write_job_scores(run, [score(method, 1, accuracy, plain_cfg)])
+    augmented = [score("dm", 1, 0.60, run.config), score("random", 1, 0.50, run.config),
+                 score("dm", 2, 0.70, run.config), score("random", 2, 0.50, run.config)]
+    fair = {(s.method, s.seed): s for s in with_fair_scores(run, augmented)}
+    assert fair["dm", 1].ars == pytest.approx(0.279712, abs=1e-6)
+    assert fair["random", 1].ars == pytest.approx(1 / (1 + math.e))  # random against itself: beta = 0
+    assert fair["dm", 2].ars is None
+    for augmented_score in augmented:
+        write_job_scores(run, [augmented_score])
+    plain = {(s.method, s.seed): s for s in with_fair_scores(run.with_config(plain_cfg),
+                                                              [score("dm", 1, 0.40, plain_cfg),
+                                                               score("random", 1, 0.45, plain_cfg)])}
+    assert plain["dm", 1].ars == pytest.approx(0.279712, abs=1e-6)  # the same round seen from the other side
+
+
+def test_an_evaluation_without_augmentation_trains_plain_under_its_own_key(tmp_path):
+    run = _committed_run(str(tmp_path / "run"))
+    plain_cfg = run.config.model_copy(update={"evaluate": run.config.evaluate.model_copy(
+        update={"augment": False, "coreset_feature_epochs": 1})})
+    assert train_settings(run.config, "evaluate").augments and not train_settings(plain_cfg, "evaluate").augments
+    assert train_settings(plain_cfg, "coreset_features").augments  # the baselines' selections stay as they were
+    assert settings_key(plain_cfg) != settings_key(run.config)
+
+
 @pytest.mark.ray
 def test_soft_labels_run_through_the_stages_and_resume_with_nothing_scored_again(tmp_path, capsys):
     pool = ["pool.networks=1", "pool.epochs=1", "pool.states_every=4", "pool.model=ConvNetW32",
@@ -81,8 +121,18 @@ def test_soft_labels_run_through_the_stages_and_resume_with_nothing_scored_again
     assert main(["evaluate", run, *_sets("evaluate.labels=soft")]) == 0  # scored: nothing trains again
     out = capsys.readouterr().out
     assert "evaluate:" not in out.replace("evaluate: 0 of", "")  # no progress line: no job ran
-    rows = read_results(RunDir.load(run))
+    before_plain = rows = read_results(RunDir.load(run))
     assert all(r.hlr is not None and r.lrs is not None for r in rows)  # now both protocols are scored
+    assert all(r.ars is None for r in rows) and "| ARS |" in open(f"{run}/report.md").read()
+    assert main(["evaluate", run, *_sets("evaluate.labels=soft", "evaluate.augment=false")]) == 0
+    assert "without augmentation" in open(f"{run}/report.md").read()
+    rows = read_results(RunDir.load(run))
+    assert all(r.ars is not None for r in rows)  # each round now scored with and without augmentation
+    assert len({r.accuracy for r in rows} - {r.accuracy for r in before_plain}) > 0
+    assert main(["evaluate", run, *_sets("evaluate.augment=true")]) == 0  # back to the augmented side: nothing trains
+    rows = read_results(RunDir.load(run))
+    assert [r.accuracy for r in rows] == [r.accuracy for r in before_plain] and all(r.ars is not None for r in rows)
+    capsys.readouterr()
     datasets = pytest.importorskip("datasets")
     assert main(["export", run, "--format", "hf", "--to", str(tmp_path / "hf")]) == 0
     loaded = datasets.load_from_disk(str(tmp_path / "hf"))

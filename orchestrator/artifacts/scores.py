@@ -19,7 +19,9 @@ import pyarrow as pa
 
 from orchestrator import storage
 from orchestrator.artifacts.pool_networks import best_network, network_state
-from orchestrator.fair_scores import LabelAccuracies, label_robust_score
+from orchestrator.fair_scores import (
+    AugmentationAccuracies, LabelAccuracies, augmentation_robust_score, label_robust_score,
+)
 from orchestrator.artifacts.shards import snapshot_iteration
 from orchestrator.artifacts.training_sets import data_key
 from orchestrator.config import RunConfig
@@ -48,6 +50,7 @@ class Score:
     ior: float | None = None  # minus the random set's network of the same seed, same protocol
     hlr: float | None = None  # the real data's hard-label accuracy minus this set's, hard labels
     lrs: float | None = None  # their blend
+    ars: float | None = None  # augmentation-robust: needs this round scored with and without augmentation
 
     @property
     def network(self) -> Network:
@@ -64,6 +67,10 @@ class Summary:
     ior: float | None = None  # the fair scores' means over the rounds, in percent (None: not for every round)
     hlr: float | None = None
     lrs: float | None = None
+    ars: float | None = None
+
+
+FAIR_SCORES = ("ior", "hlr", "lrs", "ars")
 
 
 def asked_methods(cfg: RunConfig) -> list[str]:
@@ -111,6 +118,8 @@ def settings_key(cfg: RunConfig, test_classes: list[int] | None = None, teacher:
         shaping["test_classes"] = sorted(test_classes)
     if e.labels == "soft":  # hard-label keys stay as they were
         shaping.update(labels="soft", temperature=e.temperature, teacher=teacher)
+    if not e.augment:  # so do augmented ones
+        shaping["augment"] = False
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -140,10 +149,12 @@ def with_fair_scores(run: RunDir, scores: list[Score], test_classes: list[int] |
     """``scores`` with DD-Ranking's scores per round (one seed: the same network initialisation for
     every method): IOR against the random set's network of the same seed under the same protocol;
     HLR and LRS where the real data's accuracy (the pool's final states, on its validation split)
-    and this set's hard-label score are known."""
+    and this set's hard-label score are known; ARS where the round is also scored with the other
+    ``evaluate.augment``."""
     by_network = {s.network: s.accuracy for s in scores}
     hard = by_network if run.config.evaluate.labels == "hard" else {
         s.network: s.accuracy for s in hard_label_scores(run, test_classes)}
+    other = {s.network: s.accuracy for s in other_augmentation_scores(run, test_classes)}
     real = real_accuracy(run)
     out = []
     for s in scores:
@@ -152,8 +163,20 @@ def with_fair_scores(run: RunDir, scores: list[Score], test_classes: list[int] |
                 "hlr": real - syn_hard if real is not None and syn_hard is not None else None}
         if fair["ior"] is not None and fair["hlr"] is not None:
             fair["lrs"] = label_robust_score(LabelAccuracies(real, syn_hard, s.accuracy, rnd)).lrs  # type: ignore[arg-type]
+        fair["ars"] = _augmentation_robust(run.config.evaluate.augment, s.accuracy, rnd, other.get(s.network),
+                                           other.get(("random", s.model, s.seed)))
         out.append(replace(s, **fair))
     return out
+
+
+def _augmentation_robust(augmented: bool, syn: float, rnd: float | None, syn_other: float | None,
+                         rnd_other: float | None) -> float | None:
+    """ARS of one round from this protocol's accuracies and the other augmentation's (None: one missing)."""
+    if rnd is None or syn_other is None or rnd_other is None:
+        return None
+    mine, theirs = (syn, rnd), (syn_other, rnd_other)
+    (syn_aug, rnd_aug), (syn_plain, rnd_plain) = (mine, theirs) if augmented else (theirs, mine)
+    return augmentation_robust_score(AugmentationAccuracies(syn_aug, rnd_aug, syn_plain, rnd_plain)).ars
 
 
 def real_accuracy(run: RunDir) -> float | None:
@@ -167,9 +190,18 @@ def real_accuracy(run: RunDir) -> float | None:
 
 def hard_label_scores(run: RunDir, test_classes: list[int] | None = None) -> list[Score]:
     """The run's stored scores under its evaluation settings with hard labels."""
+    return _scores_under(run, test_classes, None, labels="hard")
+
+
+def other_augmentation_scores(run: RunDir, test_classes: list[int] | None = None) -> list[Score]:
+    """The run's stored scores under its evaluation settings with the other ``evaluate.augment``."""
+    return _scores_under(run, test_classes, teacher_identity(run), augment=not run.config.evaluate.augment)
+
+
+def _scores_under(run: RunDir, test_classes: list[int] | None, teacher: str | None, **evaluate) -> list[Score]:
     cfg = run.config
-    hard = cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(update={"labels": "hard"})})
-    return stored_scores(run, settings_key(hard, test_classes), data_keys(run))
+    changed = cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(update=evaluate)})
+    return stored_scores(run, settings_key(changed, test_classes, teacher), data_keys(run))
 
 
 def write_results(run: RunDir, scores: Iterable[Score]) -> None:
@@ -202,7 +234,7 @@ def summarize(scores: Iterable[Score]) -> list[Summary]:
         groups.setdefault((s.method, s.model), []).append(s)
     return [Summary(method, model, len(group), statistics.fmean(100.0 * s.accuracy for s in group),
                     statistics.pstdev([100.0 * s.accuracy for s in group]),
-                    *(_mean_of(group, name) for name in ("ior", "hlr", "lrs")))
+                    *(_mean_of(group, name) for name in FAIR_SCORES))
             for (method, model), group in groups.items()]
 
 

@@ -49,8 +49,8 @@ def train_settings(cfg: RunConfig, purpose: Purpose) -> TrainSettings:
     the real training split not)."""
     e, n, dsa, numerics = cfg.evaluate, cfg.nas, cfg.condense.dsa_strategy, precision(cfg)
     if purpose == "evaluate":
-        return TrainSettings(epochs=e.epochs, lr=e.lr, batch=e.batch, dsa_strategy=dsa, precision=numerics,
-                             labels=e.labels, temperature=e.temperature)
+        return TrainSettings(epochs=e.epochs, lr=e.lr, batch=e.batch, dsa_strategy=dsa if e.augment else None,
+                             precision=numerics, labels=e.labels, temperature=e.temperature)
     if purpose == "coreset_features":  # trained on the real labels themselves
         return TrainSettings(epochs=e.coreset_feature_epochs, lr=e.lr, batch=e.batch, dsa_strategy=dsa,
                              precision=numerics)
