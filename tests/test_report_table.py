@@ -1,0 +1,32 @@
+"""The results table: the paper's Table 1 figure beside each method it reports, the fair-score
+columns only where some score is known."""
+
+from __future__ import annotations
+
+from orchestrator.artifacts.scores import Score
+from orchestrator.config import load_config
+from orchestrator.report import markdown_table, results_table
+
+from .test_run_integrity import REPO
+
+
+def _score(method: str, model: str = "ConvNet", accuracy: float = 0.25, **fair: float) -> Score:
+    return Score(method, model, 0, accuracy, 1, 1.0, "cpu", "key", "data", **fair)
+
+
+def test_every_coreset_of_table_1_gets_its_paper_figure_and_nothing_else_does():
+    cfg = load_config(str(REPO / "configs" / "cifar10-ipc1.yaml"), [])
+    rows = results_table([_score("dm"), _score("dm@200"), _score("forgetting"), _score("herding"),
+                          _score("random"), _score("k_center"), _score("dm", "AlexNet")], cfg, "cifar10")
+    paper = {(r.label, r.model): r.paper for r in rows}
+    assert paper == {("dm", "ConvNet"): 26.0, ("dm@200", "ConvNet"): None, ("forgetting", "ConvNet"): 13.5,
+                     ("herding", "ConvNet"): 21.5, ("random", "ConvNet"): 14.4, ("k_center", "ConvNet"): None,
+                     ("dm", "AlexNet"): None}
+
+
+def test_fair_columns_appear_with_the_first_known_score():
+    cfg = load_config(str(REPO / "configs" / "cifar10-ipc1.yaml"), [])
+    plain = markdown_table(results_table([_score("dm"), _score("random")], cfg, "cifar10"))
+    assert "IOR" not in plain
+    fair = markdown_table(results_table([_score("dm", ars=0.3), _score("random", ars=0.27)], cfg, "cifar10"))
+    assert "| IOR | HLR | LRS | ARS |" in fair and "| - | - | - | 30.00 |" in fair
