@@ -89,11 +89,14 @@ def synthetic_label(cfg: RunConfig) -> str:
 
 def results_table(scores: list[Score], cfg: RunConfig, dataset: str) -> list[TableRow]:
     """mean +- std per (method, model), the synthetic set named by ``synthetic_label``; the paper's
-    Table 1 figure where the setting is one of its (DM with random networks, the baselines)."""
+    Table 1 figure where the setting is one of its (DM with random networks, the baselines) and the
+    evaluation its protocol (hard labels, augmented)."""
     name, rows = synthetic_label(cfg), []
+    papers_protocol = cfg.evaluate.labels == "hard" and cfg.evaluate.augment
     for s in summarize(scores):
         label = name + s.method[2:] if s.method.startswith("dm") else s.method  # dm@200 -> <name>@200
-        paper = paper_figure(dataset, s.method, cfg.condense.ipc, s.model) if label == s.method else None
+        paper = paper_figure(dataset, s.method, cfg.condense.ipc, s.model) if label == s.method and papers_protocol \
+            else None
         rows.append(TableRow(s.method, label, s.model, s.n, s.mean, s.std, paper, s.ior, s.hlr, s.lrs, s.ars))
     return rows
 

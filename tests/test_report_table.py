@@ -30,3 +30,9 @@ def test_fair_columns_appear_with_the_first_known_score():
     assert "IOR" not in plain
     fair = markdown_table(results_table([_score("dm", ars=0.3), _score("random", ars=0.27)], cfg, "cifar10"))
     assert "| IOR | HLR | LRS | ARS |" in fair and "| - | - | - | 30.00 |" in fair
+
+
+def test_the_paper_column_stays_empty_under_another_protocol():
+    for change in (["evaluate.labels=soft"], ["evaluate.augment=false"]):
+        cfg = load_config(str(REPO / "configs" / "cifar10-ipc1.yaml"), change)
+        assert [r.paper for r in results_table([_score("dm"), _score("random")], cfg, "cifar10")] == [None, None]
