@@ -13,7 +13,7 @@ import yaml
 
 from orchestrator.artifacts.scores import hard_label_scores, read_results, summarize, teacher_identity
 from orchestrator.artifacts.training_sets import read_method
-from orchestrator.report import synthetic_label
+from orchestrator.report import augmentation_suffix, synthetic_label
 from orchestrator.run_dir import RunDir
 from orchestrator.secrets import redacted_config
 from orchestrator.components.teacher import teacher_spec
@@ -103,7 +103,7 @@ def set_card(run: RunDir, images: int) -> SetCard:
     """The dataset card of the run's synthetic set: what it is, how it was made, what it scores
     under the evaluation's protocol (with DD-Ranking's LRS where known) and under hard labels."""
     cfg, ds = run.config, run.dataset
-    plain = "" if cfg.evaluate.augment else ", without augmentation"
+    plain = augmentation_suffix(cfg)
     protocol = ("hard labels" if cfg.evaluate.labels == "hard" else f"soft labels from {teacher_name(run)}") + plain
     rows = [ScoreRow(protocol, s.method, s.model, s.n, s.mean, s.std, s.lrs) for s in summarize(read_results(run))]
     if cfg.evaluate.labels == "soft":

@@ -109,9 +109,14 @@ FAIR_NOTE = ("IOR, HLR, LRS, ARS: DD-Ranking's fair scores (v0.2.0 definitions, 
              "evaluate.augment).")
 
 
+def augmentation_suffix(cfg: RunConfig) -> str:
+    """What a protocol's name adds when its networks train without augmentation (evaluate.augment)."""
+    return "" if cfg.evaluate.augment else ", without augmentation"
+
+
 def _labels(cfg: RunConfig) -> str:
     e = cfg.evaluate
-    plain = "" if e.augment else ", without augmentation"
+    plain = augmentation_suffix(cfg)
     if e.labels == "hard":
         return "hard labels" + plain
     teacher = "the pool's best network" if e.teacher.source == "pool" else f"{e.teacher.arch} ({e.teacher.weights})"
