@@ -4,9 +4,10 @@
         --curve DM=dm-sweep.csv --timing DM=t-dm10,t-dm40 \\
         --curve DANCE=RUN --timing DANCE=t-dance10,t-dance40 --out time-to-accuracy.png
 
-A curve is a run directory scored along its checkpoints (``dmcondense evaluate RUN
---snapshots``: its dm@<it> rows and its final dm row, the first model) or a CSV file of
-``iteration,mean,std`` rows (a sweep whose run directory is gone). Its time axis comes from two
+A curve joins comma-separated sources: run directories scored along their checkpoints
+(``dmcondense evaluate RUN --snapshots``: the dm@<it> rows and the final row, first model; a run
+of 0 iterations gives the start) or CSV files of ``iteration,mean,std`` rows (a sweep whose run
+directory is gone). Its time axis comes from two
 timing runs of the same config that differ only in condense.iterations, made on an otherwise
 idle machine: their shards' wall times give the seconds per iteration (the slope) and the fixed
 cost of a shard (data, pool and network set-up: the intercept). A recipe that reads pool networks
@@ -73,8 +74,11 @@ def csv_points(path: str) -> list[Point]:
                   key=lambda p: p.iteration)
 
 
-def curve(source: str) -> list[Point]:
-    return csv_points(source) if source.endswith(".csv") else run_points(RunDir.load(source))
+def curve(sources: str) -> list[Point]:
+    """One curve from comma-separated sources (a run of 0 iterations beside its sweep, say)."""
+    points = [p for src in sources.split(",")
+              for p in (csv_points(src) if src.endswith(".csv") else run_points(RunDir.load(src)))]
+    return sorted(points, key=lambda p: p.iteration)
 
 
 def shard_wall(run: RunDir) -> float:
@@ -122,7 +126,7 @@ def plot(series: dict[str, tuple[list[Point], Timing]], target: float, goal_s: f
     ax.annotate(f"target {target}", (ax.get_xlim()[0], target), fontsize=7)
     ax.axvline(goal_s / 60, linestyle="--", color="grey", linewidth=0.8)
     ax.annotate(f"goal: 1/{reference_s / goal_s:.0f} of the authors' loop\n({reference_s / 3600:.1f} h here)",
-                (goal_s / 60, ax.get_ylim()[0]), fontsize=7, color="grey")
+                (goal_s / 60, ax.get_ylim()[0]), fontsize=7, color="grey", ha="right", va="bottom")
     ax.set_xlabel("wall time of condensation on this machine (min)")
     ax.set_ylabel("test accuracy (%)")
     ax.legend(fontsize=7)
@@ -145,7 +149,7 @@ def pairs(items: list[str], flag: str) -> dict[str, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--curve", action="append", default=[], help="NAME=RUN_DIR or NAME=FILE.csv")
+    parser.add_argument("--curve", action="append", default=[], help="NAME=SOURCE[,SOURCE]: run directories or FILE.csv")
     parser.add_argument("--timing", action="append", default=[], help="NAME=SHORT_RUN,LONG_RUN")
     parser.add_argument("--target", type=float, required=True, help="accuracy to reach, percent")
     parser.add_argument("--reference-s-per-it", type=float, required=True,

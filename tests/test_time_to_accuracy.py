@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.time_to_accuracy import Point, Timing, csv_points, first_reaching, fit
+from benchmarks.time_to_accuracy import Point, Timing, csv_points, curve, first_reaching, fit
 
 
 def test_two_runs_give_seconds_per_iteration_and_the_fixed_cost():
@@ -41,3 +41,10 @@ def test_a_sweep_file_without_its_columns_names_them(tmp_path):
 def test_the_shipped_dm_sweep_reads():
     points = csv_points(str(Path(__file__).parents[1] / "docs/data/cifar10-ipc10-dm-sweep.csv"))
     assert [p.iteration for p in points] == [200, 400, 600, 800, 1000]
+
+
+def test_a_curve_joins_its_sources_in_iteration_order(tmp_path):
+    start, sweep = tmp_path / "start.csv", tmp_path / "sweep.csv"
+    start.write_text("iteration,mean,std\n0,40.0,0.5\n")
+    sweep.write_text("iteration,mean,std\n200,46.0,0.3\n100,45.0,0.2\n")
+    assert [p.iteration for p in curve(f"{sweep},{start}")] == [0, 100, 200]
