@@ -29,9 +29,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from orchestrator.artifacts.pool_networks import network_state  # noqa: E402
-from orchestrator.artifacts.scores import read_results, summarize  # noqa: E402
-from orchestrator.artifacts.shards import shard_state, snapshot_iteration  # noqa: E402
+from orchestrator.artifacts.scores import read_results  # noqa: E402
+from orchestrator.artifacts.shards import shard_state  # noqa: E402
 from orchestrator.pool_dir import pool_of  # noqa: E402
+from orchestrator.report import iteration_points, results_table  # noqa: E402
 from orchestrator.run_dir import RunDir  # noqa: E402
 
 
@@ -53,15 +54,13 @@ class Timing:
 
 
 def run_points(run: RunDir) -> list[Point]:
-    """The sweep of a run scored with --snapshots: dm@<it> rows and the final dm row of its first model."""
-    rows = summarize(read_results(run))
-    if not rows:
-        raise SystemExit(f"{run.uri} holds no scores: score it with dmcondense evaluate {run.uri} --snapshots")
-    model = rows[0].model
-    points = [Point(it, r.mean, r.std) for r in rows if r.model == model and (it := snapshot_iteration(r.method))]
-    points += [Point(run.config.condense.iterations, r.mean, r.std) for r in rows
-               if r.model == model and r.method == "dm"]
-    return sorted(points, key=lambda p: p.iteration)
+    """The sweep of a run scored with --snapshots (and its final set) for its first model."""
+    table = results_table(read_results(run), run.config, run.dataset.name)
+    points = iteration_points(table, run.config.condense.iterations)
+    if not points:
+        raise SystemExit(f"{run.uri} holds no scores of its set: score it with dmcondense evaluate {run.uri} --snapshots")
+    model = points[0][1]
+    return [Point(it, mean, std) for it, m, mean, std in points if m == model]
 
 
 def csv_points(path: str) -> list[Point]:
@@ -147,6 +146,13 @@ def pairs(items: list[str], flag: str) -> dict[str, str]:
     return out
 
 
+def run_pair(name: str, value: str) -> tuple[str, str]:
+    short, sep, long = value.partition(",")
+    if not sep or not short or not long:
+        raise SystemExit(f"--timing {name}={value}: write NAME=SHORT_RUN,LONG_RUN (two timing runs)")
+    return short, long
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--curve", action="append", default=[], help="NAME=SOURCE[,SOURCE]: run directories or FILE.csv")
@@ -161,7 +167,7 @@ def main() -> None:
     curves, timings = pairs(args.curve, "--curve"), pairs(args.timing, "--timing")
     if set(curves) != set(timings):
         raise SystemExit(f"every curve needs a timing and back: curves {sorted(curves)}, timings {sorted(timings)}")
-    series = {name: (curve(src), timing(*timings[name].split(",", 1))) for name, src in curves.items()}
+    series = {name: (curve(src), timing(*run_pair(name, timings[name]))) for name, src in curves.items()}
     reference_s = args.reference_s_per_it * args.reference_iterations
     goal_s = args.fraction * reference_s
     print(f"authors' loop: {args.reference_s_per_it:.2f} s/it x {args.reference_iterations} it = {reference_s:,.0f} s;"

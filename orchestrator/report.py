@@ -210,13 +210,18 @@ def grid_png(images: torch.Tensor, labels: torch.Tensor, mean: Sequence[float], 
     return buf.getvalue()
 
 
-def sweep_points(table: list[TableRow], iterations: int) -> list[tuple[int, str, float, float]]:
-    """(iteration, model, mean, std) of dm@<it> rows and of the final dm row; [] without snapshots."""
+def iteration_points(table: list[TableRow], iterations: int) -> list[tuple[int, str, float, float]]:
+    """(iteration, model, mean, std) of dm@<it> rows and of the final dm row (at ``iterations``)."""
     points = [(it, r.model, r.mean, r.std) for r in table if (it := snapshot_iteration(r.method)) is not None]
-    if not points:
-        return []
     points += [(iterations, r.model, r.mean, r.std) for r in table if r.method == "dm"]
     return sorted(points)
+
+
+def sweep_points(table: list[TableRow], iterations: int) -> list[tuple[int, str, float, float]]:
+    """The points of the report's sweep plot; [] without snapshots (a final row alone is no sweep)."""
+    if not any(snapshot_iteration(r.method) is not None for r in table):
+        return []
+    return iteration_points(table, iterations)
 
 
 def sweep_png(points: list[tuple[int, str, float, float]], table: list[TableRow]) -> bytes:

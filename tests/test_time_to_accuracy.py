@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.time_to_accuracy import Point, Timing, csv_points, curve, first_reaching, fit
+from benchmarks.time_to_accuracy import Point, Timing, csv_points, curve, first_reaching, fit, run_pair
 
 
 def test_two_runs_give_seconds_per_iteration_and_the_fixed_cost():
@@ -48,3 +48,9 @@ def test_a_curve_joins_its_sources_in_iteration_order(tmp_path):
     start.write_text("iteration,mean,std\n0,40.0,0.5\n")
     sweep.write_text("iteration,mean,std\n200,46.0,0.3\n100,45.0,0.2\n")
     assert [p.iteration for p in curve(f"{sweep},{start}")] == [0, 100, 200]
+
+
+def test_a_timing_without_its_second_run_is_refused_in_one_line():
+    with pytest.raises(SystemExit, match="SHORT_RUN,LONG_RUN"):
+        run_pair("DM", "t-dm10")
+    assert run_pair("DM", "a,b") == ("a", "b")
