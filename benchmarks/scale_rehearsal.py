@@ -207,9 +207,12 @@ class StoreSampler(threading.Thread):
     """
 
     def __init__(self, address: str, head: Any, period_s: float = 1.0):
+        from ray._private.internal_api import get_state_from_address
+
         super().__init__(daemon=True)
-        self.address, self.period_s = address, period_s
-        self.raylet = ("127.0.0.1", head.node_manager_port)
+        self.period_s = period_s
+        self.state = get_state_from_address(address)  # one GCS connection for the run, not one per sample
+        self.raylet = (head.node_ip_address, head.node_manager_port)
         self.peak_bytes = self.peak_objects = self.capacity_bytes = self.missed = 0
         self.cpu_s = 0.0
         self._done = threading.Event()
@@ -221,11 +224,11 @@ class StoreSampler(threading.Thread):
 
     def sample(self) -> None:
         import grpc
-        from ray._private.internal_api import get_memory_info_reply, get_state_from_address
+        from ray._private.internal_api import get_memory_info_reply
 
         cpu = time.thread_time()
         try:
-            stats = get_memory_info_reply(get_state_from_address(self.address), *self.raylet).store_stats
+            stats = get_memory_info_reply(self.state, *self.raylet).store_stats
         except grpc.RpcError:
             self.missed += 1
         else:
