@@ -206,12 +206,9 @@ class StoreSampler(threading.Thread):
     same, while the cluster notices the loss, is counted, not fatal.
     """
 
-    def __init__(self, address: str, head: Any, period_s: float = 1.0):
-        from ray._private.internal_api import get_state_from_address
-
+    def __init__(self, head: Any, period_s: float = 1.0):
         super().__init__(daemon=True)
         self.period_s = period_s
-        self.state = get_state_from_address(address)  # one GCS connection for the run, not one per sample
         self.raylet = (head.node_ip_address, head.node_manager_port)
         self.peak_bytes = self.peak_objects = self.capacity_bytes = self.missed = 0
         self.cpu_s = 0.0
@@ -228,7 +225,8 @@ class StoreSampler(threading.Thread):
 
         cpu = time.thread_time()
         try:
-            stats = get_memory_info_reply(self.state, *self.raylet).store_stats
+            # with the raylet named, Ray reads no GCS state: no connection to open for it
+            stats = get_memory_info_reply(None, *self.raylet).store_stats
         except grpc.RpcError:
             self.missed += 1
         else:
@@ -344,7 +342,7 @@ def _schedule(run: Any, kills: dict[str, str], cluster: Any, quiet: bool) -> dic
 
     run.save()  # `dmcondense status RUN` works on the rehearsal's run directory
     os.environ[FAULTS_ENV] = ",".join(f"{k}={v}" for k, v in kills.items())
-    sampler = StoreSampler(cluster.address, cluster.head_node)
+    sampler = StoreSampler(cluster.head_node)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     sampler.start()
     wall, cpu = time.perf_counter(), time.process_time()
