@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from workers.augment import DEFAULT_STRATEGY
+from workers.augment import DEFAULT_STRATEGY, parse_strategy
 from workers.networks import CONVNET_WORDS, check_network_name
 
 # condense.compile: auto compiles the embedding from this many iterations on: a cold
@@ -168,7 +168,9 @@ class PoolConfig(_Strict):
     lr: float = Field(default=0.01, gt=0)
     momentum: float = Field(default=0.9, ge=0)
     weight_decay: float = Field(default=5e-4, ge=0)
-    augment: bool = Field(default=False, description="train with condense.dsa_strategy's augmentation")
+    augment: bool = Field(default=False, description="train with an augmentation (pool.dsa_strategy)")
+    dsa_strategy: str | None = Field(default=None, description="the augmentation when pool.augment is true; "
+                                     "null: condense.dsa_strategy (a teacher trains best on crop_flip)")
     states_every: int = Field(default=50, gt=0, description="keep a state every N steps (and the first and "
                               "last), from the random initialisation to the final state")
     early_states: bool = Field(default=True, description="also keep the states at steps 1, 2, 4, ... below "
@@ -181,6 +183,13 @@ class PoolConfig(_Strict):
     @classmethod
     def _known_model(cls, name: str | None) -> str | None:
         return None if name is None else check_network_name(name)
+
+    @field_validator("dsa_strategy")
+    @classmethod
+    def _known_strategy(cls, strategy: str | None) -> str | None:
+        if strategy is not None:
+            parse_strategy(strategy)  # names the unknown ops and the valid ones
+        return strategy
 
 
 class ContinualConfig(_Strict):

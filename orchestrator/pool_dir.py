@@ -44,7 +44,7 @@ class PoolSettings(BaseModel):
     def of(cls, cfg: RunConfig) -> "PoolSettings":
         p = cfg.pool
         return cls(model=p.model or cfg.condense.model, epochs=p.epochs, batch=p.batch, lr=p.lr, momentum=p.momentum,
-                   weight_decay=p.weight_decay, dsa_strategy=cfg.condense.dsa_strategy if p.augment else None,
+                   weight_decay=p.weight_decay, dsa_strategy=(p.dsa_strategy or cfg.condense.dsa_strategy) if p.augment else None,
                    states_every=p.states_every, early_states=p.early_states,
                    validation_fraction=p.validation_fraction, seed=p.seed)
 
@@ -109,6 +109,10 @@ class PoolDir:
 
     def failure(self, index: int) -> str:
         return self.path("failed", f"net-{index:05d}.json")
+
+    def checkpoint(self, index: int) -> str:
+        """A network's training state after its last finished epoch, removed at its commit."""
+        return self.path("checkpoints", f"net-{index:05d}.pt")
 
     def histogram(self) -> str:
         return self.path("pool.png")

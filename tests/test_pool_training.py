@@ -47,3 +47,25 @@ def test_a_pool_network_keeps_its_states_from_the_initialisation_with_their_accu
     assert all(torch.equal(v, net.states[0][k]) for k, v in fresh.state_dict().items())  # step 0: the init
     assert net.val_accuracy[0] < 0.3 < net.val_accuracy[-1]  # it learns
     assert net.forgetting.shape == net.learned.shape == (len(train),) and net.learned.float().mean() > 0.5
+
+
+def test_a_pool_network_resumed_from_an_epoch_checkpoint_gives_the_uninterrupted_bytes():
+    reader = open_dataset("digits")
+    real = reader.read_train(range(10))
+    train, val = validation_split(real.labels.tolist(), 0.1, seed=0)
+    x, y = normalize(real.images, reader.info.mean, reader.info.std), real.labels
+    # 4 epochs: the optimizer restarts at epoch 2 (the decay), so a resume from epoch 1 must carry
+    # the momentum and one from epoch 3 the new optimizer's; the augmentation streams carry too.
+    settings = TrainSettings(epochs=4, batch=256, dsa_strategy="color_crop_cutout_flip_scale_rotate")
+    args = dict(channels=1, num_classes=10, im_size=(8, 8), settings=settings, schedule=Schedule(3), seed=5,
+                device=torch.device("cpu"))
+    kept = []
+    whole = train_pool_network("ConvNetW32", x[train], y[train], x[val], y[val], on_epoch=kept.append, **args)
+    assert [ck.epochs_done for ck in kept] == [1, 2, 3]  # none after the last epoch: the commit follows
+    for ck in (kept[0], kept[2]):
+        resumed = train_pool_network("ConvNetW32", x[train], y[train], x[val], y[val], resume=ck, **args)
+        assert resumed.steps == whole.steps and resumed.val_accuracy == whole.val_accuracy
+        assert all(torch.equal(resumed.states[-1][k], v) for k, v in whole.states[-1].items())
+        assert torch.equal(resumed.forgetting, whole.forgetting) and torch.equal(resumed.learned, whole.learned)
+    # and a checkpoint is not the end: training from the first one alone moved the weights on
+    assert not all(torch.equal(kept[0].network[k], v) for k, v in whole.states[-1].items())

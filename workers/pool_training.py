@@ -63,6 +63,30 @@ class TrainedNetwork:
     learned: torch.Tensor  # bool [n_train]: classified right at least once when presented
 
 
+@dataclass(frozen=True)
+class EpochCheckpoint:
+    """Everything a network's training holds at the end of an epoch, so that training resumed
+    from it gives the bytes of an uninterrupted one: the weights, the optimizer (its momentum),
+    the three random streams, the forgetting counts and the states kept so far."""
+
+    epochs_done: int
+    step: int
+    network: dict[str, torch.Tensor]
+    optimizer: dict
+    order_state: torch.Tensor
+    dsa_state: torch.Tensor
+    ops_state: tuple
+    previous: torch.Tensor
+    events: torch.Tensor
+    learned: torch.Tensor
+    kept_steps: list[int]
+    kept_states: list[dict[str, torch.Tensor]]
+    kept_accuracy: list[float]
+
+
+EpochSink = Callable[[EpochCheckpoint], None]
+
+
 def train_pool_network(
     model: str,
     train_x: torch.Tensor,
@@ -78,10 +102,13 @@ def train_pool_network(
     seed: int,
     device: torch.device,
     on_step: StepCallback | None = None,
+    resume: EpochCheckpoint | None = None,
+    on_epoch: EpochSink | None = None,
 ) -> TrainedNetwork:
     """Train a fresh ``model`` from ``seed`` for ``settings.epochs`` epochs on (train_x, train_y)
     (normalised floats, on ``device``); keep the states of ``schedule`` with their accuracy on
-    the validation split, and count every training example's forgetting events."""
+    the validation split, and count every training example's forgetting events. ``on_epoch``
+    receives the training's state after every epoch but the last; ``resume`` continues from one."""
     net = fresh_network(model, channels=channels, num_classes=num_classes, im_size=im_size, seed=seed, device=device)
     n = len(train_x)
     total = settings.epochs * -(-n // settings.batch)
@@ -91,10 +118,14 @@ def train_pool_network(
     ops = random.Random(derive_seed(seed, "dsa_op"))
     counter = ForgettingCounter(n, device)
     out = TrainedNetwork([], [], [], counter.events, counter.learned)
-    step = 0
+    step, first_epoch, optimizer = 0, 0, None
     with settings.precision.numerics(device):
-        _keep(out, net, step, val_x, val_y, settings)
-        for epoch in range(settings.epochs):
+        if resume is None:
+            _keep(out, net, step, val_x, val_y, settings)
+        else:
+            step, first_epoch = resume.step, resume.epochs_done
+            optimizer = _restore(resume, net, order, dsa, ops, counter, out, settings, device)
+        for epoch in range(first_epoch, settings.epochs):
             if restarts_optimizer(settings, epoch):
                 optimizer = make_sgd(net.parameters(), settings, settings.lr_at(epoch))
             net.train()
@@ -113,20 +144,76 @@ def train_pool_network(
                     _keep(out, net, step, val_x, val_y, settings)
                 if on_step is not None:
                     on_step(step, total)
+            if on_epoch is not None and epoch + 1 < settings.epochs:
+                on_epoch(_checkpoint(epoch + 1, step, net, optimizer, order, dsa, ops, counter, out))
     out.forgetting, out.learned = counter.events.cpu(), counter.learned.cpu()
     return out
 
 
+def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in state.items()}
+
+
+def _checkpoint(epochs_done: int, step: int, net: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                order: torch.Generator, dsa: torch.Generator, ops: random.Random, counter: ForgettingCounter,
+                out: TrainedNetwork) -> EpochCheckpoint:
+    opt = optimizer.state_dict()
+    opt = {"param_groups": opt["param_groups"],
+           "state": {k: {n: t.detach().cpu().clone() if torch.is_tensor(t) else t for n, t in v.items()}
+                     for k, v in opt["state"].items()}}
+    return EpochCheckpoint(
+        epochs_done=epochs_done, step=step, network=_cpu(net.state_dict()), optimizer=opt,
+        order_state=order.get_state(), dsa_state=dsa.get_state(), ops_state=ops.getstate(),
+        previous=counter.previous.cpu().clone(), events=counter.events.cpu().clone(),
+        learned=counter.learned.cpu().clone(), kept_steps=list(out.steps), kept_states=list(out.states),
+        kept_accuracy=list(out.val_accuracy),
+    )
+
+
+def _restore(ck: EpochCheckpoint, net: torch.nn.Module, order: torch.Generator, dsa: torch.Generator,
+             ops: random.Random, counter: ForgettingCounter, out: TrainedNetwork, settings: TrainSettings,
+             device: torch.device) -> torch.optim.Optimizer | None:
+    """Put ``ck`` back into the training's objects; the optimizer unless the next epoch makes a new one."""
+    net.load_state_dict(ck.network)
+    order.set_state(ck.order_state)
+    dsa.set_state(ck.dsa_state)
+    ops.setstate(ck.ops_state)
+    counter.previous.copy_(ck.previous.to(device))
+    counter.events.copy_(ck.events.to(device))
+    counter.learned.copy_(ck.learned.to(device))
+    out.steps[:], out.states[:], out.val_accuracy[:] = ck.kept_steps, ck.kept_states, ck.kept_accuracy
+    if restarts_optimizer(settings, ck.epochs_done):
+        return None
+    optimizer = make_sgd(net.parameters(), settings, settings.lr_at(ck.epochs_done))
+    optimizer.load_state_dict(ck.optimizer)
+    return optimizer
+
+
 @torch.no_grad()
+def accuracy(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int) -> float:
+    """Top-1 accuracy in [0, 1] of ``net`` (in eval mode) on normalised ``x``."""
+    was_training = net.training
+    net.eval()
+    correct = sum(int((net(x[i : i + batch]).argmax(1) == y[i : i + batch]).sum()) for i in range(0, len(x), batch))
+    net.train(was_training)
+    return correct / max(len(x), 1)
+
+
+def final_state_accuracy(model: str, trained: TrainedNetwork, x: torch.Tensor, y: torch.Tensor, *, channels: int,
+                         num_classes: int, im_size: tuple[int, int], settings: TrainSettings,
+                         device: torch.device) -> float:
+    """The accuracy of the last kept state (the trained network) on held-out images."""
+    net = fresh_network(model, channels=channels, num_classes=num_classes, im_size=im_size, seed=0, device=device)
+    net.load_state_dict(trained.states[-1])
+    with settings.precision.numerics(device):
+        return accuracy(net, x, y, settings.test_batch)
+
+
 def _keep(out: TrainedNetwork, net: torch.nn.Module, step: int, val_x: torch.Tensor, val_y: torch.Tensor,
           settings: TrainSettings) -> None:
-    net.eval()
-    correct = sum(int((net(val_x[i : i + settings.test_batch]).argmax(1) == val_y[i : i + settings.test_batch]).sum())
-                  for i in range(0, len(val_x), settings.test_batch))
-    net.train()
     out.steps.append(step)
-    out.states.append({k: v.detach().cpu().clone() for k, v in net.state_dict().items()})
-    out.val_accuracy.append(correct / max(len(val_x), 1))
+    out.val_accuracy.append(accuracy(net, val_x, val_y, settings.test_batch))
+    out.states.append(_cpu(net.state_dict()))
 
 
 def held_out(count: int, fraction: float) -> int:

@@ -17,14 +17,14 @@ import pyarrow as pa
 import torch
 from pydantic import BaseModel
 
-from orchestrator import commits
+from orchestrator import commits, storage
 from orchestrator.commits import FileEntry, UnitState
 from orchestrator.figures import plt, png
 from orchestrator.pool_dir import PoolDir
 from orchestrator.run_dir import RunError
 from workers.data.tensor_table import from_parquet_bytes, to_parquet_bytes
 from workers.matching import PoolStates
-from workers.pool_training import TrainedNetwork
+from workers.pool_training import EpochCheckpoint, TrainedNetwork
 from workers.seeding import derive_seed
 
 # A never-learned example's score per network: above any count of forgetting events, so the
@@ -47,6 +47,7 @@ class NetworkManifest(BaseModel):
     device: str
     host: str
     pool: str | None = None  # the key of the pool it was trained for; None: made before identities
+    test_accuracy: float | None = None  # of the final state on the real test split; None: made before it was kept
 
 
 def network_name(index: int) -> str:
@@ -67,7 +68,7 @@ def network_state(pool: PoolDir, index: int, *, deep: bool = True) -> UnitState[
 
 
 def commit_network(pool: PoolDir, index: int, trained: TrainedNetwork, labels: np.ndarray, train_rows: list[int],
-                   started: float, device: torch.device) -> NetworkManifest:
+                   started: float, device: torch.device, test_accuracy: float | None = None) -> NetworkManifest:
     """Write the network's states and forgetting counts, then the manifest that commits them."""
     buf = io.BytesIO()
     torch.save({"steps": trained.steps, "val_accuracy": trained.val_accuracy, "states": trained.states}, buf)
@@ -77,9 +78,33 @@ def commit_network(pool: PoolDir, index: int, trained: TrainedNetwork, labels: n
     manifest = NetworkManifest(index=index, seed=network_seed(pool, index), files=files, steps=trained.steps,
                                val_accuracy=trained.val_accuracy, train_images=len(train_rows),
                                wall_time_s=round(time.time() - started, 3), device=str(device),
-                               host=socket.gethostname(), pool=pool.record.key)
+                               host=socket.gethostname(), pool=pool.record.key, test_accuracy=test_accuracy)
     commits.write_manifest(pool.manifest(index), manifest)
+    storage.remove(pool.checkpoint(index))
     return manifest
+
+
+# ------------------------------------------------------------------ mid-network checkpoints
+def write_epoch_checkpoint(pool: PoolDir, index: int, checkpoint: EpochCheckpoint, device: torch.device) -> None:
+    """A network's state after an epoch, with what a resumed training must share to continue it
+    byte for byte (the device type and thread count, as for a shard's checkpoint)."""
+    buf = io.BytesIO()
+    torch.save({"device": device.type, "threads": torch.get_num_threads(), "checkpoint": checkpoint}, buf)
+    storage.write_bytes_atomic(pool.checkpoint(index), buf.getvalue())
+
+
+def read_epoch_checkpoint(pool: PoolDir, index: int, device: torch.device) -> EpochCheckpoint | None:
+    """The network's last epoch checkpoint, or None: none kept, unreadable, or made on another device
+    type or thread count (training then starts over, so that its bytes come from one stream)."""
+    path = pool.checkpoint(index)
+    if not storage.exists(path):
+        return None
+    try:
+        saved = torch.load(io.BytesIO(storage.read_bytes(path)), map_location="cpu", weights_only=False)
+    except Exception:  # noqa: BLE001 - a torn or foreign file: train from the start
+        return None
+    same = saved.get("device") == device.type and saved.get("threads") == torch.get_num_threads()
+    return saved["checkpoint"] if same else None
 
 
 def _forgetting_table(labels: np.ndarray, train_rows: list[int], trained: TrainedNetwork) -> bytes:

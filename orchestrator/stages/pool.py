@@ -14,6 +14,7 @@ from rich.console import Console
 from orchestrator import faults, ray_work, storage
 from orchestrator.artifacts.pool_networks import (
     NetworkManifest, commit_network, histogram_png, network_name, network_seed, network_state,
+    read_epoch_checkpoint, write_epoch_checkpoint,
 )
 from orchestrator.components.settings import train_settings
 from orchestrator.components.worker_setup import open_reader, task_device
@@ -21,7 +22,9 @@ from orchestrator.config import ResourcesConfig, RunConfig
 from orchestrator.pool_dir import PoolDir
 from orchestrator.stage_runner import Needs, Unit, UnitStage, run_units
 from workers.data import normalize
-from workers.pool_training import Schedule, train_pool_network, train_size, validation_split
+from workers.pool_training import (
+    Schedule, final_state_accuracy, train_pool_network, train_size, validation_split,
+)
 from workers.train_eval import TrainSettings
 
 STAGE = "pool"
@@ -65,8 +68,14 @@ def train_network(pool: PoolDir, resources: ResourcesConfig, settings: TrainSett
         s.model, x[train], y[train], x[val], y[val], channels=rec.info.channels, num_classes=rec.info.num_classes,
         im_size=tuple(rec.info.im_size), settings=settings, schedule=Schedule(s.states_every, s.early_states),
         seed=network_seed(pool, index), device=device, on_step=(lambda step, total: context(step)) if context else None,
+        resume=read_epoch_checkpoint(pool, index, device), on_epoch=lambda ck: write_epoch_checkpoint(pool, index, ck, device),
     )
-    manifest = commit_network(pool, index, trained, real.labels.numpy(), train_rows, started, device)
+    test = open_reader(rec.dataset, rec.info).read_test()
+    test_accuracy = final_state_accuracy(
+        s.model, trained, normalize(test.images, rec.info.mean, rec.info.std, device=device), test.labels.to(device),
+        channels=rec.info.channels, num_classes=rec.info.num_classes, im_size=tuple(rec.info.im_size),
+        settings=settings, device=device)
+    manifest = commit_network(pool, index, trained, real.labels.numpy(), train_rows, started, device, test_accuracy)
     if context is not None:
         context(total_steps(pool), final=True)
     return manifest
