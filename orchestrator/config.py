@@ -25,6 +25,21 @@ COMPILE_FROM_ITERATIONS = 1000
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
+def once_each(values: list | None, *, empty: str | None = None) -> list | None:
+    """A list whose entries name units of work (methods, models, proxies): an entry given twice
+    would name two units alike and every later command would fail on it. ``empty``: why an empty
+    list cannot run (None: it may be empty)."""
+    if values is None:
+        return values
+    if not values and empty is not None:
+        raise ValueError(f"is empty; {empty}")
+    twice = [str(v) for v in dict.fromkeys(values) if values.count(v) > 1]
+    if twice:
+        kept = ", ".join(str(v) for v in dict.fromkeys(values))
+        raise ValueError(f"lists {', '.join(twice)} more than once; name each once: [{kept}]")
+    return values
+
+
 class ConfigError(ValueError):
     """A configuration problem, worded for the person who wrote the config."""
 
@@ -106,6 +121,12 @@ class CondenseConfig(_Strict):
     @classmethod
     def _known_model(cls, name: str) -> str:
         return check_network_name(name)
+
+    @field_validator("dsa_strategy")
+    @classmethod
+    def _known_strategy(cls, strategy: str) -> str:
+        parse_strategy(strategy)  # an unknown op would fail inside every shard task
+        return strategy
 
     @field_validator("pool_group")
     @classmethod
@@ -203,6 +224,11 @@ class ContinualConfig(_Strict):
         default_factory=lambda: ["dm", "random", "herding"], description="how each memory is built")
     seed: int = Field(default=0, description="the permutation of the classes into steps")
 
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, methods: list[str]) -> list[str]:
+        return once_each(methods, empty="name at least one of dm, random, herding")
+
 
 class NasSpace(_Strict):
     """A search space of ConvNets (default: the paper's 720), each value a word of the network
@@ -216,6 +242,13 @@ class NasSpace(_Strict):
         default_factory=lambda: ["none", "batchnorm", "layernorm", "instancenorm", "groupnorm"])
     pools: list[Literal[tuple(CONVNET_WORDS["pool"].values())]] = Field(  # type: ignore[valid-type]
         default_factory=lambda: ["none", "maxpooling", "avgpooling"])
+
+    @field_validator("depths", "widths", "activations", "norms", "pools")
+    @classmethod
+    def _choices(cls, values: list) -> list:
+        if any(isinstance(v, int) and v < 1 for v in values):
+            raise ValueError("depths and widths are positive integers")
+        return once_each(values, empty="a search space needs at least one value of each")
 
 
 class NasConfig(_Strict):
@@ -238,6 +271,11 @@ class NasConfig(_Strict):
                                 "architectures by proxy accuracy (the paper: the top 5%)")
     seed: int = 0
 
+    @field_validator("proxies")
+    @classmethod
+    def _proxies(cls, proxies: list[str]) -> list[str]:
+        return once_each(proxies, empty="name at least one of synthetic, random, early_stopping")
+
 
 class PlanConfig(_Strict):
     classes_per_shard: int = Field(default=10, gt=0)
@@ -246,9 +284,7 @@ class PlanConfig(_Strict):
     @field_validator("classes")
     @classmethod
     def _unique(cls, v: list[int] | None) -> list[int] | None:
-        if v is not None and len(set(v)) != len(v):
-            raise ValueError("plan.classes lists a class twice")
-        return v
+        return once_each(v, empty="null plans every class of the dataset")
 
 
 class ResourcesConfig(_Strict):
@@ -314,7 +350,7 @@ class EvaluateConfig(_Strict):
     @field_validator("models")
     @classmethod
     def _known_models(cls, names: list[str]) -> list[str]:
-        return [check_network_name(name) for name in names]
+        return once_each([check_network_name(name) for name in names])
 
     num_models: int = Field(default=20, ge=0)
     epochs: int = Field(default=1000, gt=0)
@@ -330,6 +366,11 @@ class EvaluateConfig(_Strict):
     coreset_feature_epochs: int = Field(
         default=0, ge=0, description="herding/k-center features: 0 = a random network, N = trained N epochs on the shard"
     )
+
+    @field_validator("baselines")
+    @classmethod
+    def _baselines(cls, baselines: list[str]) -> list[str]:
+        return once_each(baselines)
 
 
 class RunConfig(_Strict):
