@@ -1,0 +1,149 @@
+"""RDED as a condensation method: the crops' draws, the teacher's scores and the selection
+against hand-computed cases, the stitching layout, and a shard that is the same bytes whatever
+the worker that runs it and after a resume."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from workers import rded
+from workers.data.types import DatasetInfo, ImageSet
+
+
+class MeanTeacher(nn.Module):
+    """Logits [mean pixel, 0]: its cross-entropy on class 0 is softplus(-mean), on class 1
+    softplus(mean), known by hand."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = x.mean((1, 2, 3))
+        return torch.stack([m, torch.zeros_like(m)], 1)
+
+
+def _info(side: int = 8, channels: int = 1) -> DatasetInfo:
+    return DatasetInfo("toy", ["a", "b"], channels, (side, side), (0.0,) * channels, (1.0,) * channels,
+                       (6, 6), (1, 1))
+
+
+# ------------------------------------------------------------------ draws
+def test_a_crop_that_cannot_fit_falls_back_to_the_largest_centred_square():
+    # scale (1, 1) on 4x8: a side of round(sqrt(32)) = 6 fits no try; the fallback is 4x4 at column 2
+    boxes = rded.crop_boxes(torch.Generator().manual_seed(0), 3, 4, 8, (1.0, 1.0))
+    assert boxes.tolist() == [[0, 2, 4]] * 3
+    whole = rded.crop_boxes(torch.Generator().manual_seed(0), 2, 8, 8, (1.0, 1.0))
+    assert whole.tolist() == [[0, 0, 8]] * 2
+
+
+def test_crops_lie_inside_the_image_with_the_area_share_asked_and_repeat_under_their_seed():
+    boxes = rded.crop_boxes(torch.Generator().manual_seed(3), 2000, 32, 32, (0.08, 1.0))
+    top, left, side = boxes.T
+    assert (top >= 0).all() and (left >= 0).all() and (top + side <= 32).all() and (left + side <= 32).all()
+    assert side.min() >= round(math.sqrt(0.08 * 1024)) and side.max() == 32
+    assert len(set(top.tolist())) > 10 and len(set(left.tolist())) > 10  # offsets spread over the image
+    again = rded.crop_boxes(torch.Generator().manual_seed(3), 2000, 32, 32, (0.08, 1.0))
+    assert torch.equal(boxes, again)
+
+
+def test_a_crop_is_cut_resized_and_normalised():
+    image = torch.arange(16, dtype=torch.uint8).view(1, 1, 4, 4) * 10
+    # box (1, 2, 2): rows 1-2, columns 2-3, kept at its size: (pixel / 255 - 0.5) / 0.25
+    crop = rded.cut_crops(image, torch.tensor([[1, 2, 2]]), 1, (2, 2), (0.5,), (0.25,))
+    expected = (torch.tensor([[60., 70.], [100., 110.]]) / 255 - 0.5) / 0.25
+    assert torch.allclose(crop[0, 0], expected)
+
+
+# ------------------------------------------------------------------ scores and selection
+def test_the_teachers_cross_entropy_of_a_padded_crop_is_the_hand_computed_one():
+    crops = torch.stack([torch.full((1, 2, 2), v) for v in (4.0, -2.0, 0.0)])
+    # padded to 4x4 with zeros, the mean is a quarter of the value: softplus(-v / 4) on class 0
+    got = rded.crop_losses(MeanTeacher(), crops, 0, (4, 4), batch=2)
+    assert torch.allclose(got, torch.tensor([math.log1p(math.exp(-1.0)), math.log1p(math.exp(0.5)), math.log(2)]))
+    on_b = rded.crop_losses(MeanTeacher(), crops, 1, (4, 4), batch=3)
+    assert torch.allclose(on_b, torch.tensor([math.log1p(math.exp(1.0)), math.log1p(math.exp(-0.5)), math.log(2)]))
+
+
+def test_selection_keeps_each_images_best_crop_and_the_best_images_first():
+    losses = torch.tensor([[3.0, 1.0, 2.0],
+                           [0.5, 4.0, 4.0],
+                           [2.0, 2.0, 0.7],
+                           [9.0, 8.0, 7.0],
+                           [0.7, 5.0, 0.7]])  # ties: image 2 before 4, crop 0 before crop 2
+    crop, image = rded.select(losses, 4)
+    assert image.tolist() == [1, 2, 4, 0] and crop.tolist() == [0, 2, 0, 1]
+
+
+# ------------------------------------------------------------------ stitching
+def test_tile_k_of_image_t_holds_the_crop_ranked_k_times_ipc_plus_t():
+    ipc, crops = 3, torch.arange(12.0).view(12, 1, 1, 1).expand(12, 1, 2, 2)
+    out = rded.stitch_crops(crops, 2, ipc, (4, 4))
+    for t in range(ipc):
+        assert out[t, 0].tolist() == [[t, t, 3 + t, 3 + t], [t, t, 3 + t, 3 + t],
+                                      [6 + t, 6 + t, 9 + t, 9 + t], [6 + t, 6 + t, 9 + t, 9 + t]]
+
+
+def test_where_the_side_does_not_divide_the_first_tiles_are_a_pixel_larger():
+    assert rded.tile_sides(5, 2) == [3, 2] and rded.tile_sides(7, 3) == [3, 2, 2]
+    crops = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 1, 2, 2)  # 5 // 2 = 2: crops of 2x2
+    out = rded.stitch_crops(crops, 2, 1, (5, 5))
+    assert out[0, 0].tolist() == [[0, 0, 0, 1, 1]] * 3 + [[2, 2, 2, 3, 3]] * 2
+    with pytest.raises(ValueError, match="needs 8 crops, got 4"):
+        rded.stitch_crops(crops, 2, 2, (4, 4))
+
+
+def test_stitch_one_stores_the_selected_crops_themselves():
+    crops = torch.randn(3, 2, 4, 4)
+    assert torch.equal(rded.stitch_crops(crops, 1, 3, (4, 4)), crops)
+
+
+# ------------------------------------------------------------------ a class
+def test_a_class_keeps_the_crops_of_the_images_its_teacher_finds_most_typical():
+    # constant images: every crop of image i is its value, so the teacher (class 0: the
+    # brighter the better) ranks the images by value alone
+    values = torch.tensor([10, 200, 50, 250, 120, 90, 30, 160, 70, 140], dtype=torch.uint8)
+    real = values.view(10, 1, 1, 1).expand(10, 1, 8, 8).contiguous()
+    settings = rded.RdedSettings(ipc=2, stitch=2, crops=3, candidates=10)
+    out = rded.condense_class(real, 0, MeanTeacher(), _info(), settings, seed=5)
+    ranked = [250, 200, 160, 140, 120, 90, 70, 50]  # the 2 x 2^2 best, best first
+    tiles = [[out.images[t, 0, r:r + 4, c:c + 4] for r in (0, 4) for c in (0, 4)] for t in range(2)]
+    for t in range(2):
+        for k in range(4):  # tile k of image t: rank k x ipc + t
+            assert torch.allclose(tiles[t][k], torch.full((4, 4), ranked[k * 2 + t] / 255))
+    mean = torch.tensor(ranked, dtype=torch.float32) / 255 / 4  # a quarter-size crop, padded
+    assert torch.allclose(out.losses, torch.nn.functional.softplus(-mean))
+
+
+def test_a_class_with_too_few_images_for_one_crop_each_is_refused_by_name():
+    real = torch.zeros(3, 1, 8, 8, dtype=torch.uint8)
+    with pytest.raises(ValueError, match=r"class 1 has 3 training images.*needs ipc x stitch\^2 = 4"):
+        rded.condense_class(real, 1, MeanTeacher(), _info(), rded.RdedSettings(ipc=1, stitch=2), seed=0)
+
+
+def test_a_class_depends_only_on_its_own_seed_not_on_the_shard_around_it():
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (12, 1, 8, 8), dtype=torch.uint8, generator=gen)
+    real = ImageSet(images, torch.tensor([0] * 6 + [1] * 6))
+    settings = rded.RdedSettings(ipc=2, crops=4, candidates=5)
+    both = rded.condense_classes(real, _info(), [0, 1], MeanTeacher(), settings, shard_seed=11)
+    alone = rded.condense_classes(ImageSet(images[6:], torch.tensor([1] * 6)), _info(), [1], MeanTeacher(),
+                                  settings, shard_seed=11)
+    assert torch.equal(both[1].images, alone[0].images)
+    other_seed = rded.condense_classes(real, _info(), [0, 1], MeanTeacher(), settings, shard_seed=12)
+    assert not torch.equal(both[0].images, other_seed[0].images)
+    stored, labels = rded.stored_set(both)
+    assert stored.shape == (4, 1, 8, 8) and labels.tolist() == [0, 0, 1, 1]
+
+
+def test_classes_done_before_are_kept_and_the_rest_computed_as_without_them():
+    gen = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (12, 1, 8, 8), dtype=torch.uint8, generator=gen)
+    real = ImageSet(images, torch.tensor([0] * 6 + [1] * 6))
+    settings = rded.RdedSettings(ipc=1, crops=2, candidates=6)
+    seen: list[int] = []
+    whole = rded.condense_classes(real, _info(), [0, 1], MeanTeacher(), settings, 4,
+                                  on_class=lambda rs: seen.append(len(rs)))
+    assert seen == [1, 2]
+    resumed = rded.condense_classes(real, _info(), [0, 1], MeanTeacher(), settings, 4, done=whole[:1])
+    assert all(torch.equal(a.images, b.images) and torch.equal(a.losses, b.losses) for a, b in zip(whole, resumed))
