@@ -60,7 +60,7 @@ class DatasetConfig(_Strict):
 RECIPES: dict[str, dict[str, Any]] = {
     "dm": {},
     "m3d": {"factor": 2, "loss": "mmd", "kernel": "rbf"},
-    "idm": {"factor": 2, "networks": "pool", "ce_weight": 0.5, "ce_network": "matching"},
+    "idm": {"factor": 2, "networks": "queue", "ce_weight": 0.5, "ce_network": "matching"},
     "dance": {"factor": 2, "networks": "blend", "ce_weight": 0.5, "ce_network": "trained"},
     "ncfm": {"factor": 2, "networks": "blend", "loss": "cfd", "ce_weight": 0.5, "ce_network": "trained"},
 }
@@ -72,13 +72,18 @@ class CondenseConfig(_Strict):
         "and no augmentation (the paper's appendix B.2), with condense.kernel")
     recipe: Literal[tuple(RECIPES)] | None = Field(  # type: ignore[valid-type]
         default=None, description="a named combination of the pieces below (RECIPES); a key set beside it wins")
-    networks: Literal["random", "pool", "blend"] = Field(
+    networks: Literal["random", "pool", "blend", "queue"] = Field(
         default="random", description="random: a fresh random network every iteration (DM); pool: a state of a "
-        "trained network of the pool (pool: section), drawn from condense.pool_group (paper 3.4, IDM); blend: a "
-        "pool network between its initial and final states, a ~ U(0, 1) (DANCE, NCFM)")
+        "trained network of the pool (pool: section), drawn from condense.pool_group (paper 3.4); blend: a "
+        "pool network between its initial and final states, a ~ U(0, 1) (DANCE, NCFM); queue: IDM's queue of "
+        "networks trained on the shard's real images while condensing (workers.model_queue), no pool needed")
     loss: Literal["mean", "mmd", "cfd"] = Field(
         default="mean", description="mean: squared distance of the class means (DM); mmd: kernel MMD with "
         "condense.kernel (M3D: rbf); cfd: distance of the characteristic functions (NCFM)")
+    cfd_sampler: bool = Field(
+        default=False, description="loss cfd: learn each class's frequencies with NCFM's sampling network, "
+        "trained to maximise the distance the images minimise (min-max); off: standard Gaussian frequencies, "
+        "as NCFM's released CIFAR-10 configs")
     factor: int = Field(default=1, ge=1, le=4, description="each stored image holds factor x factor images at "
                         "1/factor resolution, decoded before any training (IDM, M3D, DANCE, NCFM: 2)")
     ce_weight: float = Field(default=0.0, ge=0, description="weight of the cross-entropy of the synthetic images' "
@@ -151,7 +156,12 @@ class CondenseConfig(_Strict):
             raise ValueError("condense.method mmd_pixel matches pixels with condense.kernel: leave condense.networks, "
                              "loss and factor at their defaults")
         if self.ce_weight > 0 and self.networks == "random":
-            raise ValueError("condense.ce_weight needs trained networks: condense.networks pool or blend")
+            raise ValueError("condense.ce_weight needs trained networks: condense.networks pool, blend or queue")
+        if self.ce_weight > 0 and self.networks == "queue" and self.ce_network != "matching":
+            raise ValueError("the queue's networks have no final state: condense.ce_network matching")
+        if self.cfd_sampler and self.loss != "cfd":
+            raise ValueError("condense.cfd_sampler learns the frequencies of condense.loss cfd: set loss cfd or "
+                             "drop cfd_sampler")
         return self
 
     @property

@@ -135,6 +135,6 @@ def pools_at(root: str) -> list[PoolRecord]:
 def pool_of(cfg: RunConfig, info: DatasetInfo) -> PoolDir | None:
     """The pool a run's shards, baselines or soft labels' teacher read, if any."""
     e = cfg.evaluate
-    needed = (cfg.condense.networks != "random" or "forgetting" in e.baselines
+    needed = (cfg.condense.networks in ("pool", "blend") or "forgetting" in e.baselines
               or (e.labels == "soft" and e.teacher.source == "pool"))
     return PoolDir.for_run(cfg, info) if needed else None

@@ -59,7 +59,8 @@ def test_blended_networks_lie_between_a_networks_first_and_last_states():
     for iteration in range(5):
         assert source.draw(target, torch.Generator(), seed=1, iteration=iteration) == 0
         key = "classifier.weight"
-        a = ((target.state_dict()[key] - first[key]) / (last[key] - first[key])).flatten()
+        apart = (last[key] - first[key]).abs() > 1e-2  # where the ratio is not float noise
+        a = ((target.state_dict()[key] - first[key]) / (last[key] - first[key]))[apart]
         assert torch.allclose(a, a[0].expand_as(a), atol=1e-4) and 0 <= float(a[0]) <= 1  # one coefficient
         coefficients.add(round(float(a[0]), 4))
     assert len(coefficients) == 5
@@ -74,12 +75,16 @@ RECIPES = {
     "pixels-rbf": DMSettings(ipc=2, iterations=6, batch_real=5, networks="pixels", loss="mmd", kernel="rbf",
                              dsa_strategy="none"),
     "m3d": DMSettings(ipc=2, iterations=6, batch_real=5, model="ConvNetW32", factor=2, loss="mmd", kernel="rbf"),
-    "idm": DMSettings(ipc=2, iterations=6, batch_real=5, model="ConvNetW32", factor=2, networks="pool",
+    "idm": DMSettings(ipc=2, iterations=6, batch_real=5, model="ConvNetW32", factor=2, networks="queue",
                       ce_weight=0.5, ce_network="matching"),
+    "pool-ce": DMSettings(ipc=2, iterations=6, batch_real=5, model="ConvNetW32", factor=2, networks="pool",
+                          ce_weight=0.5, ce_network="matching"),
     "dance": DMSettings(ipc=2, iterations=6, batch_real=5, model="ConvNetW32", factor=2, networks="blend",
                         ce_weight=0.5, ce_network="trained"),
     "ncfm": DMSettings(ipc=2, iterations=6, batch_real=5, model="ConvNetW32", factor=2, networks="blend", loss="cfd",
                        ce_weight=0.5, ce_network="trained"),
+    "ncfm-minmax": DMSettings(ipc=2, iterations=6, batch_real=5, model="ConvNetW32", factor=2, networks="blend",
+                              loss="cfd", cfd_sampler=True, ce_weight=0.5, ce_network="trained"),
 }
 
 

@@ -25,9 +25,11 @@ from torch import nn
 from workers.augment import DEFAULT_STRATEGY, DSAParams, apply_dsa, draw_params
 from workers.data.types import DatasetInfo, ImageSet
 from workers.devices import Precision, compile_problem
+from workers.frequency_sampler import FrequencySampler, ascend, sampler_optimizer
 from workers.matching import (
     BlendNetworks, NetworkSource, PoolNetworks, PoolStates, RandomNetworks, matching_loss,
 )
+from workers.model_queue import ModelQueue
 from workers.networks import build_network, uses_batchnorm
 from workers.parameterize import decode, encode
 from workers.seeding import derive_seed, generator
@@ -69,17 +71,20 @@ class DMSettings:
     cuda_graphs: bool = False
     # The recipe's pieces (workers.matching, workers.parameterize): where the embedding
     # network comes from (random: DM; pool: a state of a trained network; blend: a pool
-    # network between its initial and final states; pixels: no network), how real and
-    # synthetic embeddings compare (mean: DM; mmd with ``kernel``; cfd: characteristic
-    # functions), how many training images a stored image holds (factor^2), and a
-    # cross-entropy of the synthetic images under the matching network or under the final
-    # state of the pool network drawn (ce_weight 0: none).
-    networks: Literal["random", "pool", "blend", "pixels"] = "random"
+    # network between its initial and final states; queue: IDM's networks trained on the
+    # shard's real images while condensing; pixels: no network), how real and synthetic
+    # embeddings compare (mean: DM; mmd with ``kernel``; cfd: characteristic functions, at
+    # frequencies learned adversarially with ``cfd_sampler``), how many training images a
+    # stored image holds (factor^2), and a cross-entropy of the synthetic images under the
+    # matching network or under the final state of the pool network drawn (ce_weight 0: none;
+    # with the queue, weighted by the network's training accuracy in percent, as IDM does).
+    networks: Literal["random", "pool", "blend", "queue", "pixels"] = "random"
     loss: Literal["mean", "mmd", "cfd"] = "mean"
     kernel: Literal["linear", "rbf"] = "linear"
     factor: int = 1
     ce_weight: float = 0.0
     ce_network: Literal["matching", "trained"] = "trained"
+    cfd_sampler: bool = False
 
     def __post_init__(self) -> None:
         if self.ipc <= 0:
@@ -94,8 +99,12 @@ class DMSettings:
             raise ValueError(f"loss_every must be >= 1, got {self.loss_every}")
         if self.factor < 1:
             raise ValueError(f"condense.factor must be >= 1, got {self.factor}")
-        if self.ce_weight > 0 and self.networks not in ("pool", "blend"):
-            raise ValueError("the cross-entropy term needs trained networks: condense.networks pool or blend")
+        if self.ce_weight > 0 and self.networks not in ("pool", "blend", "queue"):
+            raise ValueError("the cross-entropy term needs trained networks: condense.networks pool, blend or queue")
+        if self.ce_weight > 0 and self.networks == "queue" and self.ce_network != "matching":
+            raise ValueError("the queue's networks have no final state: condense.ce_network matching")
+        if self.cfd_sampler and (self.loss != "cfd" or self.networks == "pixels"):
+            raise ValueError("condense.cfd_sampler learns the frequencies of condense.loss cfd on a network's embeddings")
 
     @property
     def images_per_class(self) -> int:
@@ -207,8 +216,10 @@ class DMCondenser:
         self.pixels = settings.networks == "pixels"
         self.pool = pool.to(self.device) if pool is not None else None
         self.net = None if self.pixels else self._build_network(info)
-        self.networks = self._network_source()
-        self.matching = matching_loss(settings.loss, settings.kernel)
+        self.networks = self._network_source(info)
+        self.sampler = self._frequency_sampler() if settings.cfd_sampler else None
+        self.sampler_optimizer = sampler_optimizer(self.sampler) if self.sampler is not None else None
+        self.matching = matching_loss(settings.loss, settings.kernel, self.sampler)
         # the final state of the pool network drawn, for the cross-entropy term
         self.expert = self._build_network(info) if settings.ce_weight > 0 and settings.ce_network == "trained" else None
         self.batchnorm = not self.pixels and uses_batchnorm(settings.model)
@@ -223,7 +234,7 @@ class DMCondenser:
         self.losses: list[tuple[int, float]] = []
 
     # ----------------------------------------------------------------- setup
-    def _network_source(self) -> NetworkSource | None:
+    def _network_source(self, info: DatasetInfo) -> NetworkSource | None:
         kind = self.settings.networks
         if kind == "pixels":
             return None
@@ -231,7 +242,23 @@ class DMCondenser:
             raise ValueError(f"condense.networks {kind} draws from a pool: pass its states")
         if kind == "pool":
             return PoolNetworks(self.pool)
+        if kind == "queue":
+            trainee = self._build_network(info)
+            for p in trainee.parameters():
+                p.requires_grad_(True)
+            return ModelQueue(trainee, self._training_batch, self.seed, self.device)
         return BlendNetworks(self.pool) if kind == "blend" else RandomNetworks()
+
+    def _training_batch(self, gen: torch.Generator, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``size`` of the shard's real images drawn uniformly (every class), normalised, with their
+        class ids: what the queue's networks train on."""
+        bank = self.bank
+        index = torch.randperm(bank.images.shape[0], generator=gen, device=self.device)[:size]
+        slots = torch.arange(bank.num_classes, device=self.device).repeat_interleave(bank.counts)
+        return self._normalize(bank.images[index]), torch.tensor(bank.class_ids, device=self.device)[slots[index]]
+
+    def _frequency_sampler(self) -> FrequencySampler:
+        return FrequencySampler(self.bank.class_ids, self.net.classifier.in_features, self.seed, self.device)
 
     def _compile_embedding(self) -> str:
         """Compile the embedding when asked and this device can: "on", "off", or "off: <why>".
@@ -366,8 +393,8 @@ class DMCondenser:
             real, weights = self._real_means(draw.batch, draw.params), None
         else:
             real, weights = self._real_embeddings(draw.batch, draw.params)
-        total = self.matching(real, weights, syn,
-                              lambda: generator(derive_seed(self.seed, "iter", self.iteration, "cfd"), self.device))
+        total = self.matching(real, weights, syn, lambda *ids: generator(
+            derive_seed(self.seed, "iter", self.iteration, "cfd", *ids), self.device))
         if s.ce_weight > 0:
             total = total + s.ce_weight * self._cross_entropy(x, syn, draw.network)
         return total
@@ -383,7 +410,8 @@ class DMCondenser:
             self.expert.load_state_dict(self.pool.final[network])
             with self.settings.precision.autocast(self.device):
                 logits = self.expert(x).float()
-        return F.cross_entropy(logits, self.syn_labels, reduction="sum") / self.settings.images_per_class
+        weight = self.networks.accuracy(network) if isinstance(self.networks, ModelQueue) else 1.0
+        return weight * F.cross_entropy(logits, self.syn_labels, reduction="sum") / self.settings.images_per_class
 
     def step(self) -> torch.Tensor:
         """One DM iteration; returns the loss as a device tensor (no host sync)."""
@@ -392,6 +420,10 @@ class DMCondenser:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
+            if self.sampler is not None:  # NCFM's min-max: the frequencies ascend the distance
+                ascend(self.sampler, self.sampler_optimizer)
+            if isinstance(self.networks, ModelQueue):  # IDM: the queue's networks train on
+                self.networks.after_step(self.iteration)
         self.iteration += 1
         return loss.detach()
 
@@ -429,7 +461,18 @@ class DMCondenser:
             "images": self.syn.detach().to("cpu", memory_format=torch.contiguous_format).clone(),
             "optimizer": _to_cpu(self.optimizer.state_dict()),
             "losses": list(self.losses),
+            **self._learned_state(),
         }
+
+    def _learned_state(self) -> dict:
+        """What the recipe learns beside the images: NCFM's samplers, IDM's queue."""
+        state: dict = {}
+        if self.sampler is not None:
+            state["sampler"] = _to_cpu(self.sampler.state_dict())
+            state["sampler_optimizer"] = _to_cpu(self.sampler_optimizer.state_dict())
+        if isinstance(self.networks, ModelQueue):
+            state["queue"] = self.networks.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         if state["class_ids"] != self.bank.class_ids or state["seed"] != self.seed:
@@ -442,6 +485,11 @@ class DMCondenser:
         with torch.no_grad():
             self.syn.copy_(state["images"].to(self.device))
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.sampler is not None:
+            self.sampler.load_state_dict(state["sampler"])
+            self.sampler_optimizer.load_state_dict(state["sampler_optimizer"])
+        if isinstance(self.networks, ModelQueue):
+            self.networks.load_state_dict(state["queue"])
         self.iteration = int(state["iteration"])
         self.losses = [(int(i), float(v)) for i, v in state["losses"]]
 

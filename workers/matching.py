@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from workers.networks import init_parameters_
@@ -28,7 +29,11 @@ from workers.seeding import derive_seed
 # Gaussian bandwidths, as multiples of the mean squared distance between a class's real
 # embeddings (measured anew every iteration, on the detached real side)
 RBF_SCALES = (0.25, 1.0, 4.0)
-CFD_FREQUENCIES = 256  # frequencies per class at which the characteristic functions are compared
+# NCFM's defaults (its released CIFAR-10 configs): 4,096 Gaussian frequencies, amplitude and
+# phase weighted 0.5 each, the distance scaled by 300
+CFD_FREQUENCIES = 4096
+CFD_ALPHA, CFD_BETA = 0.5, 0.5
+CFD_SCALE = 300.0
 
 
 State = dict[str, torch.Tensor]
@@ -104,31 +109,38 @@ def _rng(seed: int, iteration: int) -> random.Random:
     return random.Random(derive_seed(seed, "iter", iteration, "network"))
 
 
-def cfd(real: torch.Tensor, weights: torch.Tensor, syn: torch.Tensor, frequencies: torch.Tensor) -> torch.Tensor:
-    """Sum over classes of the squared distance between the empirical characteristic functions
-    of the real [K, n, D] (weighted) and synthetic [K, m, D] embeddings, at each class's
-    ``frequencies`` [K, F, D] (NCFM's distance with its amplitude and phase terms weighted alike)."""
+def cfd(real: torch.Tensor, weights: torch.Tensor, syn: torch.Tensor, frequencies: torch.Tensor,
+        alpha: float = CFD_ALPHA, beta: float = CFD_BETA) -> torch.Tensor:
+    """Sum over classes of NCFM's characteristic-function distance between the real [K, n, D]
+    (rows weighted by ``weights`` [K, n]) and synthetic [K, m, D] embeddings, at ``frequencies``
+    [K or 1, F, D]. Embeddings are scaled to unit length first, as NCFM's code does, so that
+    t.x of a standard Gaussian t is of order one; per frequency the amplitude term
+    (|phi_r| - |phi_s|)^2 weighs ``alpha`` and the phase term 2 (|phi_r||phi_s| - Re phi_r conj phi_s)
+    weighs ``beta``; a class's distance is the mean over frequencies of their root, times CFD_SCALE."""
+    real, syn = F.normalize(real, dim=-1), F.normalize(syn, dim=-1)
     w = (weights / weights.sum(dim=1, keepdim=True)).unsqueeze(-1)
     pr, ps = real @ frequencies.transpose(1, 2), syn @ frequencies.transpose(1, 2)  # [K, n, F], [K, m, F]
     real_cos, real_sin = (w * torch.cos(pr)).sum(dim=1), (w * torch.sin(pr)).sum(dim=1)
     syn_cos, syn_sin = torch.cos(ps).mean(dim=1), torch.sin(ps).mean(dim=1)
-    return ((real_cos - syn_cos) ** 2 + (real_sin - syn_sin) ** 2).mean(dim=1).sum()
+    real_amp, syn_amp = torch.hypot(real_cos, real_sin), torch.hypot(syn_cos, syn_sin)
+    amplitude = (real_amp - syn_amp) ** 2
+    phase = (2 * (real_amp * syn_amp - real_cos * syn_cos - real_sin * syn_sin)).clamp_min(1e-12)
+    return CFD_SCALE * (alpha * amplitude + beta * phase).sqrt().mean(dim=1).sum()
 
 
-def cfd_frequencies(real: torch.Tensor, weights: torch.Tensor, count: int, gen: torch.Generator) -> torch.Tensor:
-    """[K, count, D]: ``count`` Gaussian frequencies drawn from ``gen``, scaled for each class to
-    its real embeddings' spread (so that projections are of order one; a class's frequencies
-    depend on its own images only)."""
-    w = (weights / weights.sum(dim=1, keepdim=True)).unsqueeze(-1)
-    spread = ((w * real.square()).sum(dim=(1, 2)) / real.shape[-1]).sqrt().clamp_min(1e-6)  # [K]
-    base = torch.randn(count, real.shape[-1], generator=gen, device=real.device)
-    return base.unsqueeze(0) / spread[:, None, None]
+def gaussian_frequencies(count: int, dim: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:
+    """[1, count, dim] standard Gaussian frequencies, shared by every class (NCFM without its sampler)."""
+    return torch.randn(1, count, dim, generator=gen, device=device)
 
 
 def mmd(real: torch.Tensor, weights: torch.Tensor, syn: torch.Tensor, kernel: str) -> torch.Tensor:
     """Sum over classes of the (biased) MMD² between each class's real embeddings ``real``
     [K, n, D] (rows weighted by ``weights`` [K, n]: 0 for padding) and synthetic ``syn``
-    [K, m, D]. ``linear`` is the squared distance of the means, DM's loss."""
+    [K, m, D]. ``linear`` is the squared distance of the means, DM's loss. ``rbf`` averages over
+    RBF_SCALES the MMD² of the Gaussian kernel (h / 2) exp(-|x - y|² / h), h a multiple of the
+    mean squared distance of the class's real embeddings: the factor h / 2 makes a wide kernel's
+    MMD² tend to DM's loss (exp(-d/h) ~ 1 - d/h), so the images move at DM's learning rate,
+    where the bare kernel's gradient is 1/h of DM's."""
     w = weights / weights.sum(dim=1, keepdim=True)
     if kernel == "linear":
         real_mean = (w.unsqueeze(-1) * real).sum(dim=1)
@@ -138,14 +150,18 @@ def mmd(real: torch.Tensor, weights: torch.Tensor, syn: torch.Tensor, kernel: st
     rr, rs, ss = (torch.cdist(a, b).square() for a, b in ((real, real), (real, syn), (syn, syn)))
     with torch.no_grad():  # the bandwidths follow the real data, a constant of the loss
         spread = (rr * (w.unsqueeze(2) * w.unsqueeze(1))).sum(dim=(1, 2)).clamp_min(1e-12)[:, None, None]
-    total = syn.new_zeros(())
-    for scale in RBF_SCALES:
-        k = [torch.exp(-d / (scale * spread)) for d in (rr, rs, ss)]
-        term_rr = (w.unsqueeze(2) * w.unsqueeze(1) * k[0]).sum(dim=(1, 2))
-        term_rs = (w.unsqueeze(2) * k[1]).sum(dim=(1, 2)) / syn.shape[1]
-        term_ss = k[2].mean(dim=(1, 2))
-        total = total + (term_rr - 2 * term_rs + term_ss).sum()
-    return total
+    return sum(gaussian_mmd(rr, rs, ss, w, scale * spread) for scale in RBF_SCALES) / len(RBF_SCALES)
+
+
+def gaussian_mmd(rr: torch.Tensor, rs: torch.Tensor, ss: torch.Tensor, w: torch.Tensor,
+                 bandwidth: torch.Tensor) -> torch.Tensor:
+    """Sum over classes of the MMD² of the kernel (h / 2) exp(-d / h) from the squared distances
+    real-real, real-synthetic and synthetic-synthetic, the real rows weighted by ``w``."""
+    k = [torch.exp(-d / bandwidth) for d in (rr, rs, ss)]
+    term_rr = (w.unsqueeze(2) * w.unsqueeze(1) * k[0]).sum(dim=(1, 2))
+    term_rs = (w.unsqueeze(2) * k[1]).sum(dim=(1, 2)) / rs.shape[2]
+    term_ss = k[2].mean(dim=(1, 2))
+    return (bandwidth.flatten() / 2 * (term_rr - 2 * term_rs + term_ss)).sum()
 
 
 # ------------------------------------------------------------------ matching losses
@@ -155,9 +171,10 @@ class MatchingLoss(Protocol):
     means_only: ClassVar[bool]  # needs only the real class means [K, D] (streamed), else every embedding
 
     def __call__(self, real: torch.Tensor, weights: torch.Tensor | None, syn: torch.Tensor,
-                 generator: Callable[[], torch.Generator]) -> torch.Tensor:
+                 generator: Callable[..., torch.Generator]) -> torch.Tensor:
         """``real``: [K, D] means, or [K, n, D] embeddings with ``weights`` [K, n] (0: padding);
-        ``syn``: [K, m, D]; ``generator``: this iteration's stream, for losses that draw."""
+        ``syn``: [K, m, D]; ``generator(*ids)``: this iteration's stream (a class's own with its id),
+        for losses that draw."""
 
 
 @dataclass(frozen=True)
@@ -167,7 +184,7 @@ class MeanLoss:
     means_only: ClassVar[bool] = True
 
     def __call__(self, real: torch.Tensor, weights: torch.Tensor | None, syn: torch.Tensor,
-                 generator: Callable[[], torch.Generator]) -> torch.Tensor:
+                 generator: Callable[..., torch.Generator]) -> torch.Tensor:
         return ((real - syn.mean(dim=1)) ** 2).sum()
 
 
@@ -179,28 +196,33 @@ class KernelMMD:
     means_only: ClassVar[bool] = False
 
     def __call__(self, real: torch.Tensor, weights: torch.Tensor | None, syn: torch.Tensor,
-                 generator: Callable[[], torch.Generator]) -> torch.Tensor:
+                 generator: Callable[..., torch.Generator]) -> torch.Tensor:
         return mmd(real, weights, syn, self.kernel)
 
 
 @dataclass(frozen=True)
 class CharacteristicFunctions:
-    """NCFM: the distance of the empirical characteristic functions at frequencies drawn each iteration."""
+    """NCFM: the distance of the empirical characteristic functions at frequencies drawn each
+    iteration: standard Gaussian ones, or those of each class's sampling network (``sampler``,
+    workers.frequency_sampler), which the condenser trains to maximise this distance."""
 
     frequencies: int = CFD_FREQUENCIES
+    sampler: nn.Module | None = None
     means_only: ClassVar[bool] = False
 
     def __call__(self, real: torch.Tensor, weights: torch.Tensor | None, syn: torch.Tensor,
-                 generator: Callable[[], torch.Generator]) -> torch.Tensor:
-        return cfd(real, weights, syn, cfd_frequencies(real, weights, self.frequencies, generator()))
+                 generator: Callable[..., torch.Generator]) -> torch.Tensor:
+        if self.sampler is not None:
+            return cfd(real, weights, syn, self.sampler(generator))
+        return cfd(real, weights, syn, gaussian_frequencies(self.frequencies, real.shape[-1], generator(), real.device))
 
 
-def matching_loss(loss: str, kernel: str) -> MatchingLoss:
-    """The loss named by ``condense.loss`` and ``condense.kernel``."""
+def matching_loss(loss: str, kernel: str, sampler: nn.Module | None = None) -> MatchingLoss:
+    """The loss named by ``condense.loss`` and ``condense.kernel`` (``sampler``: NCFM's learned frequencies)."""
     if loss == "mean" or (loss == "mmd" and kernel == "linear"):
         return MeanLoss()
     if loss == "mmd":
         return KernelMMD(kernel)
     if loss == "cfd":
-        return CharacteristicFunctions()
+        return CharacteristicFunctions(sampler=sampler)
     raise ValueError(f"unknown matching loss {loss!r}; choose mean, mmd or cfd")

@@ -38,7 +38,7 @@ def dm_settings(cfg: RunConfig) -> DMSettings:
         embed_chunk=c.embed_chunk, compile=c.effective_compile, loss_every=c.loss_every, cuda_graphs=c.cuda_graphs,
         precision=precision(cfg, condensing=True),
         networks="pixels" if pixels else c.networks, loss="mmd" if pixels else c.loss, kernel=c.kernel,
-        factor=c.factor, ce_weight=c.ce_weight, ce_network=c.ce_network,
+        factor=c.factor, ce_weight=c.ce_weight, ce_network=c.ce_network, cfd_sampler=c.cfd_sampler,
     )
 
 
