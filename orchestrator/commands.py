@@ -10,28 +10,29 @@ from __future__ import annotations
 import shlex
 from collections.abc import Sequence
 
+from orchestrator.secrets import shown_assignments
+
 PROGRAM = "dmcondense"
-
-
-SECRET_KEYS = "resources.worker_env."  # their values are never printed: see orchestrator.secrets
 
 
 def job(name: str, source: str, sets: Sequence[str] = ()) -> str:
     """``dmcondense NAME SOURCE --set k=v ...``: a command that reads a config (or a run); a
     worker environment value is written as the shell variable of its name, never in clear."""
-    return " ".join([shlex.join([PROGRAM, name, source]), *(f"--set {_shown(s)}" for s in sets)])
+    words = [word for s in sets for word in shown_assignments(s)]
+    return " ".join([shlex.join([PROGRAM, name, source]), *(f"--set {word}" for word in words)])
 
 
 def shown_command_line(argv: Sequence[str]) -> str:
-    """A command line as it may be shown or stored: worker environment values hidden."""
-    return " ".join(_shown(a) if a.startswith(SECRET_KEYS) else shlex.quote(a) for a in [PROGRAM, *argv])
+    """A command line as it may be shown or stored: worker environment values hidden, whichever
+    form of ``--set`` (``--set K=V``, ``--set=K=V``, a mapping) gave them."""
+    return " ".join([PROGRAM, *(_shown_word(a) for a in argv)])
 
 
-def _shown(assignment: str) -> str:
-    key, _, value = assignment.partition("=")
-    if key.startswith(SECRET_KEYS):
-        return f'{shlex.quote(key)}="${key[len(SECRET_KEYS):]}"'
-    return shlex.quote(assignment)
+def _shown_word(word: str) -> str:
+    flag, eq, rest = word.partition("=")
+    if eq and flag.startswith("--") and "=" in rest:  # --set=KEY=VALUE
+        return f"{flag}=" + f" {flag}=".join(shown_assignments(rest))
+    return " --set ".join(shown_assignments(word)) if "=" in word else shlex.quote(word)
 
 
 def resume(run_uri: str) -> str:

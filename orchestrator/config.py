@@ -431,16 +431,24 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         try:
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {item!r}: value is not valid YAML: {exc}") from exc
+            problem = getattr(exc, "problem", None) or "unreadable"  # exc itself quotes the value
+            raise ConfigError(f"--set {_quoted(item)}: value is not valid YAML{_yaml_where(exc)}: {problem}") from None
         node = out
         parts = key.strip().split(".")
         for part in parts[:-1]:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise ConfigError(f"--set {item!r}: {part} is not a section")
+                raise ConfigError(f"--set {_quoted(item)}: {part} is not a section")
             node = child
         node[parts[-1]] = value
     return out
+
+
+def _quoted(item: str) -> str:
+    """An override as an error quotes it: a value it may give resources.worker_env is not shown."""
+    from orchestrator.secrets import shown_item  # imported here: that module builds on this one
+
+    return shown_item(item)
 
 
 def from_dict(data: dict[str, Any]) -> RunConfig:
@@ -458,7 +466,9 @@ def _explain(exc: ValidationError) -> str:
             lines.append(f"  {loc}: unknown key{_nearest_hint(err['loc'])}")
         else:
             msg = str(err["ctx"]["error"]) if err["type"] == "value_error" else err["msg"]
-            lines.append(f"  {loc or '(top level)'}: {msg} (got {err.get('input')!r})")
+            secret = "worker_env" in loc or "worker_env" in repr(err.get("input"))
+            got = "" if secret else f" (got {err.get('input')!r})"
+            lines.append(f"  {loc or '(top level)'}: {msg}{got}")
     return "\n".join(lines)
 
 
