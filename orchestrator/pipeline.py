@@ -20,7 +20,7 @@ from orchestrator.pool_dir import pool_of, pool_root, pools_at
 from orchestrator.report import TableRow, report
 from orchestrator.run_dir import DamagedRecord, RunDir, RunError
 from orchestrator.run_identity import differing_keys, identity, unit_device
-from orchestrator.run_record import RunKind, RunRecord
+from orchestrator.run_record import DataContent, RunKind, RunRecord
 from orchestrator.stages import continual as continual_stage
 from orchestrator.stages.baselines import baselines
 from orchestrator.stages.condense import condense, refuse_foreign_shards
@@ -37,6 +37,7 @@ def new_run(cfg: RunConfig, pool_hint: str = commands.pool("CONFIG"), make_pool:
     unless ``make_pool`` (``pool_hint``: the command that makes it); nothing is written, nothing
     is fetched without ``download``."""
     info = info or dataset_info(cfg, download)
+    data = DataContent.of(cfg.dataset)
     try:
         classes = planned_classes(cfg, info)
         check_config_against_dataset(cfg, info, classes)
@@ -45,11 +46,12 @@ def new_run(cfg: RunConfig, pool_hint: str = commands.pool("CONFIG"), make_pool:
         if old is not None:
             old.refuse_other_kind(kind)
             _refuse_other_images(old.config, cfg, cfg.output, allow_growth=True)
+            _refuse_other_data(old.record, cfg, data, cfg.output)
             existing = old.shards
         plan = make_plan(classes, cfg.plan.classes_per_shard, cfg.seed, existing)
     except PlanError as exc:
         raise RunError(str(exc)) from None
-    run = RunDir(cfg.output, RunRecord.build(cfg, plan, info, kind))
+    run = RunDir(cfg.output, RunRecord.build(cfg, plan, info, kind, data))
     refuse_foreign_shards(run)  # shards left by another configuration (say its run.json was deleted)
     if not make_pool:
         check_pool(run, pool_hint)
@@ -101,7 +103,9 @@ def reopened_run(uri: str, overrides: list[str], config_path: str | None = None,
         _refuse_other_images(run.config, asked, uri, allow_growth=False, advice="start a new run with --out instead")
     cfg = from_dict(apply_overrides(run.config.model_dump(mode="json"), [*overrides, f"output={uri}"]))
     _refuse_other_images(run.config, cfg, uri, allow_growth=False)
-    run = run.with_config(cfg)
+    data = DataContent.of(cfg.dataset)
+    _refuse_other_data(run.record, cfg, data, uri)
+    run = RunDir(uri, run.record.model_copy(update={"config": cfg, "data": data}))
     if not make_pool:
         check_pool(run, commands.pool(uri))
     return run
@@ -118,6 +122,25 @@ def _refuse_other_images(old: RunConfig, new: RunConfig, uri: str, *, allow_grow
     if keys:
         raise RunError(f"{uri} was started with another configuration (differing keys: {', '.join(keys)}), "
                        f"which would change its images; {advice}")
+
+
+def _refuse_other_data(old: RunRecord, new: RunConfig, now: DataContent, uri: str) -> None:
+    """The dataset ``new`` reads holds, class by class, what the run's units were computed from,
+    wherever it lives now (a moved dataset resumes); a run recorded without its dataset's content
+    resumes from its own dataset.root only."""
+    root = new.dataset.root
+    if old.data is None:
+        if root != old.config.dataset.root:
+            raise RunError(f"{uri} was recorded without its dataset's content, so it resumes only from its own "
+                           f"dataset.root ({old.config.dataset.root}), not {root}; or start a new run with --out")
+        return
+    changed = old.data.changed(now, old.classes)
+    if changed:
+        names = ", ".join(f"{c} ({old.dataset.class_names[c]})" for c in changed[:10])
+        raise RunError(f"the dataset at {root or 'the default root'} is not the one {uri} was planned from: "
+                       f"{len(changed)} of its {len(old.classes)} classes changed ({names}"
+                       f"{' ...' if len(changed) > 10 else ''}); put their images back as they were, or start "
+                       "a new run with --out")
 
 
 def run_stages(run: RunDir, console: Console, *, condensing: bool = True, methods: list[str] | None = None,

@@ -21,6 +21,10 @@ NEUTRAL_KEYS = ("name", "condense.checkpoint_every", "condense.keep_checkpoints"
                 "dataset.download")
 # Keys that change bytes on CUDA only: the CPU computes in fp32 and deterministically anyway.
 CUDA_ONLY_KEYS = ("precision.tf32", "precision.deterministic", "condense.cuda_graphs")
+# Where the dataset lives, never a difference between two identities: the run records the
+# dataset's content (run_record.DataContent) and every command that reads it checks that, so a
+# dataset moved elsewhere keeps its units and a changed one is named class by class.
+LOCATION_KEYS = ("dataset.root",)
 Device = str  # "cpu" | "cuda"
 
 
@@ -74,13 +78,14 @@ def shards_hash(cfg: RunConfig) -> str:
 
 
 def differing_keys(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two nested dicts."""
+    """Dotted keys whose values differ between two nested dicts, the dataset's location aside
+    (LOCATION_KEYS)."""
     keys = []
     for k in sorted(set(a) | set(b)):
         va, vb = a.get(k), b.get(k)
         path = f"{prefix}{k}"
         if isinstance(va, dict) and isinstance(vb, dict):
             keys.extend(differing_keys(va, vb, path + "."))
-        elif va != vb:
+        elif va != vb and path not in LOCATION_KEYS:
             keys.append(path)
     return keys

@@ -16,10 +16,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from orchestrator.config import RunConfig
+from orchestrator.config import DatasetConfig, RunConfig
 from orchestrator.run_identity import config_hash
 from orchestrator.secrets import redacted_config, restore
 from orchestrator.plan import ShardSpec
+from workers.data import class_fingerprints
 from workers.data.types import DatasetInfo
 
 FORMAT = 2
@@ -55,6 +56,23 @@ def _git_commit() -> str | None:
     return out + ("-dirty" if dirty else "")
 
 
+class DataContent(BaseModel):
+    """The train split's content, class by class (workers.data.fingerprint): what a run's units
+    were computed from, checked by every command that reads the dataset again."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    classes: tuple[str, ...]  # per class id: "<images>:<hash of what identifies them>"
+
+    @classmethod
+    def of(cls, dataset: DatasetConfig) -> "DataContent":
+        return cls(classes=tuple(class_fingerprints(dataset.name, dataset.root, resolution=dataset.resolution)))
+
+    def changed(self, now: "DataContent", class_ids: tuple[int, ...] | list[int]) -> list[int]:
+        """The classes among ``class_ids`` whose content is not the same ``now`` (or is gone)."""
+        return [c for c in class_ids if c >= len(now.classes) or now.classes[c] != self.classes[c]]
+
+
 class RunRecord(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -65,11 +83,13 @@ class RunRecord(BaseModel):
     dataset: DatasetInfo
     versions: Versions
     kind: RunKind = "run"
+    data: DataContent | None = None  # None: recorded before the content was (resumes from its own root only)
 
     @classmethod
-    def build(cls, cfg: RunConfig, shards: list[ShardSpec], info: DatasetInfo, kind: RunKind = "run") -> "RunRecord":
+    def build(cls, cfg: RunConfig, shards: list[ShardSpec], info: DatasetInfo, kind: RunKind = "run",
+              data: DataContent | None = None) -> "RunRecord":
         return cls(config=cfg, config_hash=config_hash(cfg), shards=tuple(shards), dataset=info,
-                   versions=Versions.current(), kind=kind)
+                   versions=Versions.current(), kind=kind, data=data)
 
     def dump(self) -> dict[str, Any]:
         """run.json's content: the worker environment's values as fingerprints (orchestrator.secrets)."""

@@ -25,8 +25,8 @@ from .types import (
 
 __all__ = [
     "DatasetError", "DatasetInfo", "DatasetReader", "ImageSet", "Skipped", "Source", "SOURCE_NAMES",
-    "PreparedReader", "SourceReader", "check_source", "denormalize", "normalize", "open_dataset",
-    "open_source",
+    "PreparedReader", "SourceReader", "check_source", "class_fingerprints", "denormalize", "normalize",
+    "open_dataset", "open_source",
 ]
 
 PREPARED = "prepared"
@@ -54,3 +54,11 @@ def open_dataset(
         return PreparedReader(root, resolution=resolution)
     source = open_source(name, root, resolution=resolution, download=download and info is None)
     return SourceReader(source, strict=strict, info=info)
+
+
+def class_fingerprints(name: str, root: str | None = None, *, resolution: int | None = None) -> list[str]:
+    """Per class id, what identifies its train images (``fingerprint``): opened without the
+    whole-source checks or the statistics pass."""
+    if name == PREPARED:
+        return open_dataset(name, root, resolution=resolution).class_fingerprints()
+    return open_source(name, root, resolution=resolution).class_fingerprints()

@@ -8,6 +8,7 @@ import numpy as np
 from PIL import Image
 
 from .base import Loaded, check_labels, counts_of
+from .fingerprint import arrays_fingerprints
 from .types import DatasetError
 
 
@@ -63,6 +64,9 @@ class ArraySource:
 
     def test_size(self) -> int:
         return len(self._test[1])
+
+    def class_fingerprints(self) -> list[str]:
+        return arrays_fingerprints(self.class_names, *self._train)
 
     def load_train(self, class_ids: Sequence[int], *, strict: bool = False) -> Loaded:
         images, labels = self._train

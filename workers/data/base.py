@@ -42,6 +42,10 @@ class Source(Protocol):
 
     def test_size(self) -> int: ...
 
+    def class_fingerprints(self) -> list[str]:
+        """Per class id, what identifies its train images (``fingerprint``), cheap to compute."""
+        ...
+
     def load_train(self, class_ids: Sequence[int], *, strict: bool = False) -> Loaded:
         """The given classes' train images, ordered by class id; reads no other class."""
         ...
@@ -130,6 +134,9 @@ class SourceReader:
         loaded = self.source.load_train(class_ids, strict=self.strict)
         self.skipped.extend(s for s in loaded.skipped if s not in self.skipped)
         return loaded
+
+    def class_fingerprints(self) -> list[str]:
+        return self.source.class_fingerprints()
 
     def read_train(self, class_ids: Sequence[int]) -> ImageSet:
         ids = check_class_ids(class_ids, len(self.source.class_names))

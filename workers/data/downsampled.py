@@ -22,6 +22,7 @@ import numpy as np
 
 from .arrays import resize_images
 from .base import Loaded, check_labels, counts_of
+from .fingerprint import file_stats, fingerprint
 from .types import DatasetError
 
 _FIX = "set dataset.root to the folder holding Imagenet64_train/ and Imagenet64_val/"
@@ -102,6 +103,21 @@ class DownsampledImageNetSource:
 
     def test_size(self) -> int:
         return len(self._test_labels)
+
+    def class_fingerprints(self) -> list[str]:
+        """Per class: each batch file holding its rows (name, size, time) and the rows' positions."""
+        k = len(self.class_names)
+        parts: list[list[bytes]] = [[] for _ in range(k)]
+        counts = [0] * k
+        for path, labels in zip(self.train_files, self._train_labels):
+            stats = file_stats(path, os.path.dirname(path))
+            order = np.argsort(labels, kind="stable")
+            bounds = np.searchsorted(labels[order], np.arange(k + 1))
+            for c in np.flatnonzero(np.diff(bounds)):
+                rows = order[bounds[c]:bounds[c + 1]]
+                parts[c] += [stats, rows.astype(np.int64).tobytes()]
+                counts[c] += len(rows)
+        return [fingerprint(name, counts[c], parts[c]) for c, name in enumerate(self.class_names)]
 
     def load_train(self, class_ids: Sequence[int], *, strict: bool = False) -> Loaded:
         wanted = np.asarray(sorted(set(class_ids)), dtype=np.int64)

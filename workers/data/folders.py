@@ -14,6 +14,7 @@ from functools import cached_property
 import numpy as np
 
 from .base import Loaded, counts_of
+from .fingerprint import files_fingerprint
 from .imagefiles import decode_files, list_images
 from .types import DatasetError
 
@@ -57,6 +58,9 @@ class FolderSource:
 
     def train_counts(self) -> list[int]:
         return [len(self.train_files(c)) for c in range(len(self.class_names))]
+
+    def class_fingerprints(self) -> list[str]:
+        return [files_fingerprint(name, self.train_files(c)) for c, name in enumerate(self.class_names)]
 
     def test_counts(self) -> list[int]:
         labels = np.asarray([c for _, c in self._test], dtype=np.int64)

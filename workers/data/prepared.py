@@ -40,6 +40,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import torch
 
+from .fingerprint import fingerprint
 from .tensor_table import table_arrays
 from .types import ChannelStats, DatasetError, DatasetInfo, ImageSet, check_class_ids
 from .uri import join, resolve
@@ -127,6 +128,13 @@ class PreparedReader:
             m["source"], list(m["classes"]), int(m["channels"]), (size, size), tuple(m["mean"]), tuple(m["std"]),
             tuple(m["train_counts"]), tuple(m["test_counts"]),
         )
+
+    def class_fingerprints(self) -> list[str]:
+        """Per class: its count and the sha256 of the file that holds it, from the manifest alone."""
+        m = self.meta
+        holder = {c: e["sha256"] for e in m["train_files"] for c in range(e["first_class"], e["last_class"] + 1)}
+        return [fingerprint(name, m["train_counts"][c], (holder.get(c, "").encode(),))
+                for c, name in enumerate(m["classes"])]
 
     def read_train(self, class_ids: Sequence[int]) -> ImageSet:
         wanted = check_class_ids(class_ids, self.info.num_classes)

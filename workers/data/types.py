@@ -64,6 +64,10 @@ class DatasetReader(Protocol):
 
     def read_test(self) -> ImageSet: ...
 
+    def class_fingerprints(self) -> list[str]:
+        """Per class id, what identifies its train images (workers.data.fingerprint)."""
+        ...
+
 
 @dataclass(frozen=True)
 class Skipped:
