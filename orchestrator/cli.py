@@ -121,7 +121,10 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--format", required=True, choices=list(EXPORT_FORMATS),
                     help="pt: the official DM code's layout; npz; png or imagefolder: torchvision's ImageFolder; "
                          "hf: a Hugging Face datasets folder with its card (pip install 'dmcondense[hf]')")
-    ex.add_argument("--to", required=True, help="output file (pt, npz) or folder (png, imagefolder, hf)")
+    ex.add_argument("--to", required=True, help="the path written, exactly: a file (pt, npz) or a folder (png, "
+                                                "imagefolder, hf); missing folders above it are created")
+    ex.add_argument("--force", action="store_true",
+                    help="replace an existing file, or a folder that holds only an earlier export")
     ex.set_defaults(func=cmd_export)
 
     pr = sub.add_parser("prepare", help="prepare a dataset as per-class Parquet, in parallel")
@@ -314,7 +317,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    console.print(f"wrote {export_run(RunDir.load(args.run), args.format, args.to)}")
+    console.print(f"wrote {export_run(RunDir.load(args.run), args.format, args.to, force=args.force)}")
     return EXIT_OK
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import IO, NamedTuple
 
 import numpy as np
 import torch
@@ -13,6 +13,7 @@ import yaml
 
 from orchestrator.artifacts.scores import hard_label_scores, read_results, summarize, teacher_identity
 from orchestrator.artifacts.training_sets import read_method
+from orchestrator.export_target import ExportTarget
 from orchestrator.report import augmentation_suffix, synthetic_label
 from orchestrator.run_dir import RunDir
 from orchestrator.secrets import redacted_config
@@ -21,6 +22,7 @@ from orchestrator.set_formats import ScoreRow, SetCard, SoftLabels, pixels_uint8
 from workers.teachers import load_teacher
 
 FORMATS = ("pt", "npz", "png", "imagefolder", "hf")
+FOLDER_FORMATS = ("png", "imagefolder", "hf")  # the others write one file
 
 
 class Normalisation(NamedTuple):
@@ -53,33 +55,69 @@ def renormalize(images: torch.Tensor, source: tuple[Sequence[float], Sequence[fl
     return ((pixels - view(target[0])) / view(target[1])).to(images.dtype)
 
 
-def export_run(run: RunDir, fmt: str, to: str) -> str:
-    """Write the committed synthetic set of ``run`` to ``to``; returns what was written."""
+def export_run(run: RunDir, fmt: str, to: str, *, force: bool = False) -> str:
+    """Write the committed synthetic set of ``run`` to exactly ``to`` (orchestrator.export_target:
+    an existing export is replaced only with ``force``); returns what was written."""
     if fmt not in FORMATS:
         raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    target = ExportTarget(Path(to), folder=fmt in FOLDER_FORMATS, force=force)
+    target.check()  # before reading the set
     images, labels = read_method(run, "dm")
     ds = run.dataset
     mean, std, names = list(ds.mean), list(ds.std), list(ds.class_names)
-    target = Path(to)
     if fmt == "pt":
-        target.parent.mkdir(parents=True, exist_ok=True)
         # {'data': [[images, labels]]}: what the official DM code saves and loads, in its normalisation
         # where its get_dataset knows the dataset (else ours); 'mean'/'std' are the ones the images are in.
         official = OFFICIAL_NORMALISATION.get(ds.name)
         if official is not None and len(official.mean) == len(mean):
             images = renormalize(images, (mean, std), official)
             mean, std = list(official.mean), list(official.std)
-        torch.save({"data": [[images, labels]], "mean": mean, "std": std, "class_names": names}, target)
-        return f"{target} ({len(labels)} images)"
+        with target.writing() as staged, staged.open("wb") as f:
+            _torch_save({"data": [[images, labels]], "mean": mean, "std": std, "class_names": names}, f)
+        return f"{target.path} ({len(labels)} images)"
     if fmt == "npz":
-        target.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(target, images=images.numpy(), labels=labels.numpy(), class_names=np.array(names),
-                            mean=np.array(mean), std=np.array(std))
-        return f"{target} ({len(labels)} images)"
+        with target.writing() as staged, staged.open("wb") as f:  # a file object: numpy adds no .npz to the name
+            np.savez_compressed(f, images=images.numpy(), labels=labels.numpy(), class_names=np.array(names),
+                                mean=np.array(mean), std=np.array(std))
+        return f"{target.path} ({len(labels)} images)"
     pixels = pixels_uint8(images, mean, std)
     if fmt == "hf":
-        return write_hf(target, pixels, labels, names, set_card(run, len(labels)), soft_labels(run, images))
-    return write_imagefolder(target, pixels, labels, names)
+        card, soft = set_card(run, len(labels)), soft_labels(run, images)
+        with target.writing() as staged:
+            held = write_hf(staged, pixels, labels, names, card, soft)
+    else:
+        with target.writing() as staged:
+            held = write_imagefolder(staged, pixels, labels, names)
+    return f"{target.path}/ ({held})"
+
+
+class _KeepsWriteErrors:
+    """A file whose write errors torch.save cannot hide: it reports them as a RuntimeError."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self._f = f
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self._f.flush()
+
+
+def _torch_save(obj: object, f: IO[bytes]) -> None:
+    """torch.save into ``f``; a failed write stays the OSError it was (no space, quota)."""
+    kept = _KeepsWriteErrors(f)
+    try:
+        torch.save(obj, kept)
+    except RuntimeError:
+        if kept.error is None:
+            raise
+        raise kept.error from None
 
 
 def soft_labels(run: RunDir, images: torch.Tensor) -> SoftLabels | None:
@@ -104,10 +142,11 @@ def set_card(run: RunDir, images: int) -> SetCard:
     under the evaluation's protocol (with DD-Ranking's LRS where known) and under hard labels."""
     cfg, ds = run.config, run.dataset
     plain = augmentation_suffix(cfg)
-    protocol = ("hard labels" if cfg.evaluate.labels == "hard" else f"soft labels from {teacher_name(run)}") + plain
+    labels = "hard labels" if cfg.evaluate.labels == "hard" else f"soft labels from {teacher_name(run)}"
+    protocol = f"{cfg.evaluate.protocol}: {labels}{plain}"  # evaluate.protocol names every figure
     rows = [ScoreRow(protocol, s.method, s.model, s.n, s.mean, s.std, s.lrs) for s in summarize(read_results(run))]
     if cfg.evaluate.labels == "soft":
-        rows += [ScoreRow("hard labels" + plain, s.method, s.model, s.n, s.mean, s.std)
+        rows += [ScoreRow("paper: hard labels" + plain, s.method, s.model, s.n, s.mean, s.std)
                  for s in summarize(hard_label_scores(run))]
     return SetCard(
         dataset=ds.name, class_names=tuple(ds.class_names), images=images, ipc=cfg.condense.ipc,

@@ -54,7 +54,7 @@ class SoftLabels:
 class ScoreRow:
     """Test accuracy (percent) of networks trained from scratch on the set."""
 
-    protocol: str  # how they trained on it: "hard labels", "soft labels (teacher ConvNet)"
+    protocol: str  # evaluate.protocol and the labels: "paper: hard labels", "rded: soft labels from ..."
     method: str
     model: str
     networks: int
@@ -94,7 +94,7 @@ def pixels_uint8(images: torch.Tensor, mean: Sequence[float], std: Sequence[floa
 def write_hf(to: str | Path, images_uint8: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor,
              class_names: Sequence[str], card: SetCard, soft: SoftLabels | None = None) -> str:
     """A ``datasets.load_from_disk`` folder (image, label and, with ``soft``, soft_label) with its
-    README.md card; returns what was written."""
+    README.md card; returns what it holds."""
     hf = _import_datasets()
     pixels, ids = _checked(images_uint8, labels, class_names)
     if card.images != len(ids):
@@ -110,14 +110,14 @@ def write_hf(to: str | Path, images_uint8: np.ndarray | torch.Tensor, labels: np
     target = _empty_folder(to)
     hf.Dataset.from_dict(columns, info=info).save_to_disk(str(target))
     (target / "README.md").write_text(card_markdown(card, soft, hf.__version__), encoding="utf-8")
-    return f"{target}/ ({len(ids)} images, a Hugging Face datasets folder)"
+    return f"{len(ids)} images, a Hugging Face datasets folder"
 
 
 def write_imagefolder(to: str | Path, images_uint8: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor,
                       class_names: Sequence[str]) -> str:
     """torchvision's ImageFolder layout: one folder per class, named so that sorting gives the
     class ids; a class without images gets an empty folder to keep the ids of those after it
-    (load such a set with ``ImageFolder(root, allow_empty=True)``). Returns what was written."""
+    (load such a set with ``ImageFolder(root, allow_empty=True)``). Returns what it holds."""
     pixels, ids = _checked(images_uint8, labels, class_names)
     target = _empty_folder(to)
     folders = [target / class_folder(c, name, len(class_names)) for c, name in enumerate(class_names)]
@@ -129,7 +129,7 @@ def write_imagefolder(to: str | Path, images_uint8: np.ndarray | torch.Tensor, l
     for img, c in zip(pixels, ids):
         _picture(img).save(folders[c] / f"{seen[c]:0{width}d}.png")
         seen[c] += 1
-    return f"{target}/ ({len(ids)} images in {int((counts > 0).sum())} class folders)"
+    return f"{len(ids)} images in {int((counts > 0).sum())} class folders"
 
 
 def class_folder(class_id: int, name: str, classes: int) -> str:
