@@ -5,13 +5,28 @@ the worker that runs it and after a resume."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+from orchestrator import storage
+from orchestrator.artifacts.shards import shard_state
+from orchestrator.artifacts.training_sets import read_method
+from orchestrator.components.settings import train_settings
+from orchestrator.components.teacher import _LOADED as teacher_cache
+from orchestrator.config import ConfigError, load_config
+from orchestrator.pipeline import dataset_info, new_run
+from orchestrator.pool_dir import PoolDir
+from orchestrator.run_dir import RunError
+from orchestrator.run_identity import config_hash
+from orchestrator.stages.condense import check_rded_classes, rded_shard
+from orchestrator.stages.pool import train_network
 from workers import rded
 from workers.data.types import DatasetInfo, ImageSet
+
+from .conftest import REPO
 
 
 class MeanTeacher(nn.Module):
@@ -147,3 +162,119 @@ def test_classes_done_before_are_kept_and_the_rest_computed_as_without_them():
     assert seen == [1, 2]
     resumed = rded.condense_classes(real, _info(), [0, 1], MeanTeacher(), settings, 4, done=whole[:1])
     assert all(torch.equal(a.images, b.images) and torch.equal(a.losses, b.losses) for a, b in zip(whole, resumed))
+
+
+# ------------------------------------------------------------------ the condense stage, in process
+SETS = ["condense.ipc=2", "condense.rded.crops=2", "condense.rded.candidates=20", "plan.classes=[0,1,2,3,4]",
+        "plan.classes_per_shard=3", "pool.networks=1", "pool.epochs=1", "pool.model=ConvNetW32",
+        "evaluate.num_models=0", "evaluate.baselines=[]"]
+
+
+def _config(out, pools, *extra: str):  # noqa: ANN001, ANN202
+    return load_config(REPO / "configs" / "digits-rded.yaml", [*SETS, f"pool.uri={pools}", f"output={out}", *extra])
+
+
+def _make_pool(cfg) -> None:  # noqa: ANN001 - one network of one epoch, trained here
+    pool = PoolDir.for_run(cfg, dataset_info(cfg))
+    pool.save()
+    train_network(pool, cfg.resources, train_settings(cfg, "pool"), 0)
+
+
+@pytest.fixture(scope="module")
+def pools(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("pools")
+    _make_pool(_config(root / "unused", root))
+    return root
+
+
+def _run(out, pools, *extra: str):  # noqa: ANN001, ANN202
+    run = new_run(_config(out, pools, *extra))
+    run.save()
+    return run
+
+
+def _bytes(run, spec) -> bytes:  # noqa: ANN001
+    return storage.read_bytes(run.shard_file(spec))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(pools, tmp_path_factory):  # noqa: ANN001, ANN201 - both shards, one worker, in order
+    torch.set_num_threads(1)
+    teacher_cache.clear()
+    run = _run(tmp_path_factory.mktemp("r") / "whole", pools)
+    for spec in run.shards:
+        rded_shard(run, spec)
+    return run
+
+
+def test_an_rded_shard_commits_its_classes_stored_images_under_its_teacher(uninterrupted):
+    run = uninterrupted
+    images, labels = read_method(run)
+    assert images.shape == (10, 1, 8, 8) and labels.tolist() == [c for c in range(5) for _ in range(2)]
+    manifest = shard_state(run, run.shards[0]).manifest
+    assert manifest.rows == 6 and manifest.resumed_from == 0 and manifest.final_loss > 0
+    assert manifest.identity["teacher"].startswith("pool ") and manifest.identity["condense"]["method"] == "rded"
+    mean, std = run.dataset.mean[0], run.dataset.std[0]
+    pixels = images * std + mean  # resized crops of real pixels: inside [0, 1], two distinct images a class
+    assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5 and not torch.equal(images[0], images[1])
+
+
+def test_a_resumed_rded_shard_is_the_bytes_of_an_uninterrupted_one(uninterrupted, pools, tmp_path, monkeypatch):
+    torch.set_num_threads(1)
+    run = _run(tmp_path / "killed", pools)
+    spec = run.shards[0]
+    calls = []
+
+    def dies_at_the_second_class(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("worker lost")
+        return real_condense_class(*args, **kwargs)
+
+    real_condense_class = rded.condense_class
+    monkeypatch.setattr(rded, "condense_class", dies_at_the_second_class)
+    with pytest.raises(RuntimeError, match="worker lost"):
+        rded_shard(run, spec)
+    monkeypatch.undo()
+    assert shard_state(run, spec).state == "in_progress"
+    assert rded_shard(run, spec).resumed_from == 1  # the first class from the checkpoint
+    assert _bytes(run, spec) == _bytes(uninterrupted, uninterrupted.shards[0])
+    assert not storage.exists(run.checkpoint(spec))
+
+
+def test_a_shard_is_the_same_bytes_on_a_fresh_worker_and_after_another_shard(uninterrupted, pools, tmp_path):
+    torch.set_num_threads(1)
+    teacher_cache.clear()  # a worker whose first task is shard 1 (the uninterrupted run's ran shard 0 first)
+    run = _run(tmp_path / "fresh", pools)
+    rded_shard(run, run.shards[1])
+    assert _bytes(run, run.shards[1]) == _bytes(uninterrupted, uninterrupted.shards[1])
+
+
+def test_shards_chosen_by_another_teacher_are_refused_by_name(uninterrupted, pools, tmp_path):
+    other = _config(uninterrupted.uri, pools, "pool.seed=1")  # another pool: another best network
+    _make_pool(other)
+    with pytest.raises(RunError, match="differing keys: teacher"):
+        new_run(other)
+
+
+def test_a_class_too_small_for_one_crop_per_image_stops_the_stage_before_any_task(uninterrupted, pools, tmp_path):
+    run = _run(tmp_path / "big", pools, "condense.ipc=40", "condense.rded.stitch=2")
+    with pytest.raises(RunError, match=r"needs ipc x stitch\^2 = 160 training images per class; class 0"):
+        check_rded_classes(run)
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["condense.method=rded", "condense.factor=2"], "its stitched images are trained on whole"),
+    (["condense.rded.stitch=2"], "belong to condense.method rded"),
+    (["condense.method=rded", "condense.teacher.source=torchvision"], "needs its arch and weights"),
+])
+def test_rded_settings_that_cannot_work_are_refused_when_the_config_is_read(sets, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, sets)
+
+
+def test_rdeds_selection_is_written_out_so_that_defaults_and_their_values_are_one_identity():
+    a = load_config(None, ["condense.method=rded"])
+    b = load_config(None, ["condense.method=rded", "condense.rded.crops=5", "condense.rded.stitch=1"])
+    assert config_hash(a) == config_hash(b) != config_hash(load_config(None, ["condense.method=rded",
+                                                                               "condense.rded.crops=4"]))

@@ -7,6 +7,7 @@ Paths come from the run handle (``RunDir.shard_file``, ``manifest``, ``checkpoin
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import socket
@@ -16,9 +17,12 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from orchestrator import commits, storage
+from orchestrator.artifacts.pool_networks import best_network, network_state
 from orchestrator.commits import FileEntry, UnitState
+from orchestrator.config import RunConfig, TeacherConfig
 from orchestrator.plan import ShardSpec
-from orchestrator.run_dir import RunDir
+from orchestrator.pool_dir import PoolDir
+from orchestrator.run_dir import RunDir, RunError
 from orchestrator.run_identity import differing_keys, shard_identity
 from workers.data.tensor_table import tensor_table, to_parquet_bytes
 
@@ -59,7 +63,7 @@ def shard_state(run: RunDir, spec: ShardSpec, *, deep: bool = True) -> UnitState
     """committed, corrupt (files or manifest no longer match), failed, in_progress or pending."""
     st = commits.read_state(run, run.manifest(spec), ShardManifest, deep=deep)
     if st.manifest is not None and st.manifest.identity is not None:
-        expected = shard_identity(run.config, device_type(st.manifest))
+        expected = expected_identity(run, device_type(st.manifest))
         keys = differing_keys(st.manifest.identity, expected)
         if keys:
             return UnitState("foreign", f"condensed under another configuration (differing keys: {', '.join(keys)})",
@@ -82,15 +86,53 @@ def commit_shard(run: RunDir, spec: ShardSpec, images: torch.Tensor, labels: tor
     """Write the shard's images, then its manifest (``fields``: the manifest's other entries)."""
     info = run.dataset
     meta = {"dataset": info.name, "mean": list(info.mean), "std": list(info.std), "ipc": run.config.condense.ipc,
-            "factor": run.config.condense.factor, "shard_id": spec.shard_id, "seed": spec.seed, "method": "dm",
-            "config_hash": run.record.config_hash}
+            "factor": run.config.condense.factor, "shard_id": spec.shard_id, "seed": spec.seed,
+            "method": run.config.condense.method, "config_hash": run.record.config_hash}
     table = tensor_table(images.numpy(), labels.numpy(), info.class_names, index=True, metadata=meta)
     entry = commits.write_file(run, run.shard_file(spec), to_parquet_bytes(table), len(labels))
     manifest = ShardManifest(shard_id=spec.shard_id, classes=list(spec.class_ids), seed=spec.seed, rows=entry.rows,
                              sha256=entry.sha256, files={"dm": entry}, host=socket.gethostname(),
-                             identity=shard_identity(run.config, fields["device"].split(":")[0]), **fields)
+                             identity=expected_identity(run, fields["device"].split(":")[0]), **fields)
     commits.write_manifest(run.manifest(spec), manifest)
     return manifest
+
+
+def expected_identity(run: RunDir, device: str) -> dict:
+    """What a shard of ``run`` computed on ``device`` must have been made under: the config's
+    shard identity and, for RDED, the teacher that chose its crops (its weights' identity)."""
+    data = shard_identity(run.config, device)
+    teacher = condense_teacher(run.config)
+    if teacher is not None:
+        data["teacher"] = teacher_identity(run, teacher)
+    return data
+
+
+def condense_teacher(cfg: RunConfig) -> TeacherConfig | None:
+    """The teacher RDED scores its crops with (condense.teacher, else evaluate.teacher); None for
+    the other methods."""
+    if cfg.condense.method != "rded":
+        return None
+    return cfg.condense.teacher or cfg.evaluate.teacher
+
+
+def teacher_identity(run: RunDir, teacher: TeacherConfig) -> str:
+    """The pool network's (pool key, index and states' sha256), or the torchvision architecture
+    with the sha256 of its weights."""
+    if teacher.source == "pool":
+        pool = PoolDir.for_run(run.config, run.dataset)
+        index = best_network(pool)
+        states = network_state(pool, index, deep=False).manifest.files["states"]  # type: ignore[union-attr]
+        return f"pool {pool.record.key} net {index} {states.sha256[:16]}"
+    weights = teacher.weights or ""
+    return f"{teacher.arch} {_weights_digest(weights, storage.mtime_ns(weights))}"
+
+
+@functools.lru_cache(maxsize=8)
+def _weights_digest(uri: str, mtime_ns: int | None) -> str:
+    """Hashed once per version of the file: a driver asks for every shard."""
+    if mtime_ns is None:
+        raise RunError(f"teacher weights {uri}: no such file; give the path or URI of a saved state dict")
+    return storage.sha256_of(uri)[:16]
 
 
 def clear_work_files(run: RunDir, spec: ShardSpec) -> None:

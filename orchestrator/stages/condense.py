@@ -1,5 +1,7 @@
 """The condense stage: one task per shard of the plan without a valid commit; the task reads its
-classes, runs the matching loop with checkpoints and commits the shard's images.
+classes, runs the matching loop with checkpoints (or, for condense.method rded, selects and
+stitches its teacher's best real crops class by class, checkpointed per class) and commits the
+shard's images.
 
 Failures cost only their shard: Ray runs a task again when its worker dies
 (``resources.max_retries``) or when it raised (``resources.retry_exceptions``); a
@@ -20,12 +22,14 @@ from orchestrator import faults, ray_work, storage
 from orchestrator.artifacts import shards
 from orchestrator.artifacts.pool_networks import pool_states
 from orchestrator.artifacts.shards import ShardManifest
-from orchestrator.components.settings import dm_settings
+from orchestrator.components.settings import dm_settings, precision, rded_settings
+from orchestrator.components.teacher import condense_teacher_bytes, loaded_teacher
 from orchestrator.components.worker_setup import run_reader, task_device
 from orchestrator.plan import ShardSpec
 from orchestrator.pool_dir import PoolDir
 from orchestrator.run_dir import RunDir, RunError
 from orchestrator.stage_runner import Needs, Unit, UnitStage, run_units
+from workers import rded
 from workers.dm import DMCondenser
 from workers.matching import PoolStates
 
@@ -44,17 +48,47 @@ def condense(run: RunDir, console: Console) -> None:
     """Compute every shard of the plan that has no valid commit; raises StageFailed naming the
     shards that failed after their retries (the others are committed)."""
     r, iterations = run.config.resources, run.config.condense.iterations
+    selecting = run.config.condense.method == "rded"  # progress counts classes, not iterations
     refuse_foreign_shards(run)
+    if selecting:
+        check_rded_classes(run)
     units = []
     for spec in run.shards:
         st = shards.shard_state(run, spec)
         if st.state == "corrupt":  # the manifest no longer vouches for the files: recompute
             storage.remove(run.manifest(spec))
-        units.append(Unit(spec.name, (spec,), iterations, st.state == "committed", run.failure(STAGE, spec)))
-    stage = UnitStage(STAGE, "it", "shards", condense_shard, ray_work.task_options(run.config), shared=(run,),
-                      needs=Needs("a shard", r),
+        weight = len(spec.class_ids) if selecting else iterations
+        units.append(Unit(spec.name, (spec,), weight, st.state == "committed", run.failure(STAGE, spec)))
+    options = ray_work.task_options(run.config)
+    if selecting:
+        options = {**options, "memory": rded_task_memory(run)}
+    stage = UnitStage(STAGE, "classes" if selecting else "it", "shards", rded_shard if selecting else condense_shard,
+                      options, shared=(run,), needs=Needs("a shard", r),
                       limit=r.max_concurrent_shards, with_context=True)
     run_units(stage, units, console)
+
+
+def check_rded_classes(run: RunDir) -> None:
+    """Before any task starts: RDED keeps one crop per real image, so every class needs
+    ipc x stitch^2 training images."""
+    c = run.config.condense
+    need = c.ipc * c.effective_rded.stitch**2
+    short = [k for spec in run.shards for k in spec.class_ids if run.dataset.train_counts[k] < need]
+    if short:
+        k = short[0]
+        raise RunError(f"condense.method rded keeps one crop per real image and needs ipc x stitch^2 = {need} "
+                       f"training images per class; class {k} ({run.dataset.class_names[k]}) has "
+                       f"{run.dataset.train_counts[k]}{f' ({len(short)} classes short)' if len(short) > 1 else ''}: "
+                       "lower condense.ipc or condense.rded.stitch")
+
+
+def rded_task_memory(run: RunDir) -> int:
+    """What the largest RDED shard task holds (bytes, Ray's memory reservation): its classes'
+    training images (uint8), one class's drawn images and crops, and the teacher with a batch."""
+    info, settings = run.dataset, rded_settings(run.config)
+    image = info.channels * info.im_size[0] * info.im_size[1]
+    real = max(sum(info.train_counts[k] for k in spec.class_ids) for spec in run.shards) * image
+    return real + rded.class_bytes(settings, info.channels, tuple(info.im_size)) + condense_teacher_bytes(run)
 
 
 def refuse_foreign_shards(run: RunDir) -> None:
@@ -100,6 +134,56 @@ def condense_shard(run: RunDir, spec: ShardSpec, context: Context | None = None)
     if context is not None:
         context(manifest.iterations, final=True)
     return manifest
+
+
+def rded_shard(run: RunDir, spec: ShardSpec, context: Context | None = None) -> ShardManifest:
+    """Select and stitch one shard's crops (workers.rded), a checkpoint after each class, and
+    commit them; returns the manifest. Idempotent, like ``condense_shard``."""
+    state = shards.shard_state(run, spec)
+    if state.state == "committed":
+        return state.manifest  # type: ignore[return-value]
+    _maybe_fault(run, spec, "start")
+    device = task_device(run.config.resources)
+    started = time.time()
+    real = run_reader(run).read_train(list(spec.class_ids))
+    teacher = loaded_teacher(run, device)
+    done = _restore_classes(run, spec, device)
+    if context is not None and done:
+        context(len(done))
+
+    def on_class(results: list[rded.ClassResult]) -> None:
+        if run.config.condense.checkpoint_every > 0:
+            shards.write_checkpoint(run, spec, {"iteration": len(results), "classes": [vars(r) for r in results],
+                                                **stream_identity(device)})
+            _maybe_fault(run, spec, "checkpoint")
+        if context is not None:
+            context(len(results))
+
+    with precision(run.config).numerics(device):
+        results = rded.condense_classes(real, run.dataset, spec.class_ids, teacher, rded_settings(run.config),
+                                        spec.seed, device, done=done, on_class=on_class)
+    images, labels = rded.stored_set(results)
+    manifest = shards.commit_shard(run, spec, images, labels, dict(
+        iterations=0, resumed_from=len(done), wall_time_s=round(time.time() - started, 3),
+        final_loss=float(torch.cat([r.losses for r in results]).mean()), loss_curve=[], device=str(device),
+        threads=torch.get_num_threads(), node_id=context.node_id if context else None))
+    shards.clear_work_files(run, spec)
+    if context is not None:
+        context(len(results), final=True)
+    return manifest
+
+
+def _restore_classes(run: RunDir, spec: ShardSpec, device: torch.device) -> list[rded.ClassResult]:
+    """The classes an earlier attempt finished (its checkpoint), when made under this stream."""
+    state = shards.read_checkpoint(run, spec)
+    if state is None:
+        return []
+    made = {k: state.get(k) for k in ("device_type", "threads")}
+    if made != stream_identity(device) or "classes" not in state:
+        print(f"{spec.name}: its checkpoint after {state.get('iteration')} classes was made with {made}, this "
+              f"attempt runs with {stream_identity(device)}: starting over, so that the images come from one stream")
+        return []
+    return [rded.ClassResult(**r) for r in state["classes"]]
 
 
 def shard_pool(run: RunDir) -> PoolStates | None:
