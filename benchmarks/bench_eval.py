@@ -34,9 +34,13 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from orchestrator.worker_env import allocator_environ
-from workers.train_eval import TrainSettings, train_many
+from workers.data.types import DatasetInfo
+from workers.training.evaluation import Placement, train_networks
+from workers.training.settings import TrainSettings
 
 CLASSES, SHAPE = 10, (1, 28, 28)
+INFO = DatasetInfo("bench", [str(c) for c in range(CLASSES)], SHAPE[0], SHAPE[1:], (0.5,), (0.5,),
+                   (1,) * CLASSES, (1,) * CLASSES)
 _CONV_OPS = ("aten::mkldnn_convolution", "aten::convolution_backward", "aten::_convolution",
              "aten::cudnn_convolution", "aten::thnn_conv2d", "aten::_slow_conv2d_forward",
              "aten::_slow_conv2d_backward")
@@ -94,8 +98,7 @@ def bench_ipc(args: argparse.Namespace, ipc: int, device: torch.device) -> dict:
 
     def run(vectorized: bool, n_epochs: int = epochs):
         settings = TrainSettings(epochs=n_epochs)
-        return lambda: train_many(args.model, x, y, channels=SHAPE[0], num_classes=CLASSES, im_size=SHAPE[1:],
-                                  settings=settings, seeds=seeds, device=device, vectorized=vectorized)
+        return lambda: train_networks(args.model, x, y, INFO, settings, seeds, Placement(device, vectorized))
 
     for vectorized in (False, True):  # warm-up: allocator, kernels, vmap tracing
         run(vectorized, 1)()

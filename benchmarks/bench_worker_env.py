@@ -30,7 +30,8 @@ CLASSES, SHAPE = 10, (1, 28, 28)
 def child(ipc: int, epochs: int) -> dict[str, float]:
     import torch
 
-    from workers.train_eval import TrainSettings, fresh_network, train_network
+    from workers.training.plain import fresh_network, train_network
+    from workers.training.settings import TrainSettings
 
     torch.set_num_threads(1)
     gen = torch.Generator().manual_seed(ipc)

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from workers.augment import DEFAULT_STRATEGY, parse_strategy
 from workers.networks import CONVNET_WORDS, check_network_name
+from workers.training.protocols import PROTOCOLS, ProtocolRule
 
 # condense.compile: auto compiles the embedding from this many iterations on: a cold
 # compile costs tens of seconds and saves about a quarter of every iteration.
@@ -66,37 +67,10 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
-class RdedConfig(_Strict):
-    """RDED's selection (Sun et al., CVPR 2024; the defaults are its scripts' and torchvision's):
-    per class, ``candidates`` real images, ``crops`` random square crops of each, the teacher's
-    best crop of each image, and the ipc x stitch^2 best of those stitched into the stored images."""
-
-    stitch: int = Field(default=1, ge=1, le=4, description="each stored image is stitch x stitch crops at "
-                        "1/stitch resolution, trained on as one image (RDED's factor: 1 on CIFAR, 2 on ImageNet)")
-    crops: int = Field(default=5, gt=0, description="random crops scored per real image (RDED's num_crop)")
-    candidates: int = Field(default=300, gt=0, description="real images drawn per class (RDED's mipc); a class "
-                            "with fewer uses all of its images")
-    scale: tuple[float, float] = Field(default=(0.08, 1.0), description="the crops' share of the image area, "
-                                       "[lo, hi] (RandomResizedCrop's scale; square crops)")
-    batch: int = Field(default=256, gt=0, description="crops per teacher forward (memory, not the result)")
-
-    @field_validator("scale")
-    @classmethod
-    def _scale(cls, scale: tuple[float, float]) -> tuple[float, float]:
-        if not 0 < scale[0] <= scale[1] <= 1:
-            raise ValueError(f"condense.rded.scale is [lo, hi] with 0 < lo <= hi <= 1, got {list(scale)}")
-        return scale
-
-
 class CondenseConfig(_Strict):
-    method: Literal["dm", "mmd_pixel", "rded"] = Field(
+    method: Literal["dm", "mmd_pixel"] = Field(
         default="dm", description="dm: Distribution Matching; mmd_pixel: MMD of the images themselves, no network "
-        "and no augmentation (the paper's appendix B.2), with condense.kernel; rded: real crops selected by a "
-        "teacher (condense.teacher) and stitched (condense.rded)")
-    rded: RdedConfig | None = Field(default=None, description="method rded: its selection; null: RDED's defaults")
-    teacher: TeacherConfig | None = Field(
-        default=None, description="method rded: the network that scores the crops, as evaluate.teacher; "
-        "null: evaluate.teacher")
+        "and no augmentation (the paper's appendix B.2), with condense.kernel")
     recipe: Literal[tuple(RECIPES)] | None = Field(  # type: ignore[valid-type]
         default=None, description="a named combination of the pieces below (RECIPES); a key set beside it wins")
     networks: Literal["random", "pool", "blend", "queue"] = Field(
@@ -177,15 +151,6 @@ class CondenseConfig(_Strict):
                 return {**recipe, **data}
         return data
 
-    @model_validator(mode="before")
-    @classmethod
-    def _rded_defaults(cls, data: Any) -> Any:
-        """Method rded always states its selection, so that a config with RDED's defaults written out
-        and one without have the same identity."""
-        if isinstance(data, dict) and data.get("method") == "rded" and data.get("rded") is None:
-            return {**data, "rded": {}}
-        return data
-
     @model_validator(mode="after")
     def _pieces_fit(self) -> "CondenseConfig":
         if self.method == "mmd_pixel" and (self.networks != "random" or self.loss != "mean" or self.factor != 1):
@@ -198,19 +163,7 @@ class CondenseConfig(_Strict):
         if self.cfd_sampler and self.loss != "cfd":
             raise ValueError("condense.cfd_sampler learns the frequencies of condense.loss cfd: set loss cfd or "
                              "drop cfd_sampler")
-        if self.method != "rded" and (self.rded is not None or self.teacher is not None):
-            raise ValueError("condense.rded and condense.teacher belong to condense.method rded: remove them, or set "
-                             "condense.method: rded")
-        if self.method == "rded" and (self.networks != "random" or self.factor != 1 or self.ce_weight > 0
-                                      or self.keep_checkpoints):
-            raise ValueError("condense.method rded selects real crops with condense.teacher: leave condense.networks, "
-                             "factor, ce_weight and keep_checkpoints at their defaults (its stitched images are "
-                             "trained on whole: condense.rded.stitch)")
         return self
-
-    @property
-    def effective_rded(self) -> RdedConfig:
-        return self.rded or RdedConfig()
 
     @property
     def effective_compile(self) -> bool:
@@ -389,17 +342,24 @@ class TeacherConfig(_Strict):
     @model_validator(mode="after")
     def _complete(self) -> "TeacherConfig":
         if self.source == "torchvision" and not (self.arch and self.weights):
-            raise ValueError("a teacher of source torchvision needs its arch and weights (a path or URI of its "
-                             "state dict)")
+            raise ValueError("evaluate.teacher.source torchvision needs evaluate.teacher.arch and "
+                             "evaluate.teacher.weights (a path or URI of its state dict)")
         return self
 
 
 class EvaluateConfig(_Strict):
     models: list[str] = Field(default_factory=lambda: ["ConvNet"])
+    protocol: Literal[tuple(PROTOCOLS)] = Field(  # type: ignore[valid-type]
+        default="paper", description="how every set is scored (workers.training.protocols, each citing its source): "
+        "paper (DM's: SGD, evaluate.labels, DSA, lr/10 at half); rded (RDED's: soft labels at T 20, AdamW, cosine, "
+        "crops, patch shuffling and CutMix, 300 epochs); ddranking (DD-Ranking's soft track: T 1, AdamW, cosine, "
+        "CutMix, 300 epochs). Under rded and ddranking, labels read soft, and temperature, lr and epochs left at "
+        "the paper's defaults take the protocol's values (a value set otherwise wins, e.g. a shorter evaluation)")
     labels: Literal["hard", "soft"] = Field(
         default="hard", description="hard: the paper's protocol; soft: a teacher (evaluate.teacher) relabels every "
         "augmented batch and the networks learn its distribution at evaluate.temperature (DD-Ranking's protocol)")
-    temperature: float = Field(default=1.2, gt=0, description="soft labels: the temperature of teacher and student")
+    temperature: float = Field(default=1.2, gt=0, allow_inf_nan=False,
+                               description="soft labels: the temperature of teacher and student")
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     augment: bool = Field(
         default=True, description="train the networks with condense.dsa_strategy; false: without augmentation "
@@ -424,6 +384,34 @@ class EvaluateConfig(_Strict):
     coreset_feature_epochs: int = Field(
         default=0, ge=0, description="herding/k-center features: 0 = a random network, N = trained N epochs on the shard"
     )
+
+    @model_validator(mode="after")
+    def _soft_protocol(self) -> "EvaluateConfig":
+        """rded and ddranking train on a teacher's labels: every reader of evaluate.labels sees soft."""
+        if self.rule.labels is not None and self.labels != self.rule.labels:
+            return self.model_copy(update={"labels": self.rule.labels})
+        return self
+
+    @property
+    def rule(self) -> ProtocolRule:
+        return PROTOCOLS[self.protocol]
+
+    def _protocol_value(self, key: str):
+        """``key``'s value, or the protocol's where the key holds the paper protocol's default."""
+        mine, fixed = getattr(self, key), getattr(self.rule, key)
+        return fixed if fixed is not None and mine == type(self).model_fields[key].default else mine
+
+    @property
+    def protocol_temperature(self) -> float:
+        return self._protocol_value("temperature")
+
+    @property
+    def protocol_lr(self) -> float:
+        return self._protocol_value("lr")
+
+    @property
+    def protocol_epochs(self) -> int:
+        return self._protocol_value("epochs")
 
     @field_validator("baselines")
     @classmethod

@@ -55,6 +55,7 @@ class TableRow:
     hlr: float | None = None
     lrs: float | None = None
     ars: float | None = None
+    protocol: str = "paper"  # evaluate.protocol that scored it
 
     @property
     def fair(self) -> list[str]:
@@ -92,12 +93,13 @@ def results_table(scores: list[Score], cfg: RunConfig, dataset: str) -> list[Tab
     Table 1 figure where the setting is one of its (DM with random networks, the baselines) and the
     evaluation its protocol (hard labels, augmented)."""
     name, rows = synthetic_label(cfg), []
-    papers_protocol = cfg.evaluate.labels == "hard" and cfg.evaluate.augment
+    papers_protocol = cfg.evaluate.protocol == "paper" and cfg.evaluate.labels == "hard" and cfg.evaluate.augment
     for s in summarize(scores):
         label = name + s.method[2:] if s.method.startswith("dm") else s.method  # dm@200 -> <name>@200
         paper = paper_figure(dataset, s.method, cfg.condense.ipc, s.model) if label == s.method and papers_protocol \
             else None
-        rows.append(TableRow(s.method, label, s.model, s.n, s.mean, s.std, paper, s.ior, s.hlr, s.lrs, s.ars))
+        rows.append(TableRow(s.method, label, s.model, s.n, s.mean, s.std, paper, s.ior, s.hlr, s.lrs, s.ars,
+                             cfg.evaluate.protocol))
     return rows
 
 
@@ -120,7 +122,20 @@ def _labels(cfg: RunConfig) -> str:
     if e.labels == "hard":
         return "hard labels" + plain
     teacher = "the pool's best network" if e.teacher.source == "pool" else f"{e.teacher.arch} ({e.teacher.weights})"
-    return f"soft labels from {teacher} at temperature {e.temperature:g}{plain}"
+    return f"soft labels from {teacher} at temperature {e.protocol_temperature:g}{plain}"
+
+
+def protocol_line(cfg: RunConfig) -> str:
+    """How the networks were trained: the named protocol and its settings (workers.training.protocols)."""
+    e = cfg.evaluate
+    if e.protocol == "paper":
+        return f"Protocol paper (DM's): {e.protocol_epochs} epochs, SGD lr {e.protocol_lr}, batch {e.batch}, DSA, {_labels(cfg)}"
+    augment = ("RDED's crops, flips, patch shuffling and CutMix" if e.protocol == "rded" else "CutMix") \
+        if e.augment else "no augmentation"
+    batch = "RDED's batch for the set's images per class" if e.protocol == "rded" else f"batch {e.batch}"
+    source = "RDED's validation code" if e.protocol == "rded" else "DD-Ranking's soft-label track"
+    return (f"Protocol {e.protocol} ({source}): {e.protocol_epochs} epochs, AdamW lr {e.protocol_lr} weight decay "
+            f"{e.rule.weight_decay:g} on a quarter-cosine schedule, {batch}, {augment}, {_labels(cfg)}, KL not scaled")
 
 
 def has_fair_scores(table: list[TableRow]) -> bool:
@@ -129,12 +144,12 @@ def has_fair_scores(table: list[TableRow]) -> bool:
 
 def markdown_table(table: list[TableRow]) -> str:
     fair = has_fair_scores(table)
-    head = "| method | model | networks | accuracy (%) | paper (%) |" + ("".join(f" {h} |" for h in FAIR_HEADS)
-                                                                       if fair else "")
+    head = "| method | model | protocol | networks | accuracy (%) | paper (%) |" + (
+        "".join(f" {h} |" for h in FAIR_HEADS) if fair else "")
     lines = [head, "|---" * head.count(" | ") + "|---|"]
     for r in table:
         paper = f"{r.paper:.1f}" if r.paper is not None else "-"
-        cells = f"| {r.label} | {r.model} | {r.n} | {r.mean:.2f} ± {r.std:.2f} | {paper} |"
+        cells = f"| {r.label} | {r.model} | {r.protocol} | {r.n} | {r.mean:.2f} ± {r.std:.2f} | {paper} |"
         lines.append(cells + ("".join(f" {c} |" for c in r.fair) if fair else ""))
     return "\n".join(lines)
 
@@ -158,8 +173,7 @@ def report(run: RunDir, scores: list[Score]) -> list[TableRow]:
         "",
         markdown_table(table) if table else "(evaluation not run)",
         "",
-        f"Protocol: {cfg.evaluate.epochs} epochs, SGD lr {cfg.evaluate.lr}, batch {cfg.evaluate.batch}, DSA, "
-        f"{_labels(cfg)}; mean ± std over networks. The paper column is Table 1 (ConvNet) where this setting is one "
+        f"{protocol_line(cfg)}; mean ± std over networks. The paper column is Table 1 (ConvNet) where this setting is one "
         "of the paper's; the paper trains 100 networks of 1000 epochs on images condensed for 20,000 iterations."
         + (" " + FAIR_NOTE if has_fair_scores(table) else ""),
         "",

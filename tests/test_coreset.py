@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from workers.train_eval import TrainSettings
+from workers.training.settings import TrainSettings
 from workers.coreset import embed_features, herding, k_center, select_coreset
 
 

@@ -38,7 +38,9 @@ def test_one_dm_step_matches_the_per_class_loop_and_never_synchronises():
 
 
 def test_one_evaluation_step_never_synchronises():
-    from workers.train_eval import ModelStreams, TrainSettings, epoch_batches, fresh_network, make_sgd, train_step
+    from workers.training.optimizers import make_sgd
+    from workers.training.plain import epoch_batches, fresh_network, train_step
+    from workers.training.settings import ModelStreams, TrainSettings
 
     x, y = torch.randn(64, 1, 8, 8, device=CUDA), torch.arange(4, device=CUDA).repeat(16)
     settings = TrainSettings(epochs=1, batch=32)
@@ -54,13 +56,15 @@ def test_one_evaluation_step_never_synchronises():
 
 
 def test_evaluation_scores_on_the_gpu():
-    from workers.train_eval import TrainSettings, train_and_score_many
+    from workers.data.types import DatasetInfo
+    from workers.training.evaluation import Placement, train_and_score
+    from workers.training.settings import TrainSettings
 
     real, _ = tiny_set(classes=4, per_class=10)
     x = real.images.float() / 255
-    accs = train_and_score_many("ConvNetW32", x, real.labels, real.images, real.labels, channels=1, num_classes=4,
-                                im_size=(8, 8), settings=TrainSettings(epochs=2, batch=16), seeds=[1, 2],
-                                device=CUDA, mean=(0.0,), std=(1.0,))
+    info = DatasetInfo("tiny", ["0", "1", "2", "3"], 1, (8, 8), (0.0,), (1.0,), (10,) * 4, (10,) * 4)
+    accs = train_and_score("ConvNetW32", x, real.labels, real.images, real.labels, info,
+                           TrainSettings(epochs=2, batch=16), [1, 2], Placement(CUDA))
     assert len(accs) == 2 and all(0 <= a <= 1 for a in accs)
 
 

@@ -8,7 +8,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from workers.devices import Precision
 from workers.dm import DMCondenser, DMSettings
-from workers.train_eval import ModelStreams, TrainSettings, fresh_network, make_sgd, train_step
+from workers.training.optimizers import make_sgd
+from workers.training.plain import fresh_network, train_step
+from workers.training.settings import ModelStreams, TrainSettings
 
 from .test_dm import tiny_set
 

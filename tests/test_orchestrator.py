@@ -336,7 +336,7 @@ def _page_faults_per_training_step() -> float:
     import torch
     import torch.nn.functional as F
 
-    from workers.train_eval import fresh_network
+    from workers.training.plain import fresh_network
 
     torch.set_num_threads(1)
     net = fresh_network("ConvNet", channels=1, num_classes=10, im_size=(28, 28), seed=0, device="cpu")

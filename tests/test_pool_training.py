@@ -6,7 +6,8 @@ import torch
 
 from workers.data import normalize, open_dataset
 from workers.pool_training import ForgettingCounter, Schedule, train_pool_network, validation_split
-from workers.train_eval import TrainSettings, fresh_network
+from workers.training.plain import fresh_network
+from workers.training.settings import TrainSettings
 
 
 def test_the_schedule_keeps_the_start_the_early_rise_every_n_steps_and_the_end():

@@ -55,7 +55,9 @@ def test_every_step_runs_under_its_own_settings_however_condensers_interleave(mo
 
 
 def test_training_and_scoring_run_under_the_rule_too(monkeypatch):
-    from workers.train_eval import TrainSettings, train_and_score
+    from workers.data.types import DatasetInfo
+    from workers.training.evaluation import train_and_score
+    from workers.training.settings import TrainSettings
 
     seen: list[Precision] = []
     real = Precision.numerics
@@ -69,6 +71,6 @@ def test_training_and_scoring_run_under_the_rule_too(monkeypatch):
     monkeypatch.setattr(Precision, "numerics", spy)
     rule = Precision(tf32=False, deterministic=True)
     x, y = torch.randn(8, 1, 8, 8), torch.arange(4).repeat(2)
-    train_and_score("ConvNetW32", x, y, x, y, channels=1, num_classes=4, im_size=(8, 8),
-                    settings=TrainSettings(epochs=1, batch=4, precision=rule), seed=0, device="cpu")
+    info = DatasetInfo("tiny", ["0", "1", "2", "3"], 1, (8, 8), (0.0,), (1.0,), (2,) * 4, (2,) * 4)
+    train_and_score("ConvNetW32", x, y, x, y, info, TrainSettings(epochs=1, batch=4, precision=rule), [0])
     assert seen == [rule, rule]  # training, then scoring

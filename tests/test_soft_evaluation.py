@@ -140,4 +140,4 @@ def test_soft_labels_run_through_the_stages_and_resume_with_nothing_scored_again
     assert probabilities.shape == (10, 10) and torch.allclose(probabilities.sum(1), torch.ones(10), atol=1e-5)
     assert "pool's best network" in loaded.info.description
     card = (tmp_path / "hf" / "README.md").read_text()
-    assert "soft labels from the pool's best network" in card and "| hard labels |" in card
+    assert "soft labels from the pool's best network" in card and "| paper: hard labels |" in card

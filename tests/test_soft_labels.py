@@ -10,22 +10,17 @@ import torch
 from sklearn.datasets import load_digits
 from torch import nn
 
-from workers.train_eval import (
-    TrainSettings,
-    fresh_network,
-    make_sgd,
-    ModelStreams,
-    train_and_score,
-    train_and_score_many,
-    train_many,
-    train_network,
-    train_step,
-)
+from workers.data.types import DatasetInfo
+from workers.training.evaluation import Placement, train_and_score, train_networks
+from workers.training.optimizers import make_sgd
+from workers.training.plain import fresh_network, train_network, train_step
+from workers.training.settings import ModelStreams, TrainSettings
 
 from .test_host_sync import _recorded
 
 NET = "ConvNetW32"
 DIGITS = dict(channels=1, num_classes=10, im_size=(8, 8))
+INFO = DatasetInfo("digits", [str(c) for c in range(10)], 1, (8, 8), (0.0,), (1.0,), (40,) * 10, (1,) * 10)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -157,9 +152,9 @@ def test_vectorised_soft_label_training_matches_one_model_at_a_time(digits, mode
     losses: dict[bool, dict[tuple[int, int], float]] = {False: {}, True: {}}
     nets = {}
     for vectorized in (False, True):
-        nets[vectorized] = train_many(model, train_x, train_y, **DIGITS, settings=settings, seeds=[11, 12],
-                                      device="cpu", vectorized=vectorized, teacher=teacher,
-                                      on_epoch=lambda m, e, lr, loss, v=vectorized: losses[v].__setitem__((m, e), loss))
+        nets[vectorized] = train_networks(
+            model, train_x, train_y, INFO, settings, [11, 12], Placement("cpu", vectorized), teacher=teacher,
+            on_epoch=lambda m, e, lr, loss, v=vectorized: losses[v].__setitem__((m, e), loss))
     for one, many in zip(nets[False], nets[True]):
         assert _max_gap(one, many) < 1e-3
     assert _max_gap(nets[False][0], nets[False][1]) > 1e-2
@@ -181,24 +176,16 @@ def test_hard_labels_ignore_the_temperature_and_differ_from_soft(digits):
     assert _max_gap(hard, soft) > 1e-5  # far above float rounding
 
 
-def test_missing_or_misplaced_teacher_and_bad_settings_are_refused(digits):
+def test_missing_or_misplaced_teacher_is_refused(digits):
     train_x, train_y, test_x, test_y = digits
-    common = dict(**DIGITS, seed=0, device="cpu")
+    soft = TrainSettings(epochs=1, labels="soft")
     with pytest.raises(ValueError, match="no teacher was given"):
-        train_and_score(NET, train_x, train_y, test_x, test_y, settings=TrainSettings(epochs=1, labels="soft"),
-                        **common)
+        train_and_score(NET, train_x, train_y, test_x, test_y, INFO, soft, [0])
     with pytest.raises(ValueError, match="no teacher was given"):
-        train_and_score_many(NET, train_x, train_y, test_x, test_y, **DIGITS, seeds=[0, 1], device="cpu",
-                             settings=TrainSettings(epochs=1, labels="soft"))
+        train_and_score(NET, train_x, train_y, test_x, test_y, INFO, soft, [0, 1])
     with pytest.raises(ValueError, match="hard-label training"):
-        train_and_score(NET, train_x, train_y, test_x, test_y, settings=TrainSettings(epochs=1), **common,
+        train_and_score(NET, train_x, train_y, test_x, test_y, INFO, TrainSettings(epochs=1), [0],
                         teacher=shifted_class_means_teacher(train_x, train_y))
     five_classes = nn.Sequential(nn.Flatten(), nn.Linear(64, 5))
     with pytest.raises(ValueError, match="same 10 classes"):
-        train_and_score(NET, train_x, train_y, test_x, test_y, settings=TrainSettings(epochs=1, labels="soft"),
-                        **common, teacher=five_classes)
-    with pytest.raises(ValueError, match="labels"):
-        TrainSettings(labels="soft-ish")  # type: ignore[arg-type]
-    for bad in (0.0, -1.0, float("nan"), float("inf")):
-        with pytest.raises(ValueError, match="temperature"):
-            TrainSettings(labels="soft", temperature=bad)
+        train_and_score(NET, train_x, train_y, test_x, test_y, INFO, soft, [0], teacher=five_classes)

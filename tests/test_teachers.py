@@ -21,7 +21,8 @@ from workers.teachers import (
     load_teacher,
     teacher_memory,
 )
-from workers.train_eval import fresh_network, models_per_step
+from workers.training.memory import models_per_step
+from workers.training.plain import fresh_network
 
 CIFAR = dict(channels=3, num_classes=10, im_size=(32, 32))
 

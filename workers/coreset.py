@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from workers.seeding import derive_seed, generator
-from workers.train_eval import TrainSettings, fresh_network, train_network
+from workers.training.plain import fresh_network, train_network
+from workers.training.settings import TrainSettings
 
 METHODS = ("random", "herding", "k_center", "forgetting")
 

@@ -17,7 +17,9 @@ import torch.nn.functional as F
 
 from workers.augment import augment_batch
 from workers.seeding import derive_seed, generator
-from workers.train_eval import TrainSettings, epoch_batches, fresh_network, make_sgd, restarts_optimizer
+from workers.training.optimizers import make_sgd, restarts_optimizer
+from workers.training.plain import epoch_batches, fresh_network
+from workers.training.settings import TrainSettings
 
 StepCallback = Callable[[int, int], None]  # (steps done, total steps)
 

@@ -51,6 +51,7 @@ class Score:
     hlr: float | None = None  # the real data's hard-label accuracy minus this set's, hard labels
     lrs: float | None = None  # their blend
     ars: float | None = None  # augmentation-robust: needs this round scored with and without augmentation
+    protocol: str = "paper"  # evaluate.protocol that trained it (rows from before protocols: paper)
 
     @property
     def network(self) -> Network:
@@ -110,16 +111,19 @@ def run_settings_key(run: RunDir, test_classes: list[int] | None = None) -> str:
 
 def settings_key(cfg: RunConfig, test_classes: list[int] | None = None, teacher: str | None = None) -> str:
     """A key of every setting that shapes a score, the test classes included (None: all) and, under
-    soft labels, the temperature and the teacher's identity; how the work is spread shapes none."""
+    soft labels, the temperature and the teacher's identity, and the protocol; how the work is
+    spread shapes none."""
     e = cfg.evaluate
-    shaping = {"epochs": e.epochs, "batch": e.batch, "lr": e.lr, "vectorized": e.vectorized,
+    shaping = {"epochs": e.protocol_epochs, "batch": e.batch, "lr": e.protocol_lr, "vectorized": e.vectorized,
                "dsa_strategy": cfg.condense.dsa_strategy, "precision": cfg.precision.model_dump()}
     if test_classes is not None:
         shaping["test_classes"] = sorted(test_classes)
     if e.labels == "soft":  # hard-label keys stay as they were
-        shaping.update(labels="soft", temperature=e.temperature, teacher=teacher)
+        shaping.update(labels="soft", temperature=e.protocol_temperature, teacher=teacher)
     if not e.augment:  # so do augmented ones
         shaping["augment"] = False
+    if e.protocol != "paper":  # and the paper protocol's
+        shaping["protocol"] = e.protocol
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -189,8 +193,8 @@ def real_accuracy(run: RunDir) -> float | None:
 
 
 def hard_label_scores(run: RunDir, test_classes: list[int] | None = None) -> list[Score]:
-    """The run's stored scores under its evaluation settings with hard labels."""
-    return _scores_under(run, test_classes, None, labels="hard")
+    """The run's stored scores under its evaluation settings with hard labels (the paper protocol's)."""
+    return _scores_under(run, test_classes, None, labels="hard", protocol="paper")
 
 
 def other_augmentation_scores(run: RunDir, test_classes: list[int] | None = None) -> list[Score]:

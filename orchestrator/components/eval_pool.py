@@ -24,7 +24,7 @@ from rich.console import Console
 from orchestrator import faults, ray_work
 from orchestrator.artifacts.scores import Network, Score, model_seeds, settings_key, write_job_scores
 from orchestrator.artifacts.training_sets import TrainingSet, load
-from orchestrator.components.settings import train_settings
+from orchestrator.components.settings import set_settings
 from orchestrator.components.teacher import teacher_bytes
 from orchestrator.components.worker_setup import check_gpus_usable, run_reader
 from orchestrator.config import RunConfig
@@ -32,7 +32,8 @@ from orchestrator.run_dir import RunDir
 from workers.devices import compute_device
 from workers.network_costs import training_bytes_per_image
 from workers.teachers import TeacherSpec, load_teacher
-from workers.train_eval import CUDA_BUDGET_FRACTION, train_and_score_many
+from workers.training.evaluation import Placement, train_and_score
+from workers.training.memory import CUDA_BUDGET_FRACTION
 
 JOBS_PER_ACTOR = 4
 
@@ -171,19 +172,16 @@ class EvalActor:
         if job.data.data_key not in self._sets:
             self._sets[job.data.data_key] = load(self.run, job.data)
         x, y = self._sets[job.data.data_key]
-        cfg, info = self.run.config, self.run.dataset
-        e = cfg.evaluate
-        settings = train_settings(cfg, "evaluate")
+        cfg = self.run.config
+        settings = set_settings(cfg, job.data.method, len(torch.unique(y)))
+        placement = Placement(self.device, cfg.evaluate.vectorized, self.memory_budget)
         started = time.perf_counter()
-        accs = train_and_score_many(
-            job.model, x, y, test_x, test_y, channels=info.channels, num_classes=info.num_classes,
-            im_size=tuple(info.im_size), settings=settings, seeds=list(job.seeds), device=self.device,
-            mean=info.mean, std=info.std, vectorized=e.vectorized, memory_budget=self.memory_budget,
-            teacher=self.teacher,
-        )
+        accs = train_and_score(job.model, x, y, test_x, test_y, self.run.dataset, settings, list(job.seeds), placement,
+                               teacher=self.teacher)
         per_model = (time.perf_counter() - started) / len(accs)
         scores = [Score(job.data.method, job.model, s, float(a), cfg.condense.ipc, per_model, str(self.device),
-                        job.settings, job.data.data_key) for s, a in zip(job.seeds, accs)]
+                        job.settings, job.data.data_key, protocol=cfg.evaluate.protocol)
+                  for s, a in zip(job.seeds, accs)]
         write_job_scores(self.run, scores)
         return scores
 

@@ -37,7 +37,8 @@ from workers.devices import compute_device
 from workers.networks import build_network, convnet_name
 from workers.pool_training import train_size, validation_split
 from workers.seeding import derive_seed
-from workers.train_eval import fresh_network, score_networks, train_for_steps, train_network
+from workers.training.plain import fresh_network, train_for_steps, train_network
+from workers.training.scoring import score_networks
 
 STAGE = "nas"
 
@@ -186,7 +187,7 @@ class NasActor:
             train_network(net, x, y, settings, seed)
         seconds = time.perf_counter() - started
         val_x, val_y = self._sets["validation"]
-        [accuracy] = score_networks([net], val_x, val_y, settings, self.device, info.mean, info.std)
+        [accuracy] = score_networks([net], val_x, val_y, info, settings, self.device)
         score = NasScore(job.architecture, job.proxy, float(accuracy), seconds)
         write_score(self.folder, score)
         return score

@@ -25,7 +25,7 @@ from workers.data import normalize
 from workers.pool_training import (
     Schedule, final_state_accuracy, train_pool_network, train_size, validation_split,
 )
-from workers.train_eval import TrainSettings
+from workers.training.settings import TrainSettings
 
 STAGE = "pool"
 
