@@ -244,16 +244,16 @@ class StoreSampler(threading.Thread):
 class NodeLoss(threading.Thread):
     """Removes the last worker node, raylet and workers at once, when ``after`` shards are committed."""
 
-    def __init__(self, cluster: Any, root: Path, after: int) -> None:
+    def __init__(self, cluster: Any, root: Path, after: int, poll_s: float = 0.02) -> None:
         super().__init__(daemon=True)
-        self.cluster, self.root, self.after = cluster, root, after
+        self.cluster, self.root, self.after, self.poll_s = cluster, root, after, poll_s
         self.removed_at: int | None = None
         self.start()
 
     def run(self) -> None:
         self.node = list(self.cluster.worker_nodes)[-1]
         while (done := len(list((self.root / "manifest").glob("*.json")))) < self.after:
-            time.sleep(0.02)
+            time.sleep(self.poll_s)
         self.cluster.remove_node(self.node, allow_graceful=False)
         self.removed_at = done
 
