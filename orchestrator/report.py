@@ -9,7 +9,6 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from torchvision.utils import save_image
 
 from orchestrator import storage
 from orchestrator.config import RECIPES, CondenseConfig, RunConfig
@@ -21,6 +20,8 @@ from orchestrator.artifacts.scores import FAIR_SCORES, Score, summarize
 from orchestrator.artifacts.shards import ShardManifest, shard_state, snapshot_iteration
 from orchestrator.artifacts.training_sets import read_method
 from workers.data import denormalize
+
+GRID_CLASSES = 100  # grid.png's rows at most; more classes are sampled, with their index in report.md
 
 # Table 1 of the paper, ConvNet, mean accuracy (%): dataset -> method -> ipc -> accuracy.
 PAPER_TABLE1: dict[str, dict[str, dict[int, float]]] = {
@@ -185,7 +186,9 @@ def report(run: RunDir, scores: list[Score]) -> list[TableRow]:
     if scores:
         per = sum(s.train_seconds for s in scores) / len(scores)
         text.append(f"- evaluation: {len(scores)} networks, {per:.2f} s of training each")
-    text += ["", "![synthetic images](grid.png)", "", "![loss per shard](loss.png)", ""]
+    shown = grid_classes(run.record.classes)
+    text += ["", "![synthetic images](grid.png)", "", *grid_index(shown, ds.class_names, len(run.record.classes)),
+             "![loss per shard](loss.png)", ""]
     pool = pool_of(cfg, ds)
     if pool is not None and pool.exists():
         s = pool.record.settings
@@ -201,21 +204,41 @@ def report(run: RunDir, scores: list[Score]) -> list[TableRow]:
     storage.write_bytes_atomic(run.path("report.md"), "\n".join(text).encode())
     x, y = read_method(run, "dm")
     storage.write_bytes_atomic(run.path("grid.png"), grid_png(x, y, ds.mean, ds.std,
-                                                              cfg.condense.ipc * cfg.condense.factor**2))
+                                                              cfg.condense.ipc * cfg.condense.factor**2, shown))
     storage.write_bytes_atomic(run.path("loss.png"), loss_png(manifests))
     return table
 
 
+def grid_classes(classes: Sequence[int], most: int = GRID_CLASSES) -> list[int]:
+    """The classes grid.png shows: every one when they fit, else ``most`` of them spread evenly from
+    the first to the last, so that the picture stays readable at any class count."""
+    ordered = sorted(set(classes))
+    if len(ordered) <= most:
+        return ordered
+    return [ordered[round(i * (len(ordered) - 1) / (most - 1))] for i in range(most)]
+
+
+def grid_index(shown: Sequence[int], names: Sequence[str], total: int) -> list[str]:
+    """report.md's lines naming grid.png's rows, when it shows a sample of the classes."""
+    if len(shown) == total:
+        return []
+    lines = [f"grid.png shows {len(shown)} of {total:,} classes, evenly spaced; its rows, top to bottom:", "",
+             "| row | class | name |", "|---|---|---|"]
+    return lines + [f"| {row} | {c} | {names[c]} |" for row, c in enumerate(shown, start=1)] + [""]
+
+
 def grid_png(images: torch.Tensor, labels: torch.Tensor, mean: Sequence[float], std: Sequence[float],
-             ipc: int, max_classes: int = 100, max_per_class: int = 20, min_side: int = 32) -> bytes:
-    """Classes as rows, their images as columns, in pixel space (small images enlarged)."""
+             ipc: int, classes: Sequence[int], max_per_class: int = 20, min_side: int = 32) -> bytes:
+    """``classes`` as rows, their images as columns, in pixel space (small images enlarged)."""
+    from torchvision.utils import save_image  # here: its import costs seconds that status and export never need
+
     pixels = denormalize(images, mean, std)
     side = pixels.shape[-1]
     if side < min_side:  # 8x8 digits would be specks
         pixels = F.interpolate(pixels, scale_factor=math.ceil(min_side / side), mode="nearest")
     cols = min(ipc, max_per_class)
     rows = []
-    for c in torch.unique(labels)[:max_classes].tolist():
+    for c in classes:
         members = pixels[labels == c][:cols]
         blank = members.new_ones((cols - len(members), *members.shape[1:]))
         rows.append(torch.cat([members, blank]))
