@@ -46,6 +46,8 @@ class ExportTarget:
 
     def check(self) -> None:
         """Refuse, before any work, a target that is taken (without ``force``) or cannot be one."""
+        if self.path.name in ("", ".", ".."):
+            raise TargetError(f"--to {self.path} names no file or folder of its own; name the one to write")
         above = next((p for p in self.path.parents if p.exists()), None)
         if above is not None and not above.is_dir():
             raise TargetError(f"cannot write {self.path}: {above} is a file, not a folder; choose another --to")

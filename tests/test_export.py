@@ -131,6 +131,12 @@ def test_force_never_deletes_what_no_export_wrote(run, tmp_path, capsys):
     assert _entries(to) == ["notes.txt"]
 
 
+def test_a_target_without_a_name_of_its_own_is_refused(run, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert _export(run, "imagefolder", Path(".")) == 2
+    assert "names no file or folder of its own" in _one_line(capsys) and _entries(tmp_path) == []
+
+
 def test_a_file_where_a_folder_must_be_is_one_line(run, tmp_path, capsys):
     (tmp_path / "file").write_text("")
     for fmt, to in (("npz", tmp_path / "file" / "set.npz"), ("imagefolder", tmp_path / "file")):
