@@ -278,3 +278,21 @@ def test_rdeds_selection_is_written_out_so_that_defaults_and_their_values_are_on
     b = load_config(None, ["condense.method=rded", "condense.rded.crops=5", "condense.rded.stitch=1"])
     assert config_hash(a) == config_hash(b) != config_hash(load_config(None, ["condense.method=rded",
                                                                                "condense.rded.crops=4"]))
+
+
+# ------------------------------------------------------------------ the GPU cost model
+def test_the_gpu_cost_model_counts_rdeds_teacher_forwards_of_every_crop():
+    from benchmarks.gpu_cost_model import RDED_SCENARIOS, GPUSpec, estimate_rded
+    from workers.network_costs import layer_costs
+
+    by_name = {sc.name: sc for sc in RDED_SCENARIOS}
+    cifar = estimate_rded(by_name["CIFAR-10 ipc10"], GPUSpec(), 0.4)
+    convs = sum(c.macs for c in layer_costs("ConvNet", (3, 32, 32)))
+    assert cifar["flops_per_crop"] == 2 * (convs + 128 * 4 * 4 * 10)  # the convolutions and the classifier
+    assert cifar["flops_per_class"] == cifar["flops_per_crop"] * 300 * 5
+    inet = estimate_rded(by_name["ImageNet-1K ipc10"], GPUSpec(), 0.4)
+    assert inet["flops_per_crop"] == pytest.approx(2 * 1.814e9, rel=0.01)  # ResNet-18 at 224: 1.81 GMAC
+    assert inet["shards"] == 125 and inet["gpu_memory_per_task_bytes"] > inet["teacher_weights"] > 40e6
+    for r in inet["runs"]:  # every shard's classes, in waves over the GPUs
+        assert r["wall_s"] == pytest.approx(math.ceil(125 / r["gpus_used"]) * 8 * r["seconds_per_class"])
+        assert r["seconds_per_class"] >= inet["host_seconds_per_class"] > 0
