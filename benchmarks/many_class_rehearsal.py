@@ -50,7 +50,8 @@ MODEL = "ConvNetD2W16"  # 8x8 -> 2x2 x 16 features -> the K-way head
 
 
 # ------------------------------------------------------------------ the data
-def write_prepared(out: str, classes: int, seed: int = 0) -> None:
+def write_prepared(out: str, classes: int, seed: int = 0, shape: tuple[int, int, int] = IMAGE_SHAPE,
+                   train_per_class: int = TRAIN_PER_CLASS, test_per_class: int = TEST_PER_CLASS) -> None:
     """``classes`` classes of random uint8 images in the prepared Parquet format at ``out``."""
     from orchestrator import storage
     from workers.data.prepared import META, PARQUET_OPTIONS, build_meta, test_file, train_file
@@ -62,25 +63,25 @@ def write_prepared(out: str, classes: int, seed: int = 0) -> None:
     train_records = []
     for first in range(0, classes, CLASSES_PER_FILE):
         last = min(first + CLASSES_PER_FILE, classes) - 1
-        labels = np.repeat(np.arange(first, last + 1), TRAIN_PER_CLASS)
-        images = rng.integers(0, 256, (len(labels), *IMAGE_SHAPE), dtype=np.uint8)
+        labels = np.repeat(np.arange(first, last + 1), train_per_class)
+        images = rng.integers(0, 256, (len(labels), *shape), dtype=np.uint8)
         rel = train_file(first, last)
         storage.write_parquet_atomic(storage.join(out, rel), tensor_table(images, labels, names),
                                      row_group_by="class_id", **PARQUET_OPTIONS)
         train_records.append({"file": rel, "rows": len(labels), "bytes": 0, "sha256": "", "skipped": [],
                               "first_class": first, "last_class": last,
-                              "counts": [TRAIN_PER_CLASS] * (last - first + 1),
-                              "stats": ChannelStats(IMAGE_SHAPE[0]).add(images).to_dict()})
-    test_labels = np.repeat(np.arange(classes), TEST_PER_CLASS)
+                              "counts": [train_per_class] * (last - first + 1),
+                              "stats": ChannelStats(shape[0]).add(images).to_dict()})
+    test_labels = np.repeat(np.arange(classes), test_per_class)
     test_records = []
     for part, start in enumerate(range(0, len(test_labels), 10_000)):
         labels = test_labels[start:start + 10_000]
-        images = rng.integers(0, 256, (len(labels), *IMAGE_SHAPE), dtype=np.uint8)
+        images = rng.integers(0, 256, (len(labels), *shape), dtype=np.uint8)
         storage.write_parquet_atomic(storage.join(out, test_file(part)), tensor_table(images, labels, names),
                                      **PARQUET_OPTIONS)
         test_records.append({"file": test_file(part), "rows": len(labels), "bytes": 0, "sha256": "", "skipped": [],
                              "counts": np.bincount(labels, minlength=classes).tolist()})
-    meta = build_meta(source="random", resolution=IMAGE_SHAPE[1], channels=IMAGE_SHAPE[0], class_names=names,
+    meta = build_meta(source="random", resolution=shape[1], channels=shape[0], class_names=names,
                       train_records=train_records, test_records=test_records)
     storage.write_json_atomic(storage.join(out, META), meta)
 
@@ -109,9 +110,11 @@ class Meter:
     @contextmanager
     def step(self, name: str) -> Iterator[None]:
         wall, cpu = time.perf_counter(), time.process_time()
-        yield
-        self.steps[name] = {"wall_s": round(time.perf_counter() - wall, 2),
-                            "driver_cpu_s": round(time.process_time() - cpu, 2)}
+        try:
+            yield
+        finally:  # a step that ends in an expected error (a failed stage) is measured too
+            self.steps[name] = {"wall_s": round(time.perf_counter() - wall, 2),
+                                "driver_cpu_s": round(time.process_time() - cpu, 2)}
 
     @staticmethod
     def peak_rss_mb() -> float:
