@@ -4,6 +4,7 @@ the worker that runs it and after a resume."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -13,12 +14,13 @@ from torch import nn
 
 from orchestrator import storage
 from orchestrator.artifacts.shards import shard_state
+from orchestrator.cli import main
 from orchestrator.artifacts.training_sets import read_method
 from orchestrator.components.settings import train_settings
 from orchestrator.components.teacher import _LOADED as teacher_cache
 from orchestrator.config import ConfigError, load_config
 from orchestrator.pipeline import dataset_info, new_run
-from orchestrator.pool_dir import PoolDir
+from orchestrator.pool_dir import PoolDir, PoolSettings
 from orchestrator.run_dir import RunError
 from orchestrator.run_identity import config_hash
 from orchestrator.stages.condense import check_rded_classes, rded_shard
@@ -26,7 +28,7 @@ from orchestrator.stages.pool import train_network
 from workers import rded
 from workers.data.types import DatasetInfo, ImageSet
 
-from .conftest import REPO
+from .conftest import REPO, sets
 
 
 class MeanTeacher(nn.Module):
@@ -296,3 +298,84 @@ def test_the_gpu_cost_model_counts_rdeds_teacher_forwards_of_every_crop():
     for r in inet["runs"]:  # every shard's classes, in waves over the GPUs
         assert r["wall_s"] == pytest.approx(math.ceil(125 / r["gpus_used"]) * 8 * r["seconds_per_class"])
         assert r["seconds_per_class"] >= inet["host_seconds_per_class"] > 0
+
+
+# ------------------------------------------------------------------ a torchvision teacher from a file
+@pytest.fixture
+def rgb_folder(tmp_path) -> Path:
+    """3 classes of 10 random 16x16 RGB training images (and 2 test images each)."""
+    from PIL import Image
+
+    gen = torch.Generator().manual_seed(0)
+    for split, count in (("train", 10), ("test", 2)):
+        for c in ("ant", "bee", "cat"):
+            (tmp_path / "data" / split / c).mkdir(parents=True)
+            for i in range(count):
+                pixels = torch.randint(0, 256, (16, 16, 3), dtype=torch.uint8, generator=gen).numpy()
+                Image.fromarray(pixels).save(tmp_path / "data" / split / c / f"{i}.png")
+    return tmp_path / "data"
+
+
+def _resnet18_weights(path: Path, seed: int) -> Path:
+    import torchvision.models
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        torch.save(torchvision.models.resnet18(weights=None, num_classes=3).state_dict(), path)
+    return path
+
+
+def test_a_torchvision_teacher_from_a_file_stitches_2x2_and_its_weights_are_the_shards_identity(rgb_folder,
+                                                                                                tmp_path):
+    torch.set_num_threads(1)
+    weights = _resnet18_weights(tmp_path / "resnet18.pt", 0)
+    sets = ["dataset.name=imagefolder", f"dataset.root={rgb_folder}", "dataset.resolution=16", "condense.method=rded",
+            "condense.ipc=2",
+            "condense.rded={stitch: 2, crops: 2, candidates: 9}", "condense.teacher.source=torchvision",
+            "condense.teacher.arch=resnet18", f"condense.teacher.weights={weights}", "plan.classes_per_shard=3",
+            "resources.gpus_per_shard=0", "evaluate.num_models=0", "evaluate.baselines=[]", f"output={tmp_path / 'r'}"]
+    run = new_run(load_config(None, sets))
+    run.save()
+    manifest = rded_shard(run, run.shards[0])
+    images, labels = read_method(run)
+    assert images.shape == (6, 3, 16, 16) and labels.tolist() == [0, 0, 1, 1, 2, 2]
+    quadrants = images[0].unfold(1, 8, 8).unfold(2, 8, 8)  # [C, 2, 2, 8, 8]: four crops of distinct images
+    assert len({quadrants[:, i, j].sum().item() for i in (0, 1) for j in (0, 1)}) == 4
+    digest = storage.sha256_of(str(weights))[:16]
+    assert manifest.identity["teacher"] == f"resnet18 {digest}"
+    _resnet18_weights(weights, 1)  # other weights at the same path: the shard is no longer this teacher's
+    with pytest.raises(RunError, match="differing keys: teacher"):
+        new_run(load_config(None, sets))
+
+
+# ------------------------------------------------------------------ the configs
+def test_the_cifar10_rded_configs_score_with_the_pool_that_the_teacher_config_trains():
+    teacher = load_config(REPO / "configs" / "cifar10-teacher.yaml")
+    for ipc in (1, 10):
+        cfg = load_config(REPO / "configs" / f"cifar10-ipc{ipc}-rded.yaml")
+        assert cfg.condense.method == "rded" and cfg.condense.ipc == ipc and cfg.condense.teacher.source == "pool"
+        assert PoolSettings.of(cfg) == PoolSettings.of(teacher) and cfg.dataset == teacher.dataset
+    inet = load_config(REPO / "configs" / "imagenet1k-ipc10-rded.yaml")
+    assert inet.condense.effective_rded.stitch == 2 and inet.condense.teacher.arch == "resnet18"
+
+
+# ------------------------------------------------------------------ dmcondense run, on a local Ray
+DIGITS_RDED = str(REPO / "configs" / "digits-rded.yaml")
+
+
+def test_dmcondense_run_commits_rded_shards_and_a_killed_worker_resumes_to_the_same_bytes(cpu_ray, tmp_path,
+                                                                                          monkeypatch, capsys):
+    whole = tmp_path / "whole"
+    assert main(["run", DIGITS_RDED, "--make-pool", "--out", str(whole)]) == 0  # as shipped
+    manifests = sorted((whole / "manifest").glob("shard-*.json"))
+    assert len(manifests) == 2 and (whole / "report.md").exists() and (whole / "eval" / "results.parquet").exists()
+    capsys.readouterr()
+    assert main(["resume", str(whole)]) == 0
+    assert "2 of 2 shards already committed" in capsys.readouterr().out
+    monkeypatch.setenv("DMCONDENSE_FAULTS", "shard-00001=kill-after-checkpoint")
+    killed = tmp_path / "killed"
+    assert main(["run", DIGITS_RDED, "--out", str(killed), *sets(f"pool.uri={whole / 'pool'}",
+                                                                 "evaluate.num_models=0")]) == 0
+    assert json.loads((killed / "manifest" / "shard-00001.json").read_text())["resumed_from"] == 1
+    for name in ("shard-00000.parquet", "shard-00001.parquet"):
+        assert (killed / "shards" / name).read_bytes() == (whole / "shards" / name).read_bytes()
