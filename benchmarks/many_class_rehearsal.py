@@ -41,7 +41,7 @@ import numpy as np  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script: the benchmarks package beside the product
 
-from benchmarks.scale_rehearsal import NodeLoss, simulated_cluster  # noqa: E402
+from benchmarks.scale_rehearsal import NodeLoss, simulated_cluster, stdout_to_stderr  # noqa: E402
 
 IMAGE_SHAPE = (3, 8, 8)
 TRAIN_PER_CLASS, TEST_PER_CLASS = 2, 1
@@ -114,7 +114,8 @@ class Meter:
             yield
         finally:  # a step that ends in an expected error (a failed stage) is measured too
             self.steps[name] = {"wall_s": round(time.perf_counter() - wall, 2),
-                                "driver_cpu_s": round(time.process_time() - cpu, 2)}
+                                "driver_cpu_s": round(time.process_time() - cpu, 2),
+                                "driver_peak_rss_mb": self.peak_rss_mb()}  # so far: it never goes down
 
     @staticmethod
     def peak_rss_mb() -> float:
@@ -122,16 +123,38 @@ class Meter:
 
 
 def command(argv: list[str]) -> dict[str, Any]:
-    """A dmcondense command in its own process: its exit code, wall time and peak RSS."""
-    started = time.perf_counter()
-    proc = subprocess.Popen([str(REPO / ".venv" / "bin" / "dmcondense"), *argv], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=REPO)
-    out = proc.stdout.read()  # type: ignore[union-attr]
-    _, status, usage = os.wait4(proc.pid, 0)  # reaped here, with its own rusage
-    wall = time.perf_counter() - started
-    return {"command": argv[0], "exit": os.waitstatus_to_exitcode(status), "wall_s": round(wall, 2),
-            "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
-            "output_tail": out.decode(errors="replace").strip().splitlines()[-3:]}
+    """A dmcondense command in its own process: its exit code, wall and CPU time and peak RSS (GNU
+    time's: a child forked from this process would report this process's RSS as its own peak)."""
+    with tempfile.NamedTemporaryFile("r", suffix=".rss") as rss:
+        started = time.perf_counter()
+        done = subprocess.run(["/usr/bin/time", "-f", "%M %U %S", "-o", rss.name, str(REPO / ".venv" / "bin" / "dmcondense"),
+                               *argv], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                              cwd=REPO)
+        wall = time.perf_counter() - started
+        peak_kb, user, system = rss.read().split()[-3:]
+    return {"command": argv[0], "exit": done.returncode, "wall_s": round(wall, 2),
+            "cpu_s": round(float(user) + float(system), 2), "peak_rss_mb": round(int(peak_kb) / 1024, 1),
+            "output_tail": (done.stdout + done.stderr).strip().splitlines()[-3:]}
+
+
+def in_child(fn: Any, *args: Any) -> None:
+    """``fn(*args)`` in a fresh process (spawned, not forked), waited for."""
+    import multiprocessing
+
+    child = multiprocessing.get_context("spawn").Process(target=fn, args=args)
+    child.start()
+    child.join()
+    if child.exitcode != 0:
+        raise RuntimeError(f"{fn.__name__} failed in its process (exit {child.exitcode})")
+
+
+def steady_ms_per_class(run: str) -> float:
+    """Condense's wall time per class from the first commit to the last: the rate once the workers
+    are up (their start, tens of seconds on a busy machine, is paid once whatever the class count)."""
+    manifests = sorted((p.stat().st_mtime, len(json.loads(p.read_text())["classes"]))
+                       for p in (Path(run) / "manifest").glob("*.json"))
+    classes = sum(n for _, n in manifests[1:])
+    return round(1000 * (manifests[-1][0] - manifests[0][0]) / max(classes, 1), 2)
 
 
 # ------------------------------------------------------------------ the rehearsal
@@ -153,8 +176,8 @@ def rehearse(args: argparse.Namespace) -> dict[str, Any]:
     meter, figures = Meter(), {"classes": args.classes, "nodes": args.nodes,
                                "fake_gpus": args.nodes * args.gpus_per_node, "load_before": os.getloadavg()}
     try:
-        with meter.step("write_data"):
-            write_prepared(data, args.classes, args.seed)
+        with meter.step("write_data"):  # in a process of its own: the driver's memory stays the driver's
+            in_child(write_prepared, data, args.classes, args.seed)
         cfg = load_config(REPO / "configs" / "imagenet1k-ipc10.yaml", overrides(data, out, args))
         with meter.step("plan"):
             run = pipeline.new_run(cfg)
@@ -165,6 +188,7 @@ def rehearse(args: argparse.Namespace) -> dict[str, Any]:
             with meter.step("condense"):
                 condense(run, console)
             figures["node_lost"] = loss.finish()
+            figures["condense_steady_ms_per_class"] = steady_ms_per_class(out)
             with meter.step("evaluate"):
                 scores = evaluate(run, console)
         figures["accuracy"] = [round(s.accuracy, 4) for s in scores]
@@ -209,7 +233,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    figures = rehearse(args)
+    with stdout_to_stderr():  # Ray prints a lost node's last words on stdout: keep it for the figures
+        figures = rehearse(args)
     print(json.dumps(figures, indent=2))
     return 0
 

@@ -33,8 +33,8 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # read when Ray
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script: the benchmarks package beside the product
 
-from benchmarks.many_class_rehearsal import Meter, command, write_prepared  # noqa: E402
-from benchmarks.scale_rehearsal import simulated_cluster  # noqa: E402
+from benchmarks.many_class_rehearsal import Meter, command, in_child, write_prepared  # noqa: E402
+from benchmarks.scale_rehearsal import simulated_cluster, stdout_to_stderr  # noqa: E402
 
 SHAPE = (3, 32, 32)
 TRAIN_PER_CLASS = 4  # ipc 1 x stitch 2^2: one crop kept per real image
@@ -79,9 +79,9 @@ def rehearse(args: argparse.Namespace) -> dict[str, Any]:
     console, meter = Console(stderr=True), Meter()
     figures: dict[str, Any] = {"classes": args.classes, "load_before": os.getloadavg()}
     try:
-        with meter.step("write_data"):
-            write_prepared(data, args.classes, args.seed, SHAPE, TRAIN_PER_CLASS, 1)
-            save_teacher(teacher, args.classes, args.seed)
+        with meter.step("write_data"):  # in processes of their own: the driver's memory stays the driver's
+            in_child(write_prepared, data, args.classes, args.seed, SHAPE, TRAIN_PER_CLASS, 1)
+            in_child(save_teacher, teacher, args.classes, args.seed)
         cfg = load_config(REPO / "configs" / "imagenet1k-ipc10.yaml", overrides(data, teacher, out, args))
         with meter.step("plan"):
             run = pipeline.new_run(cfg)
@@ -134,7 +134,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    print(json.dumps(rehearse(parse_args(argv)), indent=2))
+    args = parse_args(argv)
+    with stdout_to_stderr():  # Ray prints a killed worker's last words on stdout: keep it for the figures
+        figures = rehearse(args)
+    print(json.dumps(figures, indent=2))
     return 0
 
 

@@ -410,7 +410,7 @@ def _print(f: dict[str, Any]) -> None:
 
 
 @contextlib.contextmanager
-def _stdout_to_stderr() -> Iterator[None]:
+def stdout_to_stderr() -> Iterator[None]:
     """Send file descriptor 1 to stderr, for this process and the Ray processes it starts."""
     sys.stdout.flush()
     saved = os.dup(1)
@@ -426,7 +426,7 @@ def _stdout_to_stderr() -> Iterator[None]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.json:  # Ray prints worker deaths on stdout: keep it for the JSON alone
-        with _stdout_to_stderr():
+        with stdout_to_stderr():
             figures = rehearse(args)
         print(json.dumps(figures, indent=2))
     else:
