@@ -61,7 +61,7 @@ def config_in_repo(config: str) -> str:
 
 def entrypoint(config: str, out: str, overrides: list[str]) -> str:
     # `python -m` runs the shipped source even where an older dmcondense is installed.
-    args = ["python", "-m", "orchestrator.cli", "run", config, "--out", out]
+    args = ["python", "-m", "orchestrator", "run", config, "--out", out]  # the program: signals handled from its start
     for item in overrides:
         args += ["--set", item]
     return shlex.join(args)

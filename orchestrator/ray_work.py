@@ -1,19 +1,24 @@
 """The one helper that runs any stage's Ray work: submit, stream, retry, one progress display.
 
-What Ray gives is used as it is: a task whose worker dies is run again (``max_retries``),
-as is one that raised when ``retry_exceptions`` is on; an actor that dies is restarted and
-its call run again (``max_restarts``, ``max_task_retries``). What Ray lacks is here:
-results streamed as they finish (``ray.wait``), a cap on work in flight, jobs dispatched
-to idle actors, failures collected per unit while the others go on, and one progress
-display, fed by the tasks through a board actor.
+What Ray gives is used as it is: a task whose worker dies is run again (``max_retries``);
+an actor that dies is restarted and its call run again (``max_restarts``,
+``max_task_retries``). What Ray lacks is here: results streamed as they finish
+(``ray.wait``), a cap on work in flight, jobs dispatched to idle actors, failures collected
+per unit while the others go on, and one progress display, fed by the tasks through a board
+actor. A task's exception is caught where it ran and returned (``TaskFailure``): this helper,
+not Ray, runs it again (``retry_exceptions``, within ``max_retries``) unless a retry cannot
+change it (a missing file, a permission), so that Ray prints no worker traceback on the
+console; a unit that still failed gets one line there, naming where its traceback is kept.
 
 Stage modules call this and never Ray itself.
 """
 
 from __future__ import annotations
 
-import time
 import contextlib
+import re
+import time
+import traceback
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,8 +28,9 @@ import ray
 from ray.exceptions import RayActorError, RayError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from rich.console import Console
+from rich.markup import escape
 
-from orchestrator import faults, worker_env
+from orchestrator import commits, faults, storage, worker_env
 from orchestrator.config import RunConfig
 from orchestrator.progress import ProgressDisplay
 from orchestrator.run_dir import RunError
@@ -38,12 +44,62 @@ class Work:
     key: str  # names the unit in progress and failure messages
     args: tuple
     units: int = 1  # progress units it is worth (a shard's iterations, a job's networks)
+    failure: str | None = None  # where its failure is recorded, its traceback beside it (None: nowhere)
+
+
+# Errors a retry cannot change (the ones orchestrator.storage does not retry either).
+LASTING_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # the colours of Ray's error texts
+
+
+@dataclass(frozen=True)
+class TaskFailure:
+    """Why a unit failed: its error's last line, its whole traceback, and whether a retry could
+    change it. A task body's exception comes back as this, its result, caught where it ran."""
+
+    error: str
+    traceback: str
+    lasting: bool = False
+
+    @classmethod
+    def of(cls, exc: BaseException) -> TaskFailure:
+        return cls(short_error(exc), "".join(traceback.format_exception(exc)), isinstance(exc, LASTING_ERRORS))
+
+    @classmethod
+    def of_ray(cls, exc: BaseException) -> TaskFailure:
+        """A worker or an actor lost, or an actor call that raised: what Ray says, less its colours."""
+        return cls(short_error(exc), _ANSI.sub("", str(exc)))
 
 
 @dataclass
 class Outcome:
     results: dict[str, Any] = field(default_factory=dict)
-    failed: dict[str, str] = field(default_factory=dict)  # key -> the error, one line
+    failures: dict[str, TaskFailure] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> dict[str, str]:
+        """key -> the error, one line."""
+        return {key: f.error for key, f in self.failures.items()}
+
+
+def traceback_file(record: str) -> str:
+    """Where the traceback of the failure recorded at ``record`` is kept, as text."""
+    return f"{record.removesuffix('.json')}.traceback.txt"
+
+
+def report_failure(w: Work, failure: TaskFailure, attempts: int) -> str:
+    """Record the failure of ``w`` (when it has a place for it) and give its one console line."""
+    where = ""
+    if w.failure is not None:
+        try:
+            storage.write_bytes_atomic(traceback_file(w.failure), failure.traceback.encode())
+            commits.record_failure(w.failure, failure.error)
+            where = f"; traceback in {traceback_file(w.failure)}"
+        except OSError as exc:  # the run directory itself may be what failed
+            where = f"; its record could not be written ({short_error(exc)})"
+    why = " (not retried: a retry cannot change it)" if failure.lasting and attempts == 1 else (
+        f" after {attempts} attempts" if attempts > 1 else "")
+    return f"[red]{w.key} failed{why}:[/] {escape(failure.error + where)}"
 
 
 @ray.remote(num_cpus=0)
@@ -158,10 +214,12 @@ def run_tasks(fn: Callable[..., Any], work: Sequence[Work], *, options: dict[str
 
     ``shared`` values go to the object store once, not once per task. With
     ``with_context`` the task gets a last argument, a ``TaskContext`` to call with its
-    units done so far. ``done_units``: units finished before this call (resumed work)."""
+    units done so far. ``done_units``: units finished before this call (resumed work).
+    ``options``' ``retry_exceptions`` is this helper's to apply (module docstring)."""
     if not work:
         return Outcome()
-    remote = ray.remote(fn).options(**options)
+    retries = options.get("max_retries", 0) if options.get("retry_exceptions") else 0
+    remote = ray.remote(_caught(fn)).options(**{k: v for k, v in options.items() if k != "retry_exceptions"})
     refs = [ray.put(value) for value in shared]
     # on the driver's node, which lives as long as the driver does; restarted (empty) if need be
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
@@ -174,7 +232,7 @@ def run_tasks(fn: Callable[..., Any], work: Sequence[Work], *, options: dict[str
     try:
         return _stream(work, submit, lambda ref, died: None, lambda running: running < (limit or len(work)), board,
                        ProgressDisplay(console, label, done_units + sum(w.units for w in work), unit, done=done_units),
-                       cancel=_cancel)
+                       cancel=_cancel, retries=retries)
     finally:
         if board is not None:
             ray.kill(board)
@@ -237,11 +295,23 @@ def run_on_actors(cls: type, init_args: tuple, method: str, work: Sequence[Work]
             _kill(actor)
 
 
+def _caught(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` returning what it raises as a ``TaskFailure``, under ``fn``'s name (Ray's task name)."""
+    def attempt(*args: Any) -> Any:
+        try:
+            return fn(*args)
+        except Exception as exc:  # noqa: BLE001 - a unit's failure is its result; the driver decides
+            return TaskFailure.of(exc)
+
+    attempt.__name__ = attempt.__qualname__ = fn.__name__
+    return attempt
+
+
 def call(fn: Callable[..., Any], *args: Any, options: dict[str, Any]) -> Any:
     """``fn(*args)`` as one task placed with ``options``, waited for: a probe of what a unit of
     work will find where Ray places it."""
     try:
-        return ray.get(ray.remote(fn).options(**options).remote(*args))
+        return _waited(ray.remote(fn).options(**options).remote(*args))
     except RayError as exc:
         raise RunError(short_error(exc)) from None
 
@@ -251,7 +321,7 @@ def compute_shared(fn: Callable[..., Any], *args: Any, options: dict[str, Any]) 
     to many actors (each node keeps one copy), the driver never holding the bytes."""
     ref = ray.remote(fn).options(**options).remote(*args)
     try:
-        ray.get(_probe.remote(ref))  # raises the task's error without fetching its value here
+        _waited(_probe.remote(ref))  # raises the task's error without fetching its value here
     except RayError as exc:
         raise RunError(short_error(exc)) from None
     return ref
@@ -262,17 +332,32 @@ def _probe(value: Any) -> None:
     """Needs ``value``: fails with its producer's error, returns nothing."""
 
 
+def _waited(ref: Any) -> Any:
+    """``ray.get(ref)``, calling the guards meanwhile: an interrupt does not wait for a slow probe
+    (a GPU node the autoscaler is still adding); what they raise cancels the task."""
+    try:
+        while not ray.wait([ref], timeout=0.5)[0]:
+            for check in _GUARDS:
+                check()
+    except BaseException:
+        _cancel(ref)
+        raise
+    return ray.get(ref)
+
+
 def _stream(work: Sequence[Work], submit: Callable[[Work], Any], release: Callable[[Any, bool], None],
             room: Callable[[int], bool], board: Any, display: ProgressDisplay,
             cancel: Callable[[Any], None] = lambda ref: None,
-            rerun: Callable[[Work, RayError], bool] = lambda w, exc: False) -> Outcome:
+            rerun: Callable[[Work, RayError], bool] = lambda w, exc: False, retries: int = 0) -> Outcome:
     """Submit units while ``room(units in flight)`` and collect them as they finish (a unit that
-    failed in a way ``rerun`` accepts goes back to the queue); whatever stops the loop (an
-    interrupt, a guard) cancels the units in flight on its way out."""
+    failed in a way ``rerun`` accepts goes back to the queue, as does one whose task returned a
+    failure a retry may change, ``retries`` times); whatever stops the loop (an interrupt, a
+    guard) cancels the units in flight on its way out."""
     if len({w.key for w in work}) != len(work):
         raise ValueError(f"work keys must be unique: {[w.key for w in work]}")
     queue = deque(work)
     running: dict[Any, Work] = {}
+    attempts: dict[str, int] = {}
     outcome = Outcome()
     finished_units = display.completed
     try:
@@ -289,18 +374,27 @@ def _stream(work: Sequence[Work], submit: Callable[[Work], Any], release: Callab
                 ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
                 for ref in ready:
                     w = running.pop(ref)
+                    attempts[w.key] = attempts.get(w.key, 0) + 1
                     try:
-                        outcome.results[w.key] = ray.get(ref)
+                        result = ray.get(ref)
                         release(ref, False)
-                    except RayError as exc:  # a unit's failure is recorded, the others go on
+                    except RayError as exc:  # Ray's own retries spent (a lost worker), or an actor's call raised
                         release(ref, isinstance(exc, RayActorError))
                         if rerun(w, exc):
                             queue.appendleft(w)
-                            display.print(f"[yellow]{w.key}: its actor was lost ({short_error(exc)[:80]}); running "
-                                          "it again on another[/]")
+                            display.print(f"[yellow]{w.key}: its actor was lost ({escape(short_error(exc)[:80])}); "
+                                          "running it again on another[/]")
                             continue
-                        outcome.failed[w.key] = short_error(exc)
-                        display.print(f"[red]{w.key} failed:[/] {outcome.failed[w.key]}")
+                        result = TaskFailure.of_ray(exc)
+                    else:
+                        if isinstance(result, TaskFailure) and not result.lasting and attempts[w.key] <= retries:
+                            queue.appendleft(w)  # its body raised: run it again (retry_exceptions)
+                            continue
+                    if isinstance(result, TaskFailure):  # a unit's failure is recorded, the others go on
+                        outcome.failures[w.key] = result
+                        display.print(report_failure(w, result, attempts[w.key]))
+                    else:
+                        outcome.results[w.key] = result
                     finished_units += w.units
                 partial = _progress_of(board)
                 in_flight = sum(min(partial.get(w.key, 0), w.units) for w in running.values())

@@ -7,8 +7,9 @@ is recorded). ``run_units`` does the rest, the same way for condense, baselines,
 and prepare: it skips what is committed, clears the old failure records of what it runs,
 checks before any task starts that a node can host a unit (and that reserved GPUs are
 usable there), runs the bodies through the one Ray helper (or one after the other in this
-process), records each failure, and raises ``StageFailed`` naming the units that still
-failed while every other unit stays committed.
+process), which records each failure as it happens (its error and, beside it, its traceback)
+and gives it one console line, and raises ``StageFailed`` naming the units that still failed
+while every other unit stays committed.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 from rich.console import Console
 
-from orchestrator import commits, ray_work, storage
+from orchestrator import ray_work, storage
 from orchestrator.components.worker_setup import check_gpus_usable
 from orchestrator.config import ResourcesConfig
 from orchestrator.progress import ProgressDisplay
@@ -32,9 +33,8 @@ class StageFailed(RuntimeError):
 
     def __init__(self, stage: str, failed: dict[str, str], total: int) -> None:
         self.stage, self.failed = stage, failed
-        lines = [f"{stage}: {len(failed)} of {total} failed; everything else is committed"]
-        lines += [f"  {key}: {error}" for key, error in sorted(failed.items())]
-        super().__init__("\n".join(lines))
+        self.summary = f"{stage}: {len(failed)} of {total} failed; everything else is committed"
+        super().__init__("\n".join([self.summary, *(f"  {key}: {error}" for key, error in sorted(failed.items()))]))
 
 
 @dataclass(frozen=True)
@@ -80,9 +80,10 @@ def run_units(stage: UnitStage, units: Sequence[Unit], console: Console, *,
     if not todo:
         return ray_work.Outcome()
     for u in todo:
-        if u.failure is not None:
+        if u.failure is not None and storage.exists(u.failure):
             storage.remove(u.failure)
-    work = [ray_work.Work(u.key, u.args, u.weight) for u in todo]
+            storage.remove(ray_work.traceback_file(u.failure))
+    work = [ray_work.Work(u.key, u.args, u.weight, u.failure) for u in todo]
     if in_process:
         outcome = _here(stage, work, console, done)
     else:
@@ -93,11 +94,7 @@ def run_units(stage: UnitStage, units: Sequence[Unit], console: Console, *,
         outcome = ray_work.run_tasks(stage.body, work, options=stage.options, label=stage.name, unit=stage.unit,
                                      console=console, shared=stage.shared, limit=stage.limit,
                                      with_context=stage.with_context, done_units=done)
-    failures = {u.key: u.failure for u in todo}
-    for key, error in outcome.failed.items():
-        if failures[key] is not None:
-            commits.record_failure(failures[key], error)
-    if outcome.failed:
+    if outcome.failed:  # each recorded, with its line on the console, as it failed
         raise StageFailed(stage.name, outcome.failed, len(units))
     return outcome
 
@@ -112,7 +109,8 @@ def _here(stage: UnitStage, work: list[ray_work.Work], console: Console, done: i
             try:
                 outcome.results[w.key] = stage.body(*stage.shared, *w.args)
             except Exception as err:  # noqa: BLE001 - recorded per unit, like a failed Ray task
-                outcome.failed[w.key] = f"{type(err).__name__}: {err}".splitlines()[0][:300]
+                outcome.failures[w.key] = ray_work.TaskFailure.of(err)
+                display.print(ray_work.report_failure(w, outcome.failures[w.key], attempts=1))
             done += w.units
             display.update(done, f"{len(outcome.results)}/{len(work)} done, {len(outcome.failed)} failed, "
                                  f"last {time.monotonic() - started:.0f} s")
