@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Sequence
+from typing import Any
+
+import yaml
 
 from orchestrator.secrets import shown_assignments
 
@@ -35,8 +38,17 @@ def _shown_word(word: str) -> str:
     return " --set ".join(shown_assignments(word)) if "=" in word else shlex.quote(word)
 
 
-def resume(run_uri: str) -> str:
-    return job("resume", run_uri)
+def resume(run_uri: str, sets: Sequence[str] = ()) -> str:
+    return job("resume", run_uri, sets)
+
+
+def recompute_changed(run_uri: str, sets: Sequence[str] = ()) -> str:
+    """``resume`` that condenses again the shards of the classes whose images changed."""
+    return f"{resume(run_uri, sets)} --recompute-changed"
+
+
+def continual(source: str, out: str) -> str:
+    return shlex.join([PROGRAM, "continual", source, "--out", out])
 
 
 def evaluate(run_uri: str, sets: Sequence[str] = ()) -> str:
@@ -57,3 +69,29 @@ def prepare(source: str, root: str | None, out: str) -> str:
 
 def new_run(out: str) -> str:
     return shlex.join([PROGRAM, "run", "CONFIG", "--out", out])
+
+
+def setting(key: str, value: Any) -> str:
+    """A ``--set`` item giving ``key`` this value, written as YAML reads it back."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=1 << 20).strip().removesuffix("...").strip()
+    return f"{key}={text}"
+
+
+# The commands whose directory is their run, the one argument they take besides options: no --out.
+_IN_THEIR_RUN = ("resume", "evaluate", "nas")
+_WITH_VALUE = ("--set", "--config", "--address")  # their options that take a value
+
+
+def unwritable_fix(command_line: str) -> str:
+    """What to do when a command (as ``shown_command_line`` wrote it) cannot write its directory:
+    a command that takes --out chooses another location; one that works in its run directory runs
+    again on a writable copy of it, every other word kept as shown."""
+    words = shlex.split(command_line, posix=False)  # each word kept as quoted
+    if len(words) < 3 or words[1] not in _IN_THEIR_RUN:
+        return "choose a writable location with --out"
+    i = 2
+    while i < len(words) and words[i].startswith("-"):
+        i += 2 if words[i] in _WITH_VALUE else 1
+    again = " ".join([*words[:i], "COPY", *words[i + 1:]])
+    return (f"make it writable, or copy the run directory to a writable location COPY and run `{again}` (a copied "
+            "run goes on from where it stopped)")

@@ -5,21 +5,24 @@ a growing run, the NAS proxy on a finished one)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich.console import Console
 
-from orchestrator import commands
+from orchestrator import commands, commits, storage
 from orchestrator.artifacts.continual_results import StepScore, write_results
 from orchestrator.artifacts.nas_results import NasScore, ProxyQuality
 from orchestrator.artifacts.pool_networks import check_pool_ready
+from orchestrator.artifacts.shards import STAGE, ShardManifest, device_type
 from orchestrator.artifacts.training_sets import training_set
 from orchestrator.components.eval_pool import actor_memory
 from orchestrator.components.teacher import check_teacher
-from orchestrator.config import RunConfig, apply_overrides, from_dict, load_config
+from orchestrator.config import DatasetConfig, RunConfig, apply_overrides, from_dict, load_config
 from orchestrator.plan import PlanError, check_config_against_dataset, estimate_work, make_plan, planned_classes
 from orchestrator.pool_dir import pool_of, pool_root, pools_at
 from orchestrator.report import TableRow, report
 from orchestrator.run_dir import DamagedRecord, RunDir, RunError
-from orchestrator.run_identity import differing_keys, identity, unit_device
+from orchestrator.run_identity import differing_keys, identity, shard_identity, unit_device
 from orchestrator.run_record import DataContent, RunKind, RunRecord
 from orchestrator.stages import continual as continual_stage
 from orchestrator.stages.baselines import baselines
@@ -27,7 +30,7 @@ from orchestrator.stages.condense import condense, refuse_foreign_shards
 from orchestrator.stages.evaluate import evaluate
 from orchestrator.stages.nas import nas, sampled
 from orchestrator.stages.pool import make_pool as make_pool_stage
-from workers.data import DatasetInfo, open_dataset
+from workers.data import PREPARED, DatasetInfo, open_dataset, open_source
 
 
 def new_run(cfg: RunConfig, pool_hint: str = commands.pool("CONFIG"), make_pool: bool = False,
@@ -38,21 +41,27 @@ def new_run(cfg: RunConfig, pool_hint: str = commands.pool("CONFIG"), make_pool:
     is fetched without ``download``."""
     info = info or dataset_info(cfg, download)
     data = DataContent.of(cfg.dataset)
+    old = _existing_run(cfg.output)
     try:
         classes = planned_classes(cfg, info)
         check_config_against_dataset(cfg, info, classes)
         existing = ()
-        old = _existing_run(cfg.output)
         if old is not None:
             old.refuse_other_kind(kind)
-            _refuse_other_images(old.config, cfg, cfg.output, allow_growth=True)
-            _refuse_other_data(old.record, cfg, data, cfg.output)
+            if not _edited_keys(old)[1]:  # an edited record is not trusted: its shards' identities are checked below
+                _refuse_other_images(old.config, cfg, cfg.output, allow_growth=True)
+            moved = [f"dataset.root={cfg.dataset.root}"] if cfg.dataset.root != old.config.dataset.root else []
+            changed = _changed_classes(old.record, cfg, data, cfg.output)
+            if changed:
+                problem = _recompute_problem(old.record, cfg, data, changed)
+                raise _data_changed(old.record, cfg, changed, cfg.output, moved, problem)
             existing = old.shards
         plan = make_plan(classes, cfg.plan.classes_per_shard, cfg.seed, existing)
     except PlanError as exc:
         raise RunError(str(exc)) from None
-    run = RunDir(cfg.output, RunRecord.build(cfg, plan, info, kind, data))
-    refuse_foreign_shards(run)  # shards left by another configuration (say its run.json was deleted)
+    record = RunRecord.build(cfg, plan, info, kind, data)
+    run = RunDir(cfg.output, record if old is None else record.carried(old.record))
+    refuse_foreign_shards(run)  # shards left by another configuration (say its run.json was deleted or edited)
     if not make_pool:
         check_pool(run, pool_hint)
     return run
@@ -93,21 +102,35 @@ def check_pool(run: RunDir, hint: str) -> None:
     check_teacher(run)
 
 
-def reopened_run(uri: str, overrides: list[str], config_path: str | None = None, make_pool: bool = False) -> RunDir:
+def reopened_run(uri: str, overrides: list[str], config_path: str | None = None, make_pool: bool = False,
+                 recompute_changed: bool = False, kind: RunKind | None = None) -> RunDir:
     """The run at ``uri`` under ``overrides`` that do not change its images (resources,
-    evaluation, output); refuses, naming the keys, any that would. Its pool is checked
-    unless ``make_pool``."""
+    evaluation, output); refuses, naming the keys, any that would. Its pool is checked unless
+    ``make_pool``. Images changed under the run are refused, naming the classes, unless
+    ``recompute_changed``: their shards are then condensed again (``run_stages``). ``kind``:
+    the kind of run the command takes (None: either)."""
     run = RunDir.load(uri)
+    if kind == "run" and run.record.kind == "continual":
+        raise RunError(f"{uri} holds a continual run: `{commands.continual('CONFIG', uri)}`, with the config it was "
+                       "started with, goes on from where it stopped and scores every step")
+    cfg = from_dict(apply_overrides(run.config.model_dump(mode="json"), [*overrides, f"output={uri}"]))
+    recorded = _restored_config(run, cfg, overrides)
     if config_path:
         asked = load_config(config_path, overrides)
-        _refuse_other_images(run.config, asked, uri, allow_growth=False, advice="start a new run with --out instead")
-    cfg = from_dict(apply_overrides(run.config.model_dump(mode="json"), [*overrides, f"output={uri}"]))
-    _refuse_other_images(run.config, cfg, uri, allow_growth=False)
+        _refuse_other_images(recorded, asked, uri, allow_growth=False, advice="start a new run with --out instead")
+    _refuse_other_images(recorded, cfg, uri, allow_growth=False)
     data = DataContent.of(cfg.dataset)
-    _refuse_other_data(run.record, cfg, data, uri)
-    run = RunDir(uri, run.record.model_copy(update={"config": cfg, "data": data}))
-    if not make_pool:
-        check_pool(run, commands.pool(uri))
+    record = run.record.model_copy(update={"config": cfg, "data": data})
+    changed = _changed_classes(run.record, cfg, data, uri)
+    if changed:
+        problem = _recompute_problem(run.record, cfg, data, changed)
+        if problem is not None or not recompute_changed:
+            raise _data_changed(run.record, cfg, changed, uri, overrides, problem, asked=recompute_changed)
+        record = run.record.model_copy(update={"config": cfg}).recomputing(changed, data)
+    run = RunDir(uri, record)
+    if not make_pool:  # the pool's advice keeps this command's settings (the pool's among them)
+        check_pool(run, commands.recompute_changed(uri, overrides) + " --make-pool" if changed
+                   else commands.pool(uri, overrides))
     return run
 
 
@@ -124,23 +147,126 @@ def _refuse_other_images(old: RunConfig, new: RunConfig, uri: str, *, allow_grow
                        f"which would change its images; {advice}")
 
 
-def _refuse_other_data(old: RunRecord, new: RunConfig, now: DataContent, uri: str) -> None:
-    """The dataset ``new`` reads holds, class by class, what the run's units were computed from,
-    wherever it lives now (a moved dataset resumes); a run recorded without its dataset's content
+# ------------------------------------------------------------------ a hand-edited run.json
+def _edited_keys(run: RunDir) -> tuple[str, dict[str, Any]]:
+    """Where run.json's config disagrees with what its committed shards were made with (the record
+    was edited by hand): the device of the shard compared and each such key with the shards'
+    value; no key when none is committed."""
+    for spec in run.shards:
+        made = commits.read_state(run, run.manifest(spec), ShardManifest, deep=False).manifest
+        if made is None or made.identity is None:
+            continue
+        shards = {k: v for k, v in made.identity.items() if k != "teacher"}  # RDED's teacher: not a config key
+        keys = differing_keys(shards, shard_identity(run.config, device_type(made)))
+        return device_type(made), {k: _value_at(shards, k) for k in keys if _value_at(shards, k) is not _ABSENT}
+    return "", {}
+
+
+def _restored_config(run: RunDir, cfg: RunConfig, overrides: list[str]) -> RunConfig:
+    """The config ``run``'s units were made with: its record's, unless run.json was edited; then
+    ``cfg`` (the record under ``overrides``) must set the edited keys back, or this refuses with
+    the one command that does."""
+    device, edited = _edited_keys(run)
+    if not edited:
+        return run.config
+    back = [commands.setting(k, v) for k, v in edited.items()]
+    if any(_value_at(shard_identity(cfg, device), k) != v for k, v in edited.items()):
+        kept = [o for o in overrides if o.partition("=")[0].strip() not in edited]
+        recorded = shard_identity(run.config, device)
+        shown = ", ".join(f"{k} {_value_at(recorded, k)!r} where its shards have {v!r}" for k, v in edited.items())
+        raise RunError(f"{run.path('run.json')} does not hold the configuration its committed shards were made with "
+                       f"({shown}): it was edited; `{commands.resume(run.uri, [*kept, *back])}` sets it back and "
+                       "goes on")
+    return from_dict(apply_overrides(run.config.model_dump(mode="json"), back))
+
+
+_ABSENT = object()
+
+
+def _value_at(data: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(data, dict) or part not in data:
+            return _ABSENT
+        data = data[part]
+    return data
+
+
+# ------------------------------------------------------------------ images changed under a run
+def _changed_classes(old: RunRecord, new: RunConfig, now: DataContent, uri: str) -> list[int]:
+    """The run's classes whose images are not the ones its units were computed from, wherever the
+    dataset lives now (a moved dataset resumes); a run recorded without its dataset's content
     resumes from its own dataset.root only."""
-    root = new.dataset.root
     if old.data is None:
-        if root != old.config.dataset.root:
+        if new.dataset.root != old.config.dataset.root:
             raise RunError(f"{uri} was recorded without its dataset's content, so it resumes only from its own "
-                           f"dataset.root ({old.config.dataset.root}), not {root}; or start a new run with --out")
-        return
-    changed = old.data.changed(now, old.classes)
-    if changed:
-        names = ", ".join(f"{c} ({old.dataset.class_names[c]})" for c in changed[:10])
-        raise RunError(f"the dataset at {root or 'the default root'} is not the one {uri} was planned from: "
-                       f"{len(changed)} of its {len(old.classes)} classes changed ({names}"
-                       f"{' ...' if len(changed) > 10 else ''}); put their images back as they were, or start "
-                       "a new run with --out")
+                           f"dataset.root ({old.config.dataset.root}), not {new.dataset.root}; or start a new run "
+                           "with --out")
+        return []
+    return old.data.changed(now, old.classes)
+
+
+def _recompute_problem(old: RunRecord, cfg: RunConfig, now: DataContent, changed: list[int]) -> str | None:
+    """Why the changed classes' shards cannot be condensed again in this run (None: they can)."""
+    names = _class_names(cfg.dataset)
+    if names != old.dataset.class_names:
+        gone = [n for n in old.dataset.class_names if n not in names][:3]
+        return (f"its classes are not the run's any more ({len(names)} where the run has "
+                f"{old.dataset.num_classes}{'; gone: ' + ', '.join(gone) if gone else ''}), so the class ids would "
+                "name other classes")
+    try:
+        check_config_against_dataset(cfg, old.recomputing(changed, now).dataset, changed)
+    except PlanError as exc:
+        return str(exc)
+    return None
+
+
+def _class_names(d: DatasetConfig) -> list[str]:
+    """The dataset's class names as they are now (no statistics pass)."""
+    if d.name == PREPARED:
+        return open_dataset(d.name, d.root, resolution=d.resolution).info.class_names
+    return list(open_source(d.name, d.root, resolution=d.resolution).class_names)
+
+
+def _data_changed(old: RunRecord, cfg: RunConfig, changed: list[int], uri: str, sets: list[str],
+                  problem: str | None, asked: bool = False) -> RunError:
+    """The refusal of images changed under a run, naming the classes, with the way forward: the
+    command that condenses their shards again, or, where that cannot be (``problem``), a new run."""
+    names = ", ".join(f"{c} ({old.dataset.class_names[c]})" for c in changed[:10])
+    what = (f"the dataset at {cfg.dataset.root or 'the default root'} is not the one {uri} was planned from: "
+            f"{len(changed)} of its {len(old.classes)} classes changed ({names}{' ...' if len(changed) > 10 else ''})")
+    if problem is None:
+        return RunError(f"{what}; `{commands.recompute_changed(uri, sets)}` condenses their shards again from the "
+                        "images there now (or put their images back as they were)")
+    why = "they cannot be condensed again in this run" if asked else "this run cannot condense them again"
+    return RunError(f"{what}; {why} ({problem}): put their images back as they were, or start a new run with --out")
+
+
+def _drop_stale_units(run: RunDir, console: Console) -> RunDir:
+    """Under the lease, before any stage: the units made from images that changed since (resume
+    --recompute-changed) are dropped, so that their shards and selections are computed again; the
+    record then holds no stale class. The new content key already keeps every score of the
+    earlier data from being reused."""
+    stale = set(run.record.stale)
+    if not stale:
+        return run
+    specs = [spec for spec in run.shards if stale & set(spec.class_ids)]
+    methods = storage.list_names(run.path("baselines"))
+    for spec in specs:
+        storage.remove(run.manifest(spec))  # the commit goes first: the files after it are then unclaimed
+        for method in methods:
+            storage.remove(run.baseline_manifest(method, spec))
+        for path in (run.shard_file(spec), run.progress(spec), run.failure(STAGE, spec)):
+            storage.remove(path)
+        for folder in (run.path("checkpoints", spec.name), run.snapshot_dir(spec)):
+            storage.remove(folder, recursive=True)
+    names = ", ".join(f"{c} ({run.dataset.class_names[c]})" for c in sorted(stale)[:10])
+    console.print(f"recompute: the images of {len(stale)} classes changed ({names}{' ...' if len(stale) > 10 else ''}"
+                  f"): {len(specs)} shards are condensed again from them, with their baseline selections, and every "
+                  "set is scored again; the dataset's mean and std stay as recorded, which the other shards were "
+                  "normalised with", highlight=False)
+    run = RunDir(run.uri, run.record.model_copy(update={"stale": ()}))
+    run.save()
+    return run
 
 
 def run_stages(run: RunDir, console: Console, *, condensing: bool = True, methods: list[str] | None = None,
@@ -148,6 +274,7 @@ def run_stages(run: RunDir, console: Console, *, condensing: bool = True, method
     """The stages of a run, each doing only what the run directory lacks; returns the results
     table. ``methods``: evaluate only these (e.g. kept checkpoints), keeping earlier results.
     ``make_pool``: train the pool the run needs first (a shard never trains one)."""
+    run = _drop_stale_units(run, console)
     cfg = run.config
     pool = pool_of(run.config, run.dataset)
     if make_pool and pool is not None:

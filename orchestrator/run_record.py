@@ -8,6 +8,8 @@ no task re-opens a dataset to learn its statistics.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import platform
 import subprocess
 from pathlib import Path
@@ -21,6 +23,7 @@ from orchestrator.run_identity import config_hash
 from orchestrator.secrets import redacted_config, restore
 from orchestrator.plan import ShardSpec
 from workers.data import class_fingerprints
+from workers.data.fingerprint import images_in
 from workers.data.types import DatasetInfo
 
 FORMAT = 2
@@ -72,6 +75,10 @@ class DataContent(BaseModel):
         """The classes among ``class_ids`` whose content is not the same ``now`` (or is gone)."""
         return [c for c in class_ids if c >= len(now.classes) or now.classes[c] != self.classes[c]]
 
+    def key(self, class_ids: list[int]) -> str:
+        """A hash of these classes' content."""
+        return hashlib.sha256("\n".join(self.classes[c] for c in class_ids).encode()).hexdigest()[:16]
+
 
 class RunRecord(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -84,6 +91,12 @@ class RunRecord(BaseModel):
     versions: Versions
     kind: RunKind = "run"
     data: DataContent | None = None  # None: recorded before the content was (resumes from its own root only)
+    # Classes whose images changed and whose shards are to be condensed again (resume
+    # --recompute-changed): their units are dropped under the lease before any stage runs.
+    stale: tuple[int, ...] = ()
+    # Set once shards were condensed again from changed images: the content they came from, part
+    # of every training set's identity (``units_key``), so that no score of the earlier data is reused.
+    content_key: str | None = None
 
     @classmethod
     def build(cls, cfg: RunConfig, shards: list[ShardSpec], info: DatasetInfo, kind: RunKind = "run",
@@ -112,6 +125,29 @@ class RunRecord(BaseModel):
     @property
     def classes(self) -> list[int]:
         return [c for s in self.shards for c in s.class_ids]
+
+    @property
+    def units_key(self) -> str:
+        """The identity of what the run's units were computed from: its config's hash, and the
+        dataset's content once some were computed again from changed images."""
+        return self.config_hash if self.content_key is None else f"{self.config_hash}-{self.content_key}"
+
+    def recomputing(self, changed: list[int], now: DataContent) -> "RunRecord":
+        """This run with the ``changed`` classes' shards to be condensed again from the content
+        ``now``: their image counts as they are now; the mean and std stay as recorded, which the
+        other shards were normalised with."""
+        counts = list(self.dataset.train_counts)
+        for c in changed:
+            counts[c] = images_in(now.classes[c])
+        return self.model_copy(update={
+            "data": now, "dataset": dataclasses.replace(self.dataset, train_counts=tuple(counts)),
+            "stale": tuple(sorted({*self.stale, *changed})), "content_key": now.key(self.classes)})
+
+    def carried(self, old: "RunRecord") -> "RunRecord":
+        """This new record over ``old``'s directory with what it must keep of it: the mean and std
+        its units were normalised with, the classes still to recompute, the content key."""
+        info = dataclasses.replace(self.dataset, mean=old.dataset.mean, std=old.dataset.std)
+        return self.model_copy(update={"dataset": info, "stale": old.stale, "content_key": old.content_key})
 
 
 def upgrade(data: dict[str, Any], info: DatasetInfo) -> dict[str, Any]:

@@ -50,7 +50,7 @@ def settings_key(cfg: RunConfig, run: RunDir) -> str:
     """Every setting that shapes a NAS score, the run's images included."""
     n = cfg.nas
     shaping = {"epochs": n.epochs, "whole_epochs": n.whole_epochs, "batch": n.batch, "lr": n.lr,
-               "validation_fraction": n.validation_fraction, "seed": n.seed, "run": run.record.config_hash,
+               "validation_fraction": n.validation_fraction, "seed": n.seed, "run": run.record.units_key,
                "precision": cfg.precision.model_dump()}
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -36,7 +36,7 @@ def training_set(run: RunDir, method: str) -> TrainingSet:
     iteration = snapshot_iteration(method)
     if iteration is not None:
         paths = tuple(run.relative(run.snapshot(spec, iteration)) for spec in run.shards)
-        return TrainingSet(method, f"{run.record.config_hash}@{iteration}", snapshots=paths,
+        return TrainingSet(method, f"{run.record.units_key}@{iteration}", snapshots=paths,
                            factor=run.config.condense.factor)
     files = []
     for spec in run.shards:
@@ -50,15 +50,15 @@ def training_set(run: RunDir, method: str) -> TrainingSet:
             raise RunError(f"{what} is {st.state} {st.detail}; `{fix}` computes it first")
         files.append(st.manifest.files[method])  # type: ignore[union-attr]
     if method == "dm":
-        return TrainingSet(method, run.record.config_hash, files=tuple(files), factor=run.config.condense.factor)
+        return TrainingSet(method, run.record.units_key, files=tuple(files), factor=run.config.condense.factor)
     return TrainingSet(method, data_key(run, method), files=tuple(files))
 
 
 def data_key(run: RunDir, method: str) -> str:
     """The identity of a method's whole set: its shards' selections and the plan they cover."""
     if method == "dm":
-        return run.record.config_hash
-    return f"{baseline_identity(run, method)}-{run.record.config_hash}"
+        return run.record.units_key
+    return f"{baseline_identity(run, method)}-{run.record.units_key}"
 
 
 def load(run: RunDir, ts: TrainingSet) -> tuple[torch.Tensor, torch.Tensor]:

@@ -27,6 +27,11 @@ def fingerprint(class_name: str, count: int, parts: Iterable[bytes]) -> str:
     return f"{count}:{h.hexdigest()[:16]}"
 
 
+def images_in(class_fingerprint: str) -> int:
+    """How many train images a class's fingerprint counts."""
+    return int(class_fingerprint.split(":", 1)[0])
+
+
 def file_stats(path: str, base: str) -> bytes:
     """A file's name relative to ``base``, its size and its modification time (whole seconds: a
     copy that keeps times may round them)."""
