@@ -38,6 +38,13 @@ def settings_of(args: argparse.Namespace) -> DMSettings:
                       model=args.model, **pieces)
 
 
+def score(args: argparse.Namespace, info, reader, train_x: torch.Tensor, train_y: torch.Tensor) -> list[float]:
+    test = reader.read_test()
+    keep = torch.randperm(len(test.labels), generator=torch.Generator().manual_seed(0))[: args.test_images]
+    return train_and_score(args.model, train_x, train_y, test.images[keep], test.labels[keep], info,
+                           TrainSettings(epochs=args.eval_epochs), seeds=list(range(args.eval_networks)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="dm")
@@ -52,6 +59,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-networks", type=int, default=2)
     parser.add_argument("--eval-epochs", type=int, default=300)
+    parser.add_argument("--test-images", type=int, default=None, help="score on a seeded sample of this many")
     args = parser.parse_args()
 
     reader = open_dataset(args.dataset, args.root or str(SHARED / args.dataset))
@@ -67,10 +75,8 @@ def main() -> None:
     train_x = decode(images, settings.factor)
     train_y = labels.repeat_interleave(settings.factor**2)
     change = float((train_x - start).square().mean().sqrt())
-    test = reader.read_test()
-    accuracy = train_and_score(args.model, train_x, train_y, test.images, test.labels, info,
-                               TrainSettings(epochs=args.eval_epochs), seeds=list(range(args.eval_networks)))
-    mean = 100 * sum(accuracy) / len(accuracy)
+    accuracy = score(args, info, reader, train_x, train_y) if args.eval_networks else []
+    mean = 100 * sum(accuracy) / max(len(accuracy), 1)
     losses = f"{condenser.losses[0][1]:.4g} -> {condenser.losses[-1][1]:.4g}" if condenser.losses else "-"
     print(f"{args.recipe} ({settings.networks}, {settings.loss}/{settings.kernel}, factor {settings.factor}, "
           f"lr_img {settings.lr_img}): {settings.iterations} it in {seconds:.0f} s, loss {losses}, moved {change:.4f} RMS per pixel (start RMS "
