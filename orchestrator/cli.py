@@ -22,7 +22,7 @@ from orchestrator.commits import CorruptFile
 from orchestrator.config import ConfigError, RunConfig, load_config
 from orchestrator.export import FORMATS as EXPORT_FORMATS
 from orchestrator.export import export_run
-from orchestrator.driver_session import Interrupted, driver_session
+from orchestrator.driver_session import driver_session
 from orchestrator.pool_dir import PoolDir, pool_of
 from orchestrator.report import FAIR_HEADS, TableRow, has_fair_scores, report
 from orchestrator.run_dir import RunDir, RunError
@@ -31,6 +31,7 @@ from orchestrator.stage_runner import StageFailed
 from orchestrator.stages.continual import check_continual
 from orchestrator.stages.pool import make_pool
 from orchestrator.stages.prepare import prepare
+from orchestrator.stopping import Interrupted, handled, program, stopped_before_work
 from orchestrator.storage import StorageError
 from workers.data import DatasetError
 
@@ -42,18 +43,36 @@ EXIT_OK, EXIT_FAILED_UNITS, EXIT_USAGE, EXIT_FAILED_EVALUATION, EXIT_STORAGE = 0
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["bench"]:  # the benchmark parses its own options
-        from benchmarks.dm_loop import main as bench_main
+    args = None
+    with handled() as stop:  # orchestrator.stopping: from here (or from the program's start) to the end
+        try:
+            if argv[:1] == ["bench"]:  # the benchmark parses its own options
+                from benchmarks.dm_loop import main as bench_main
 
-        return bench_main(argv[1:])
-    args = _parser().parse_args(argv)
-    args.command_line = commands.shown_command_line(argv)  # named in the lease this command holds
-    try:
-        return int(args.func(args))
-    except (ConfigError, RunError, DatasetError, FileNotFoundError, ValueError, CorruptFile) as exc:
-        return _error(exc, EXIT_USAGE)
-    except StorageError as exc:
-        return _error(exc, EXIT_STORAGE)
+                return bench_main(argv[1:])
+            args = _parser().parse_args(argv)
+            args.command_line = commands.shown_command_line(argv)  # named in the lease this command holds
+            try:
+                return int(args.func(args))
+            except (ConfigError, RunError, DatasetError, FileNotFoundError, ValueError, CorruptFile) as exc:
+                return _error(exc, EXIT_USAGE)
+            except StorageError as exc:
+                return _error(exc, EXIT_STORAGE)
+        except BaseException as exc:  # a signal outside a driver session's work (_drive reports those inside)
+            interrupted = stop.interrupted(exc)
+            if interrupted is None:
+                raise
+            console.print(_stopped_early(interrupted, argv, args), highlight=False)
+            return interrupted.exit_code
+
+
+def _stopped_early(exc: Interrupted, argv: list[str], args: argparse.Namespace | None) -> str:
+    """The line of a command stopped outside a driver session's work: one that has a session
+    (``--address``) does its work only there; the others (status, export, bench) may be half-way."""
+    again = commands.shown_command_line(argv)
+    if argv[:1] != ["bench"] and (args is None or hasattr(args, "address")):
+        return stopped_before_work(exc, again)
+    return f"stopped by {exc.name} before it finished; run again with: {again}"
 
 
 def _error(exc: BaseException, code: int) -> int:
@@ -361,18 +380,23 @@ def _drive(args: argparse.Namespace, again: str, work: Callable[[str], int], *, 
     """``work(where)`` in a driver session (orchestrator.driver_session) over the directories it
     ``writes``. Failed units: their errors, the command that finishes (``again``), exit 1 (3 for
     evaluation or NAS jobs). SIGINT/SIGTERM: one line of what is done and ``again``, exit 128 + signal."""
+    started = False
     try:
         with driver_session(args.address, writes, command=args.command_line, wait=getattr(args, "wait", False),
                             notify=lambda message: out.print(message, highlight=False)) as where:
+            started = True
             return work(where)
-    except StageFailed as exc:
-        out.print(f"[red]{exc}[/]", highlight=False)
+    except StageFailed as exc:  # each failed unit had its line as it failed
+        out.print(f"[red]{exc.summary}[/]", highlight=False)
         out.print(f"Finish with: {again}", highlight=False)
         return EXIT_FAILED_EVALUATION if exc.stage in ("evaluate", "nas") else EXIT_FAILED_UNITS
     except Interrupted as exc:
-        progress = f" {done()};" if done else ""
-        out.print(f"stopped by {exc.name}: the work in flight was cancelled and everything committed is kept;"
-                  f"{progress} finish with: {again}", highlight=False)
+        if not started:  # the address check, a lease's --wait, Ray's start
+            out.print(stopped_before_work(exc, args.command_line), highlight=False)
+        else:
+            progress = f" {done()};" if done else ""
+            out.print(f"stopped by {exc.name}: the work in flight was cancelled and everything committed is kept;"
+                      f"{progress} finish with: {again}", highlight=False)
         return exc.exit_code
 
 
@@ -389,5 +413,5 @@ def _print_results(rows: list[TableRow], run: RunDir) -> None:
     console.print(f"report: {run.path('report.md')} (grid.png, loss.png)", highlight=False)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # signals handled from here on; `python -m orchestrator` from the first instant
+    sys.exit(program(lambda stop: main()))
