@@ -1,13 +1,20 @@
-"""The scale rehearsal in small: 2 nodes, 4 fake GPUs, 40 classes, a worker killed at every commit point."""
+"""The scale rehearsals in small: 3 nodes, 40 classes, a worker killed at every commit point; and the whole
+pipeline on 150 classes (more than the report's grid shows) through a node loss."""
 
 from __future__ import annotations
 
 import json
+from unittest import mock
 
+import numpy as np
 import pytest
+from PIL import Image
 
+from benchmarks import many_class_rehearsal as many_classes
 from benchmarks import scale_rehearsal as rehearsal
+from orchestrator import storage
 from orchestrator.run_dir import RunDir
+from orchestrator.run_status import run_status
 
 pytestmark = pytest.mark.ray
 
@@ -61,3 +68,45 @@ def test_the_check_catches_a_lost_shard(rehearsed):
     finally:
         manifest.write_bytes(saved)
     assert rehearsal.check_exactly_once(RunDir.load(str(run)), _kills(run))["exactly_once"]
+
+
+# ------------------------------------------------ the whole pipeline with more classes than the grid shows
+MANY = ["--classes", "150", "--classes-per-shard", "15", "--nodes", "2", "--gpus-per-node", "2", "--epochs", "1"]
+
+
+@pytest.fixture(scope="module")
+def many(tmp_path_factory):
+    out = tmp_path_factory.mktemp("many")
+    return out, many_classes.rehearse(many_classes.parse_args([*MANY, "--out", str(out)]))
+
+
+def test_many_classes_run_end_to_end_through_a_node_loss(many):
+    out, figures = many
+    assert figures["shards"] == 10 and figures["node_lost"]["after_commits"] >= 5
+    assert len(figures["accuracy"]) == 1  # one network with a 150-way head, scored
+    assert figures["status"]["exit"] == 0 and "10 committed" in figures["status"]["output_tail"]
+    exported = np.load(out / "set.npz")
+    assert sorted(exported["labels"].tolist()) == list(range(150))
+    assert figures["driver_peak_rss_mb"] < 2048
+
+
+def test_many_classes_report_a_grid_sample_with_its_index(many):
+    out, _ = many
+    text = (out / "run" / "report.md").read_text()
+    assert "grid.png shows 100 of 150 classes" in text
+    indexed = [line.split(" | ")[1] for line in text.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert indexed[0] == "0" and indexed[-1] == "149" and len(indexed) == 100
+    assert Image.open(out / "run" / "grid.png").size[1] == 100 * (32 + 2) + 2  # 8x8 enlarged to 32, padded
+
+
+def test_status_reads_a_bounded_number_of_files_per_shard(many):
+    """status opens each shard's manifest and file, never a file per class: its reads grow with the shards."""
+    out, figures = many
+    run = RunDir.load(str(out / "run"))
+    with mock.patch.object(storage, "exists", wraps=storage.exists) as exists, \
+            mock.patch.object(storage, "read_bytes", wraps=storage.read_bytes) as read, \
+            mock.patch.object(storage, "sha256_of", wraps=storage.sha256_of) as hashed:  # read_json reads bytes
+        status = run_status(run)
+    assert status.shard_summary() == "10 committed"
+    calls = exists.call_count + read.call_count + hashed.call_count  # 4 per shard: 2 exists, manifest, hash
+    assert calls <= 5 * figures["shards"] + 20 < figures["classes"], calls
