@@ -67,10 +67,37 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
+class RdedConfig(_Strict):
+    """RDED's selection (Sun et al., CVPR 2024; the defaults are its scripts' and torchvision's):
+    per class, ``candidates`` real images, ``crops`` random square crops of each, the teacher's
+    best crop of each image, and the ipc x stitch^2 best of those stitched into the stored images."""
+
+    stitch: int = Field(default=1, ge=1, le=4, description="each stored image is stitch x stitch crops at "
+                        "1/stitch resolution, trained on as one image (RDED's factor: 1 on CIFAR, 2 on ImageNet)")
+    crops: int = Field(default=5, gt=0, description="random crops scored per real image (RDED's num_crop)")
+    candidates: int = Field(default=300, gt=0, description="real images drawn per class (RDED's mipc); a class "
+                            "with fewer uses all of its images")
+    scale: tuple[float, float] = Field(default=(0.08, 1.0), description="the crops' share of the image area, "
+                                       "[lo, hi] (RandomResizedCrop's scale; square crops)")
+    batch: int = Field(default=256, gt=0, description="crops per teacher forward (memory, not the result)")
+
+    @field_validator("scale")
+    @classmethod
+    def _scale(cls, scale: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < scale[0] <= scale[1] <= 1:
+            raise ValueError(f"condense.rded.scale is [lo, hi] with 0 < lo <= hi <= 1, got {list(scale)}")
+        return scale
+
+
 class CondenseConfig(_Strict):
-    method: Literal["dm", "mmd_pixel"] = Field(
+    method: Literal["dm", "mmd_pixel", "rded"] = Field(
         default="dm", description="dm: Distribution Matching; mmd_pixel: MMD of the images themselves, no network "
-        "and no augmentation (the paper's appendix B.2), with condense.kernel")
+        "and no augmentation (the paper's appendix B.2), with condense.kernel; rded: real crops selected by a "
+        "teacher (condense.teacher) and stitched (condense.rded)")
+    rded: RdedConfig | None = Field(default=None, description="method rded: its selection; null: RDED's defaults")
+    teacher: TeacherConfig | None = Field(
+        default=None, description="method rded: the network that scores the crops, as evaluate.teacher; "
+        "null: evaluate.teacher")
     recipe: Literal[tuple(RECIPES)] | None = Field(  # type: ignore[valid-type]
         default=None, description="a named combination of the pieces below (RECIPES); a key set beside it wins")
     networks: Literal["random", "pool", "blend", "queue"] = Field(
@@ -151,6 +178,15 @@ class CondenseConfig(_Strict):
                 return {**recipe, **data}
         return data
 
+    @model_validator(mode="before")
+    @classmethod
+    def _rded_defaults(cls, data: Any) -> Any:
+        """Method rded always states its selection, so that a config with RDED's defaults written out
+        and one without have the same identity."""
+        if isinstance(data, dict) and data.get("method") == "rded" and data.get("rded") is None:
+            return {**data, "rded": {}}
+        return data
+
     @model_validator(mode="after")
     def _pieces_fit(self) -> "CondenseConfig":
         if self.method == "mmd_pixel" and (self.networks != "random" or self.loss != "mean" or self.factor != 1):
@@ -163,7 +199,23 @@ class CondenseConfig(_Strict):
         if self.cfd_sampler and self.loss != "cfd":
             raise ValueError("condense.cfd_sampler learns the frequencies of condense.loss cfd: set loss cfd or "
                              "drop cfd_sampler")
+        if self.method != "rded" and (self.rded is not None or self.teacher is not None):
+            raise ValueError("condense.rded and condense.teacher belong to condense.method rded: remove them, or set "
+                             "condense.method: rded")
+        if self.method == "rded" and (self.networks != "random" or self.factor != 1 or self.ce_weight > 0
+                                      or self.keep_checkpoints):
+            raise ValueError("condense.method rded selects real crops with condense.teacher: leave condense.networks, "
+                             "factor, ce_weight and keep_checkpoints at their defaults (its stitched images are "
+                             "trained on whole: condense.rded.stitch)")
+        if self.rded is not None and self.rded.candidates < self.ipc * self.rded.stitch**2:
+            raise ValueError(f"condense.rded keeps one crop per drawn image: candidates {self.rded.candidates} cannot "
+                             f"give ipc x stitch^2 = {self.ipc * self.rded.stitch**2} crops per class; raise "
+                             "condense.rded.candidates")
         return self
+
+    @property
+    def effective_rded(self) -> RdedConfig:
+        return self.rded or RdedConfig()
 
     @property
     def effective_compile(self) -> bool:
@@ -342,8 +394,8 @@ class TeacherConfig(_Strict):
     @model_validator(mode="after")
     def _complete(self) -> "TeacherConfig":
         if self.source == "torchvision" and not (self.arch and self.weights):
-            raise ValueError("evaluate.teacher.source torchvision needs evaluate.teacher.arch and "
-                             "evaluate.teacher.weights (a path or URI of its state dict)")
+            raise ValueError("a teacher of source torchvision needs its arch and weights (a path or URI of its "
+                             "state dict)")
         return self
 
 

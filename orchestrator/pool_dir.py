@@ -133,8 +133,9 @@ def pools_at(root: str) -> list[PoolRecord]:
 
 
 def pool_of(cfg: RunConfig, info: DatasetInfo) -> PoolDir | None:
-    """The pool a run's shards, baselines or soft labels' teacher read, if any."""
-    e = cfg.evaluate
-    needed = (cfg.condense.networks in ("pool", "blend") or "forgetting" in e.baselines
-              or (e.labels == "soft" and e.teacher.source == "pool"))
+    """The pool a run's shards, baselines or teachers (soft labels', RDED's) read, if any."""
+    e, c = cfg.evaluate, cfg.condense
+    needed = (c.networks in ("pool", "blend") or "forgetting" in e.baselines
+              or (e.labels == "soft" and e.teacher.source == "pool")
+              or (c.method == "rded" and (c.teacher or e.teacher).source == "pool"))
     return PoolDir.for_run(cfg, info) if needed else None

@@ -136,6 +136,8 @@ def test_a_class_with_too_few_images_for_one_crop_each_is_refused_by_name():
     real = torch.zeros(3, 1, 8, 8, dtype=torch.uint8)
     with pytest.raises(ValueError, match=r"class 1 has 3 training images.*needs ipc x stitch\^2 = 4"):
         rded.condense_class(real, 1, MeanTeacher(), _info(), rded.RdedSettings(ipc=1, stitch=2), seed=0)
+    with pytest.raises(ValueError, match=r"2 candidates cannot give ipc x stitch\^2 = 4 crops"):
+        rded.condense_class(real, 1, MeanTeacher(), _info(), rded.RdedSettings(ipc=1, stitch=2, candidates=2), seed=0)
 
 
 def test_a_class_depends_only_on_its_own_seed_not_on_the_shard_around_it():
@@ -260,7 +262,7 @@ def test_shards_chosen_by_another_teacher_are_refused_by_name(uninterrupted, poo
 
 
 def test_a_class_too_small_for_one_crop_per_image_stops_the_stage_before_any_task(uninterrupted, pools, tmp_path):
-    run = _run(tmp_path / "big", pools, "condense.ipc=40", "condense.rded.stitch=2")
+    run = _run(tmp_path / "big", pools, "condense.ipc=40", "condense.rded.stitch=2", "condense.rded.candidates=300")
     with pytest.raises(RunError, match=r"needs ipc x stitch\^2 = 160 training images per class; class 0"):
         check_rded_classes(run)
 
@@ -269,6 +271,8 @@ def test_a_class_too_small_for_one_crop_per_image_stops_the_stage_before_any_tas
     (["condense.method=rded", "condense.factor=2"], "its stitched images are trained on whole"),
     (["condense.rded.stitch=2"], "belong to condense.method rded"),
     (["condense.method=rded", "condense.teacher.source=torchvision"], "needs its arch and weights"),
+    (["condense.method=rded", "condense.ipc=100", "condense.rded.stitch=2"], "candidates 300 cannot give ipc x "
+                                                                             "stitch\\^2 = 400 crops"),
 ])
 def test_rded_settings_that_cannot_work_are_refused_when_the_config_is_read(sets, message):
     with pytest.raises(ConfigError, match=message):

@@ -159,6 +159,9 @@ def condense_class(real: torch.Tensor, class_id: int, teacher: nn.Module, info: 
     """One class's stored images from its real images (uint8 [N, C, H, W]) and the teacher (in
     eval mode, on ``device``); every draw from ``seed``."""
     s = settings
+    if s.candidates < s.per_class:
+        raise ValueError(f"RDED keeps one crop per drawn image: {s.candidates} candidates cannot give ipc x stitch^2 = "
+                         f"{s.per_class} crops; raise condense.rded.candidates")
     if len(real) < s.per_class:
         raise ValueError(f"class {class_id} has {len(real)} training images, but RDED keeps one crop per image and "
                          f"needs ipc x stitch^2 = {s.per_class}: lower condense.ipc or condense.rded.stitch")

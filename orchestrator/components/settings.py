@@ -1,6 +1,7 @@
 """The workers' settings built from the run config, each by one function: the numerics
-(``Precision``), the matching loop (``DMSettings``) and every training of a fresh network
-(``TrainSettings``: evaluation, herding's features, the pool, the NAS trainings).
+(``Precision``), the matching loop (``DMSettings``), RDED's selection (``RdedSettings``) and
+every training of a fresh network (``TrainSettings``: evaluation, herding's features, the pool,
+the NAS trainings).
 
 Nothing else builds these records from a config, so a key of the config reaches every
 component that it should (``precision.*`` and ``evaluate.lr`` reach herding's features too).
@@ -15,6 +16,7 @@ from orchestrator.config import RunConfig
 from orchestrator.pool_dir import PoolSettings
 from workers.devices import Precision
 from workers.dm import DMSettings
+from workers.rded import RdedSettings
 from workers.training.protocols import rded_batch
 from workers.training.settings import TrainSettings
 
@@ -42,6 +44,12 @@ def dm_settings(cfg: RunConfig) -> DMSettings:
         networks="pixels" if pixels else c.networks, loss="mmd" if pixels else c.loss, kernel=c.kernel,
         factor=c.factor, ce_weight=c.ce_weight, ce_network=c.ce_network, cfd_sampler=c.cfd_sampler,
     )
+
+
+def rded_settings(cfg: RunConfig) -> RdedSettings:
+    c, r = cfg.condense, cfg.condense.effective_rded
+    return RdedSettings(ipc=c.ipc, stitch=r.stitch, crops=r.crops, candidates=r.candidates, scale=r.scale,
+                        batch=r.batch)
 
 
 def train_settings(cfg: RunConfig, purpose: Purpose) -> TrainSettings:
