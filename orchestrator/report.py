@@ -74,6 +74,8 @@ def synthetic_label(cfg: RunConfig) -> str:
     c = cfg.condense
     if c.method == "mmd_pixel":
         return f"mmd_pixel ({c.kernel})"
+    if c.method == "rded":
+        return "rded" if c.effective_rded.stitch == 1 else f"rded (stitch {c.effective_rded.stitch})"
     name = c.recipe or "dm"
     base = {**CondenseConfig().model_dump(), **RECIPES[name]}
     changed = []
@@ -87,6 +89,15 @@ def synthetic_label(cfg: RunConfig) -> str:
     if (c.ce_weight, c.ce_network) != (base["ce_weight"], base["ce_network"]):
         changed.append(f"ce {c.ce_weight:g} {c.ce_network}" if c.ce_weight else "no ce")
     return f"{name} [{', '.join(changed)}]" if changed else name
+
+
+def how_made(cfg: RunConfig) -> str:
+    c = cfg.condense
+    if c.method == "rded":
+        r = c.effective_rded
+        return (f"{synthetic_label(cfg)}: {r.candidates} real images x {r.crops} crops per class scored by the teacher, "
+                f"the best {c.ipc * r.stitch**2} stitched {r.stitch}x{r.stitch}")
+    return f"{c.iterations} iterations of {synthetic_label(cfg)} with {c.model}"
 
 
 def results_table(scores: list[Score], cfg: RunConfig, dataset: str) -> list[TableRow]:
@@ -166,8 +177,7 @@ def report(run: RunDir, scores: list[Score]) -> list[TableRow]:
         "",
         f"{len(run.shards)} shards, {len(run.record.classes)} classes of {ds.name}, "
         f"{cfg.condense.ipc} images per class stored and {cfg.condense.ipc * cfg.condense.factor**2} trained on "
-        f"(factor {cfg.condense.factor}), {cfg.condense.iterations} iterations of {synthetic_label(cfg)} with "
-        f"{cfg.condense.model}.",
+        f"(factor {cfg.condense.factor}), {how_made(cfg)}.",
         f"Config hash `{run.record.config_hash}`.",
         "",
         "## Accuracy on the real test split",

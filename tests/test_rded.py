@@ -383,3 +383,13 @@ def test_dmcondense_run_commits_rded_shards_and_a_killed_worker_resumes_to_the_s
     assert json.loads((killed / "manifest" / "shard-00001.json").read_text())["resumed_from"] == 1
     for name in ("shard-00000.parquet", "shard-00001.parquet"):
         assert (killed / "shards" / name).read_bytes() == (whole / "shards" / name).read_bytes()
+
+
+def test_the_report_names_the_set_rded_and_says_how_it_was_selected():
+    from orchestrator.report import how_made, synthetic_label
+
+    cfg = load_config(REPO / "configs" / "imagenet1k-ipc10-rded.yaml")
+    assert synthetic_label(cfg) == "rded (stitch 2)"
+    assert how_made(cfg) == ("rded (stitch 2): 300 real images x 5 crops per class scored by the teacher, the best 40 "
+                             "stitched 2x2")
+    assert synthetic_label(load_config(REPO / "configs" / "digits-rded.yaml")) == "rded"
