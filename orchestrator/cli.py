@@ -190,7 +190,8 @@ def _add_make_pool(p: argparse.ArgumentParser) -> None:
 
 
 def _add_address(p: argparse.ArgumentParser, writes: bool = False) -> None:
-    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray on 127.0.0.1)")
+    p.add_argument("--address", help="the Ray cluster's GCS address, HOST:PORT of its head (default: RAY_ADDRESS, "
+                                     "else a local Ray on 127.0.0.1)")
     if writes:
         p.add_argument("--wait", action="store_true",
                        help="when another driver holds the directory's lease, wait for it instead of stopping")

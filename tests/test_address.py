@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from orchestrator import local_ray
 from orchestrator.cli import main
 from orchestrator.local_ray import ADDRESS_TIMEOUT_S
 
@@ -56,7 +57,6 @@ def _stopped(argv: list[str], capsys, run) -> tuple[str, float]:  # noqa: ANN001
     return out, took
 
 
-@pytest.mark.timeout(120)
 @pytest.mark.parametrize("given", ["--address", "RAY_ADDRESS"])
 def test_a_service_that_is_not_ray_is_named_in_one_line_at_once(given, tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
@@ -70,14 +70,14 @@ def test_a_service_that_is_not_ray_is_named_in_one_line_at_once(given, tmp_path,
     assert took < ADDRESS_TIMEOUT_S
 
 
-@pytest.mark.timeout(120)
-def test_a_service_that_accepts_and_says_nothing_is_given_up_on_in_the_stated_time(tmp_path, capsys):
+def test_a_service_that_accepts_and_says_nothing_is_given_up_on_in_the_stated_time(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(local_ray, "ADDRESS_TIMEOUT_S", 2.0)  # the README's 10 s, shortened for the test
     run = tmp_path / "run"
     with tcp_server(None) as address:
         out, took = _stopped(["run", DIGITS, *sets(*TINY), "--out", str(run), "--address", address], capsys, run)
     assert f"--address {address}: what answers there is not a Ray cluster (it accepts connections but gives no " \
-           f"gRPC answer within {ADDRESS_TIMEOUT_S:g} s)" in out
-    assert ADDRESS_TIMEOUT_S - 1 < took < ADDRESS_TIMEOUT_S + 5
+           "gRPC answer within 2 s)" in out
+    assert 1.5 < took < 2 + 5  # the plan's few tenths of a second, then the check's 2 s
 
 
 @pytest.mark.parametrize("address", ["ray://127.0.0.1:10001", "http://127.0.0.1:8265"])
