@@ -18,7 +18,7 @@ from orchestrator.run_dir import RunDir
 from orchestrator.artifacts.pool_networks import histogram_png
 from orchestrator.artifacts.scores import FAIR_SCORES, Score, summarize
 from orchestrator.artifacts.shards import ShardManifest, shard_state, snapshot_iteration
-from orchestrator.artifacts.training_sets import read_method
+from orchestrator.artifacts.training_sets import TrainingSet, load
 from workers.data import denormalize
 
 GRID_CLASSES = 100  # grid.png's rows at most; more classes are sampled, with their index in report.md
@@ -212,7 +212,7 @@ def report(run: RunDir, scores: list[Score]) -> list[TableRow]:
                  "scored with the protocol above.", "", "![accuracy per iteration](sweep.png)", ""]
         storage.write_bytes_atomic(run.path("sweep.png"), sweep_png(sweep, table))
     storage.write_bytes_atomic(run.path("report.md"), "\n".join(text).encode())
-    x, y = read_method(run, "dm")
+    x, y = grid_images(run, manifests, shown)
     storage.write_bytes_atomic(run.path("grid.png"), grid_png(x, y, ds.mean, ds.std,
                                                               cfg.condense.ipc * cfg.condense.factor**2, shown))
     storage.write_bytes_atomic(run.path("loss.png"), loss_png(manifests))
@@ -237,11 +237,22 @@ def grid_index(shown: Sequence[int], names: Sequence[str], total: int) -> list[s
     return lines + [f"| {row} | {c} | {names[c]} |" for row, c in enumerate(shown, start=1)] + [""]
 
 
+def grid_images(run: RunDir, manifests: list[ShardManifest],
+                classes: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The stored images of ``classes``, read (and hashed) from the shards that hold them alone: the
+    driver never loads the whole set to draw a sample of it."""
+    wanted = set(classes)
+    files = tuple(m.files["dm"] for m in manifests if wanted.intersection(m.classes))
+    return load(run, TrainingSet("dm", run.record.units_key, files=files, factor=run.config.condense.factor))
+
+
 def grid_png(images: torch.Tensor, labels: torch.Tensor, mean: Sequence[float], std: Sequence[float],
              ipc: int, classes: Sequence[int], max_per_class: int = 20, min_side: int = 32) -> bytes:
     """``classes`` as rows, their images as columns, in pixel space (small images enlarged)."""
     from torchvision.utils import save_image  # here: its import costs seconds that status and export never need
 
+    shown = torch.isin(labels, torch.tensor(list(classes), dtype=labels.dtype))
+    images, labels = images[shown], labels[shown]
     pixels = denormalize(images, mean, std)
     side = pixels.shape[-1]
     if side < min_side:  # 8x8 digits would be specks
