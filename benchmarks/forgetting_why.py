@@ -17,6 +17,7 @@ import torch
 
 from orchestrator.pool_dir import PoolDir
 from orchestrator.run_dir import RunDir
+from orchestrator.run_opening import opened
 from orchestrator.artifacts.pool_networks import NEVER_LEARNED, forgetting_scores, pool_states
 from orchestrator.artifacts.training_sets import read_method
 from orchestrator.components.worker_setup import run_reader
@@ -26,8 +27,7 @@ from workers.networks import build_network
 
 def trained_networks(run: RunDir) -> tuple[PoolDir, list[torch.nn.Module]]:
     """The run's pool and its networks in their final states."""
-    cfg = run.config
-    pool = PoolDir.for_run(cfg, run.dataset)
+    pool = run.resolved.pool_dir
     if not pool.exists():
         raise SystemExit(f"no pool at {pool.uri}: the run's forgetting baseline reads one (pool.uri in its config)")
     info, nets = run.dataset, []
@@ -50,7 +50,7 @@ def main() -> None:
     parser.add_argument("run")
     parser.add_argument("methods", nargs="*", default=["forgetting", "random", "herding"])
     args = parser.parse_args()
-    run = RunDir.load(args.run)
+    run = opened(args.run)
     pool, nets = trained_networks(run)
     scores = forgetting_scores(pool, run.record.classes)
     every = np.concatenate([s[~np.isnan(s)] for s in scores.values()])

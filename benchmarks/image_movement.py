@@ -16,6 +16,7 @@ import argparse
 import torch
 
 from orchestrator.run_dir import RunDir
+from orchestrator.run_opening import opened
 from orchestrator.artifacts.shards import SNAPSHOT_PREFIX, snapshot_iterations
 from orchestrator.artifacts.training_sets import read_method
 
@@ -40,14 +41,14 @@ def main() -> None:
     parser.add_argument("start")
     parser.add_argument("runs", nargs="+")
     args = parser.parse_args()
-    start_run = RunDir.load(args.start)
+    start_run = opened(args.start)
     if start_run.config.condense.iterations != 0:
         raise SystemExit(f"{args.start} ran {start_run.config.condense.iterations} iterations: START is a run with "
                          "--set condense.iterations=0 (its images are the starting ones)")
     start = read_method(start_run)
     print("run | after iteration | RMS change per pixel | over the start's RMS")
     for uri in args.runs:
-        run = RunDir.load(uri)
+        run = opened(uri)
         steps = [(f"{SNAPSHOT_PREFIX}{i}", i) for i in snapshot_iterations(run)]
         for method, iteration in steps + [("dm", run.config.condense.iterations)]:
             change, relative = movement(start, run, method)

@@ -165,7 +165,7 @@ def rehearse(args: argparse.Namespace) -> dict[str, Any]:
     from orchestrator import pipeline
     from orchestrator.config import load_config
     from orchestrator.report import report
-    from orchestrator.run_dir import RunDir
+    from orchestrator.run_opening import opened
     from orchestrator.run_status import run_status
     from orchestrator.stages.condense import condense
     from orchestrator.stages.evaluate import evaluate
@@ -195,7 +195,7 @@ def rehearse(args: argparse.Namespace) -> dict[str, Any]:
         with meter.step("report"):
             report(run, scores)
         with meter.step("status_read"):  # what status reads and checks, without the command's imports
-            run_status(RunDir.load(out))
+            run_status(opened(out))
         figures["status"] = command(["status", out])
         figures["export"] = command(["export", out, "--format", "npz", "--to", str(work / "set.npz")])
         figures["steps"] = meter.steps

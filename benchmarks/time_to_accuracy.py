@@ -31,9 +31,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 from orchestrator.artifacts.pool_networks import network_state  # noqa: E402
 from orchestrator.artifacts.scores import read_results  # noqa: E402
 from orchestrator.artifacts.shards import shard_state  # noqa: E402
-from orchestrator.pool_dir import pool_of  # noqa: E402
 from orchestrator.report import iteration_points, results_table  # noqa: E402
 from orchestrator.run_dir import RunDir  # noqa: E402
+from orchestrator.run_opening import opened  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ def csv_points(path: str) -> list[Point]:
 def curve(sources: str) -> list[Point]:
     """One curve from comma-separated sources (a run of 0 iterations beside its sweep, say)."""
     points = [p for src in sources.split(",")
-              for p in (csv_points(src) if src.endswith(".csv") else run_points(RunDir.load(src)))]
+              for p in (csv_points(src) if src.endswith(".csv") else run_points(opened(src)))]
     return sorted(points, key=lambda p: p.iteration)
 
 
@@ -90,7 +90,7 @@ def shard_wall(run: RunDir) -> float:
 def pool_seconds(run: RunDir) -> float:
     if run.config.condense.networks == "random":
         return 0.0
-    pool = pool_of(run.config, run.dataset)
+    pool = run.resolved.pool_dir
     walls = [st.manifest.wall_time_s for i in range(run.config.pool.networks)
              if (st := network_state(pool, i, deep=False)).manifest is not None]
     return sum(walls)  # an upper bound when the networks trained side by side
@@ -107,7 +107,7 @@ def fit(short: tuple[int, float], long: tuple[int, float], pool_s: float = 0.0) 
 
 
 def timing(short_uri: str, long_uri: str) -> Timing:
-    short, long = RunDir.load(short_uri), RunDir.load(long_uri)
+    short, long = opened(short_uri), opened(long_uri)
     return fit((short.config.condense.iterations, shard_wall(short)),
                (long.config.condense.iterations, shard_wall(long)), pool_seconds(long))
 

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from orchestrator import commands, pipeline
+from orchestrator.run_opening import opened, pool_dir
 from orchestrator.artifacts.continual_results import curve_table
 from orchestrator.artifacts.pool_networks import accuracy_bins
 from orchestrator.artifacts.scores import read_results
@@ -23,9 +24,9 @@ from orchestrator.config import ConfigError, RunConfig, load_config
 from orchestrator.export import FORMATS as EXPORT_FORMATS
 from orchestrator.export import export_run
 from orchestrator.driver_session import driver_session
-from orchestrator.pool_dir import PoolDir, pool_of
 from orchestrator.report import FAIR_HEADS, TableRow, has_fair_scores, report
-from orchestrator.run_dir import RunDir, RunError
+from orchestrator.errors import RunError
+from orchestrator.run_dir import RunDir
 from orchestrator.run_status import run_status
 from orchestrator.stage_runner import StageFailed
 from orchestrator.stages.continual import check_continual
@@ -248,7 +249,7 @@ def cmd_pool(args: argparse.Namespace) -> int:
     else:
         cfg = load_config(args.source, sets)
         info = pipeline.dataset_info(cfg)
-    pool = PoolDir.for_run(cfg, info)
+    pool = pool_dir(cfg, info)
 
     def work(where: str) -> int:
         console.print(f"pool: running on {where}; pool {pool.uri}", highlight=False)
@@ -310,13 +311,13 @@ def cmd_nas(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    run = RunDir.load(args.run)
+    run = opened(args.run)
     _print_results(report(run, read_results(run)), run)
     return EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    status = run_status(RunDir.load(args.run))
+    status = run_status(opened(args.run))
     if args.json:
         print(json.dumps(asdict(status), indent=2))
         return status.exit_code
@@ -341,7 +342,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    console.print(f"wrote {export_run(RunDir.load(args.run), args.format, args.to, force=args.force)}")
+    console.print(f"wrote {export_run(opened(args.run), args.format, args.to, force=args.force)}")
     return EXIT_OK
 
 
@@ -363,13 +364,12 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ execution
 def _run_stages(args: argparse.Namespace, run: RunDir, again: str, condensing: bool = True,
                 methods: list[str] | None = None, make_pool: bool = False) -> int:
-    pool = pool_of(run.config, run.dataset) if make_pool else None
+    pool = run.resolved.pool if make_pool else None
 
     def work(where: str) -> int:
-        run.save()
         console.print(f"{run.config.name}: running on {where}; run directory {run.uri}", highlight=False)
-        _print_results(pipeline.run_stages(run, console, condensing=condensing, methods=methods,
-                                           make_pool=make_pool), run)
+        ready = pipeline.started(run, console, make_pool=make_pool)
+        _print_results(pipeline.run_stages(ready, console, condensing=condensing, methods=methods), run)
         return EXIT_OK
 
     return _drive(args, again, work, writes=[run.uri, *([pool.uri] if pool else [])],

@@ -403,15 +403,17 @@ class EvaluateConfig(_Strict):
     models: list[str] = Field(default_factory=lambda: ["ConvNet"])
     protocol: Literal[tuple(PROTOCOLS)] = Field(  # type: ignore[valid-type]
         default="paper", description="how every set is scored (workers.training.protocols, each citing its source): "
-        "paper (DM's: SGD, evaluate.labels, DSA, lr/10 at half); rded (RDED's: soft labels at T 20, AdamW, cosine, "
-        "crops, patch shuffling and CutMix, 300 epochs); ddranking (DD-Ranking's soft track: T 1, AdamW, cosine, "
-        "CutMix, 300 epochs). Under rded and ddranking, labels read soft, and temperature, lr and epochs left at "
-        "the paper's defaults take the protocol's values (a value set otherwise wins, e.g. a shorter evaluation)")
-    labels: Literal["hard", "soft"] = Field(
-        default="hard", description="hard: the paper's protocol; soft: a teacher (evaluate.teacher) relabels every "
-        "augmented batch and the networks learn its distribution at evaluate.temperature (DD-Ranking's protocol)")
-    temperature: float = Field(default=1.2, gt=0, allow_inf_nan=False,
-                               description="soft labels: the temperature of teacher and student")
+        "paper (DM's: SGD, hard labels, DSA, lr/10 at half, 1,000 epochs); rded (RDED's: soft labels at T 20, "
+        "AdamW lr 0.001, cosine, crops, patch shuffling and CutMix, 300 epochs); ddranking (DD-Ranking's soft "
+        "track: T 1, AdamW lr 0.001, cosine, CutMix, 300 epochs). evaluate.labels, temperature, lr and epochs "
+        "left null take the protocol's values; a value set wins (e.g. a shorter evaluation)")
+    labels: Literal["hard", "soft"] | None = Field(
+        default=None, description="null: the protocol's (paper: hard; rded, ddranking: soft). soft under the paper "
+        "protocol: a teacher (evaluate.teacher) relabels every augmented batch and the networks learn its "
+        "distribution at evaluate.temperature; rded and ddranking train on soft labels only")
+    temperature: float | None = Field(default=None, gt=0, allow_inf_nan=False,
+                                      description="soft labels: the temperature of teacher and student; null: the "
+                                      "protocol's (paper 1.2, rded 20, ddranking 1)")
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     augment: bool = Field(
         default=True, description="train the networks with condense.dsa_strategy; false: without augmentation "
@@ -423,9 +425,11 @@ class EvaluateConfig(_Strict):
         return once_each([check_network_name(name) for name in names])
 
     num_models: int = Field(default=20, ge=0)
-    epochs: int = Field(default=1000, gt=0)
+    epochs: int | None = Field(default=None, gt=0, description="null: the protocol's (paper 1,000; rded, "
+                               "ddranking 300)")
     batch: int = Field(default=256, gt=0)
-    lr: float = Field(default=0.01, gt=0)
+    lr: float | None = Field(default=None, gt=0, description="null: the protocol's (paper 0.01; rded, ddranking "
+                             "0.001); herding's trained features take it too, else the paper's")
     baselines: list[Literal["random", "herding", "k_center", "forgetting"]] = Field(
         default_factory=lambda: ["random", "herding"], description="coreset baselines of the same size; "
         "forgetting ranks the real images by their forgetting events in the pool (pool: section)")
@@ -438,32 +442,39 @@ class EvaluateConfig(_Strict):
     )
 
     @model_validator(mode="after")
-    def _soft_protocol(self) -> "EvaluateConfig":
-        """rded and ddranking train on a teacher's labels: every reader of evaluate.labels sees soft."""
-        if self.rule.labels is not None and self.labels != self.rule.labels:
-            return self.model_copy(update={"labels": self.rule.labels})
+    def _labels_of_the_protocol(self) -> "EvaluateConfig":
+        """Only the paper protocol trains on either kind of labels; the others on a teacher's."""
+        if self.labels is not None and self.labels != self.rule.labels and not self.rule.other_labels:
+            raise ValueError(f"evaluate.protocol {self.protocol} trains on {self.rule.labels} labels only, not "
+                             f"evaluate.labels {self.labels}: set evaluate.labels to null (the protocol's) or "
+                             "evaluate.protocol to paper")
         return self
 
     @property
     def rule(self) -> ProtocolRule:
         return PROTOCOLS[self.protocol]
 
-    def _protocol_value(self, key: str):
-        """``key``'s value, or the protocol's where the key holds the paper protocol's default."""
-        mine, fixed = getattr(self, key), getattr(self.rule, key)
-        return fixed if fixed is not None and mine == type(self).model_fields[key].default else mine
+    # What the evaluation trains with: each key as set, else the protocol's own value (null).
+    @property
+    def protocol_labels(self) -> Literal["hard", "soft"]:
+        return self.labels if self.labels is not None else self.rule.labels
 
     @property
     def protocol_temperature(self) -> float:
-        return self._protocol_value("temperature")
+        return self.temperature if self.temperature is not None else self.rule.temperature
 
     @property
     def protocol_lr(self) -> float:
-        return self._protocol_value("lr")
+        return self.lr if self.lr is not None else self.rule.lr
 
     @property
     def protocol_epochs(self) -> int:
-        return self._protocol_value("epochs")
+        return self.epochs if self.epochs is not None else self.rule.epochs
+
+    @property
+    def feature_lr(self) -> float:
+        """herding's and k-center's trained features: evaluate.lr, else the paper protocol's (SGD)."""
+        return self.lr if self.lr is not None else PROTOCOLS["paper"].lr
 
     @field_validator("baselines")
     @classmethod

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 from orchestrator import commands, lease, ray_work, stopping, storage
 from orchestrator.local_ray import check_reachable, ray_session
-from orchestrator.run_dir import RunError
+from orchestrator.errors import RunError
 
 
 @contextlib.contextmanager

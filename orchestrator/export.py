@@ -11,7 +11,9 @@ import numpy as np
 import torch
 import yaml
 
-from orchestrator.artifacts.scores import hard_label_scores, read_results, summarize, teacher_identity
+from orchestrator.artifacts.fair_scoring import hard_label_scores
+from orchestrator.artifacts.score_statistics import summarize
+from orchestrator.artifacts.scores import read_results
 from orchestrator.artifacts.training_sets import read_method
 from orchestrator.export_target import ExportTarget
 from orchestrator.report import augmentation_suffix, synthetic_label
@@ -128,13 +130,16 @@ def soft_labels(run: RunDir, images: torch.Tensor) -> SoftLabels | None:
         return None
     teacher = load_teacher(spec, channels=ds.channels, num_classes=ds.num_classes, im_size=tuple(ds.im_size))
     with torch.no_grad():
-        probabilities = torch.softmax(teacher(images) / e.temperature, dim=1)
-    return SoftLabels(probabilities.numpy(), "probabilities", teacher_name(run), e.temperature)
+        probabilities = torch.softmax(teacher(images) / e.protocol_temperature, dim=1)
+    return SoftLabels(probabilities.numpy(), "probabilities", teacher_name(run), e.protocol_temperature)
 
 
 def teacher_name(run: RunDir) -> str:
-    t = run.config.evaluate.teacher
-    return f"the pool's best network ({teacher_identity(run)})" if t.source == "pool" else f"{t.arch} ({t.weights})"
+    t = run.resolved.teacher
+    if t is None:
+        return "no teacher"
+    return f"the pool's best network ({t.score_identity})" if t.network is not None else \
+        f"{t.config.arch} ({t.config.weights})"
 
 
 def set_card(run: RunDir, images: int) -> SetCard:
@@ -142,10 +147,10 @@ def set_card(run: RunDir, images: int) -> SetCard:
     under the evaluation's protocol (with DD-Ranking's LRS where known) and under hard labels."""
     cfg, ds = run.config, run.dataset
     plain = augmentation_suffix(cfg)
-    labels = "hard labels" if cfg.evaluate.labels == "hard" else f"soft labels from {teacher_name(run)}"
+    labels = "hard labels" if cfg.evaluate.protocol_labels == "hard" else f"soft labels from {teacher_name(run)}"
     protocol = f"{cfg.evaluate.protocol}: {labels}{plain}"  # evaluate.protocol names every figure
     rows = [ScoreRow(protocol, s.method, s.model, s.n, s.mean, s.std, s.lrs) for s in summarize(read_results(run))]
-    if cfg.evaluate.labels == "soft":
+    if cfg.evaluate.protocol_labels == "soft":
         rows += [ScoreRow("paper: hard labels" + plain, s.method, s.model, s.n, s.mean, s.std)
                  for s in summarize(hard_label_scores(run))]
     return SetCard(

@@ -80,7 +80,7 @@ from typing import Protocol
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from orchestrator import storage
-from orchestrator.run_dir import RunError
+from orchestrator.errors import RunError
 
 LEASE_FILE = "lease.json"
 _READS, _REREAD_S = 4, 0.05  # re-reads of a torn record

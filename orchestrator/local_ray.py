@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import grpc  # Ray's own RPC library (ray[default])
 import ray
 
-from orchestrator.run_dir import RunError
+from orchestrator.errors import RunError
 
 LOOPBACK = "127.0.0.1"
 ADDRESS_TIMEOUT_S = 10.0  # how long a cluster address may take to answer before the command stops

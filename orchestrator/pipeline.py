@@ -5,6 +5,7 @@ a growing run, the NAS proxy on a finished one)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from rich.console import Console
@@ -12,21 +13,20 @@ from rich.console import Console
 from orchestrator import commands, commits, storage
 from orchestrator.artifacts.continual_results import StepScore, write_results
 from orchestrator.artifacts.nas_results import NasScore, ProxyQuality
-from orchestrator.artifacts.pool_networks import check_pool_ready
 from orchestrator.artifacts.shards import STAGE, ShardManifest, device_type
 from orchestrator.artifacts.training_sets import training_set
 from orchestrator.components.eval_pool import actor_memory
-from orchestrator.components.teacher import check_teacher
 from orchestrator.config import DatasetConfig, RunConfig, apply_overrides, from_dict, load_config
 from orchestrator.plan import PlanError, check_config_against_dataset, estimate_work, make_plan, planned_classes
-from orchestrator.pool_dir import pool_of, pool_root, pools_at
 from orchestrator.report import TableRow, report
-from orchestrator.run_dir import DamagedRecord, RunDir, RunError
+from orchestrator.errors import DamagedRecord, RunError
+from orchestrator.run_dir import RunDir
+from orchestrator.run_opening import checked, resolve
 from orchestrator.run_identity import differing_keys, identity, shard_identity, unit_device
 from orchestrator.run_record import DataContent, RunKind, RunRecord
 from orchestrator.stages import continual as continual_stage
 from orchestrator.stages.baselines import baselines
-from orchestrator.stages.condense import condense, refuse_foreign_shards
+from orchestrator.stages.condense import condense
 from orchestrator.stages.evaluate import evaluate
 from orchestrator.stages.nas import nas, sampled
 from orchestrator.stages.pool import make_pool as make_pool_stage
@@ -60,11 +60,7 @@ def new_run(cfg: RunConfig, pool_hint: str = commands.pool("CONFIG"), make_pool:
     except PlanError as exc:
         raise RunError(str(exc)) from None
     record = RunRecord.build(cfg, plan, info, kind, data)
-    run = RunDir(cfg.output, record if old is None else record.carried(old.record))
-    refuse_foreign_shards(run)  # shards left by another configuration (say its run.json was deleted or edited)
-    if not make_pool:
-        check_pool(run, pool_hint)
-    return run
+    return checked(RunDir(cfg.output, record if old is None else record.carried(old.record)), pool_hint, make_pool)
 
 
 def _existing_run(uri: str) -> RunDir | None:
@@ -83,23 +79,6 @@ def dataset_info(cfg: RunConfig, download: bool = True) -> DatasetInfo:
     first where ``dataset.download`` allows it and ``download`` does."""
     d = cfg.dataset
     return open_dataset(d.name, d.root, resolution=d.resolution, download=d.download and download).info
-
-
-def check_pool(run: RunDir, hint: str) -> None:
-    """Before any shard starts: the pool the run needs exists, verifies and has its group; the
-    teacher of soft labels loads and fits the dataset."""
-    pool = pool_of(run.config, run.dataset)
-    if pool is None:
-        check_teacher(run)
-        return
-    others = [r.describe() for r in pools_at(pool_root(run.config)) if r.key != pool.record.key]
-    try:
-        check_pool_ready(pool, run.config.condense.pool_group if run.config.condense.networks == "pool" else None,
-                         hint)
-    except RunError as exc:
-        seen = f" (the pools there were made from other data or settings: {'; '.join(others)})" if others else ""
-        raise RunError(f"{exc}{seen}") from None
-    check_teacher(run)
 
 
 def reopened_run(uri: str, overrides: list[str], config_path: str | None = None, make_pool: bool = False,
@@ -127,11 +106,9 @@ def reopened_run(uri: str, overrides: list[str], config_path: str | None = None,
         if problem is not None or not recompute_changed:
             raise _data_changed(run.record, cfg, changed, uri, overrides, problem, asked=recompute_changed)
         record = run.record.model_copy(update={"config": cfg}).recomputing(changed, data)
-    run = RunDir(uri, record)
-    if not make_pool:  # the pool's advice keeps this command's settings (the pool's among them)
-        check_pool(run, commands.recompute_changed(uri, overrides) + " --make-pool" if changed
-                   else commands.pool(uri, overrides))
-    return run
+    # the pool's advice keeps this command's settings (the pool's among them)
+    return checked(RunDir(uri, record), commands.recompute_changed(uri, overrides) + " --make-pool" if changed
+                   else commands.pool(uri, overrides), make_pool)
 
 
 def _refuse_other_images(old: RunConfig, new: RunConfig, uri: str, *, allow_growth: bool,
@@ -264,22 +241,29 @@ def _drop_stale_units(run: RunDir, console: Console) -> RunDir:
                   f"): {len(specs)} shards are condensed again from them, with their baseline selections, and every "
                   "set is scored again; the dataset's mean and std stay as recorded, which the other shards were "
                   "normalised with", highlight=False)
-    run = RunDir(run.uri, run.record.model_copy(update={"stale": ()}))
+    run = replace(run, record=run.record.model_copy(update={"stale": ()}))
     run.save()
     return run
 
 
-def run_stages(run: RunDir, console: Console, *, condensing: bool = True, methods: list[str] | None = None,
-               make_pool: bool = False) -> list[TableRow]:
-    """The stages of a run, each doing only what the run directory lacks; returns the results
-    table. ``methods``: evaluate only these (e.g. kept checkpoints), keeping earlier results.
-    ``make_pool``: train the pool the run needs first (a shard never trains one)."""
+def started(run: RunDir, console: Console, *, make_pool: bool = False) -> RunDir:
+    """Under the lease, before any stage: the record saved, the units of images changed since
+    dropped, and with ``make_pool`` the pool the run needs trained (a shard never trains one)
+    and the run resolved again with its teachers; returns the run the stages take."""
+    run.save()
     run = _drop_stale_units(run, console)
+    if make_pool and run.resolved.pool is not None:
+        make_pool_stage(run.resolved.pool, run.config, console)
+        run = checked(run, commands.pool(run.uri))  # its teachers and plan, now that the pool is there
+    return run
+
+
+def run_stages(run: RunDir, console: Console, *, condensing: bool = True,
+               methods: list[str] | None = None) -> list[TableRow]:
+    """The stages of a started run (``started``), each doing only what the run directory lacks;
+    returns the results table. ``methods``: evaluate only these (e.g. kept checkpoints), keeping
+    earlier results."""
     cfg = run.config
-    pool = pool_of(run.config, run.dataset)
-    if make_pool and pool is not None:
-        make_pool_stage(pool, cfg, console)
-        check_pool(run, commands.pool(run.uri))
     if condensing:
         condense(run, console)
     if methods is None and cfg.evaluate.baselines:
@@ -298,7 +282,7 @@ def run_continual(cfg: RunConfig, info: DatasetInfo, console: Console) -> list[S
     run = None
     for number, new in enumerate(steps, start=1):
         seen = sorted(seen + new)
-        run = continual_stage.step_run(continual_stage.step_config(cfg, seen), info, lambda c: _grow(c, info))
+        run = resolve(continual_stage.step_run(continual_stage.step_config(cfg, seen), info, lambda c: _grow(c, info)))
         console.print(f"continual: step {number} of {len(steps)}, {len(seen)} classes seen ({len(new)} new)",
                       highlight=False)
         if "dm" in methods:

@@ -130,12 +130,3 @@ def pools_at(root: str) -> list[PoolRecord]:
         if storage.exists(path):
             records.append(PoolRecord.model_validate(storage.read_json(path)))
     return records
-
-
-def pool_of(cfg: RunConfig, info: DatasetInfo) -> PoolDir | None:
-    """The pool a run's shards, baselines or teachers (soft labels', RDED's) read, if any."""
-    e, c = cfg.evaluate, cfg.condense
-    needed = (c.networks in ("pool", "blend") or "forgetting" in e.baselines
-              or (e.labels == "soft" and e.teacher.source == "pool")
-              or (c.method == "rded" and (c.teacher or e.teacher).source == "pool"))
-    return PoolDir.for_run(cfg, info) if needed else None

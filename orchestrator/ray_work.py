@@ -33,7 +33,7 @@ from rich.markup import escape
 from orchestrator import commits, faults, storage, worker_env
 from orchestrator.config import RunConfig
 from orchestrator.progress import ProgressDisplay
-from orchestrator.run_dir import RunError
+from orchestrator.errors import RunError
 from workers.devices import DETERMINISTIC_ENV
 
 

@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from orchestrator import storage
 from orchestrator.config import RECIPES, CondenseConfig, RunConfig
 from orchestrator.figures import plt, png
-from orchestrator.pool_dir import pool_of
 from orchestrator.run_dir import RunDir
 from orchestrator.artifacts.pool_networks import histogram_png
-from orchestrator.artifacts.scores import FAIR_SCORES, Score, summarize
+from orchestrator.artifacts.score_statistics import FAIR_SCORES, summarize
+from orchestrator.artifacts.scores import Score
 from orchestrator.artifacts.shards import ShardManifest, shard_state, snapshot_iteration
 from orchestrator.artifacts.training_sets import TrainingSet, load
 from workers.data import denormalize
@@ -105,7 +105,8 @@ def results_table(scores: list[Score], cfg: RunConfig, dataset: str) -> list[Tab
     Table 1 figure where the setting is one of its (DM with random networks, the baselines) and the
     evaluation its protocol (hard labels, augmented)."""
     name, rows = synthetic_label(cfg), []
-    papers_protocol = cfg.evaluate.protocol == "paper" and cfg.evaluate.labels == "hard" and cfg.evaluate.augment
+    e = cfg.evaluate
+    papers_protocol = e.protocol == "paper" and e.protocol_labels == "hard" and e.augment
     for s in summarize(scores):
         label = name + s.method[2:] if s.method.startswith("dm") else s.method  # dm@200 -> <name>@200
         paper = paper_figure(dataset, s.method, cfg.condense.ipc, s.model) if label == s.method and papers_protocol \
@@ -131,7 +132,7 @@ def augmentation_suffix(cfg: RunConfig) -> str:
 def _labels(cfg: RunConfig) -> str:
     e = cfg.evaluate
     plain = augmentation_suffix(cfg)
-    if e.labels == "hard":
+    if e.protocol_labels == "hard":
         return "hard labels" + plain
     teacher = "the pool's best network" if e.teacher.source == "pool" else f"{e.teacher.arch} ({e.teacher.weights})"
     return f"soft labels from {teacher} at temperature {e.protocol_temperature:g}{plain}"
@@ -199,7 +200,7 @@ def report(run: RunDir, scores: list[Score]) -> list[TableRow]:
     shown = grid_classes(run.record.classes)
     text += ["", "![synthetic images](grid.png)", "", *grid_index(shown, ds.class_names, len(run.record.classes)),
              "![loss per shard](loss.png)", ""]
-    pool = pool_of(cfg, ds)
+    pool = run.resolved.pool
     if pool is not None and pool.exists():
         s = pool.record.settings
         text += ["## The pool", "", f"{pool.networks} {s.model} networks trained {s.epochs} epoch(s) on the real "

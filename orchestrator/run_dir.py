@@ -7,27 +7,21 @@ is and ask it for paths, never build them by hand.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
 from orchestrator import commands, storage
+from orchestrator.errors import DamagedRecord, RunError
 from workers.data.uri import absolute
 from orchestrator.run_record import RunRecord, upgrade
 
 if TYPE_CHECKING:
     from orchestrator.config import RunConfig
     from orchestrator.plan import ShardSpec
+    from orchestrator.resolved import Resolved
     from workers.data.types import DatasetInfo
-
-
-class RunError(RuntimeError):
-    """A problem the user must fix before the run can go on; nothing computed is lost."""
-
-
-class DamagedRecord(RunError):
-    """RUN/run.json is there but unreadable; the units beside it are not affected."""
 
 
 # What to do about a damaged run.json: its units are intact and keep their own identities.
@@ -39,6 +33,7 @@ _RECORD_FIX = ("the committed units are untouched: start the run again over them
 class RunDir:
     uri: str  # absolute: tasks and actors run in other directories, on other nodes
     record: RunRecord
+    resolution: Resolved | None = field(default=None, compare=False)  # set where the run is opened
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "uri", absolute(self.uri))
@@ -85,7 +80,16 @@ class RunDir:
                            "own: pass another --out")
 
     def with_config(self, cfg: RunConfig) -> "RunDir":
+        """The run under other settings, unresolved (orchestrator.run_opening resolves it)."""
         return RunDir(self.uri, self.record.with_config(cfg))
+
+    @property
+    def resolved(self) -> Resolved:
+        """Its pool, teachers and evaluation plan, resolved once where it was opened."""
+        if self.resolution is None:
+            raise RunError(f"the handle of {self.uri} was not opened through orchestrator.run_opening, which "
+                           "resolves its pool, teachers and evaluation plan")
+        return self.resolution
 
     @property
     def config(self) -> RunConfig:

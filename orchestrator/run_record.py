@@ -111,7 +111,9 @@ class RunRecord(BaseModel):
 
     @staticmethod
     def restored(data: dict[str, Any]) -> dict[str, Any]:
-        """run.json's content with each fingerprint taken back from this process's environment."""
+        """run.json's content with each fingerprint taken back from this process's environment, and
+        an evaluation recorded before its protocol's values became null's meaning read as it ran."""
+        data = _protocol_values_as_run(data)
         resources = (data.get("config") or {}).get("resources") or {}
         if not resources.get("worker_env"):
             return data
@@ -165,3 +167,17 @@ def upgrade(data: dict[str, Any], info: DatasetInfo) -> dict[str, Any]:
         config["precision"] = {"tf32": config["condense"].pop("tf32")}
     return {"format": FORMAT, "config": config, "config_hash": data["config_hash"],
             "shards": data["plan"]["shards"], "dataset": info, "versions": data["versions"]}
+
+
+_PAPER_DEFAULTS = {"labels": "hard", "temperature": 1.2, "lr": 0.01, "epochs": 1000}  # before null meant the protocol's
+
+
+def _protocol_values_as_run(data: dict[str, Any]) -> dict[str, Any]:
+    """Records of rded or ddranking evaluations made while evaluate.temperature, lr and epochs at
+    the paper's defaults took the protocol's values (and labels were stored soft): those keys are
+    read as null, the protocol's, as they ran. A record of this version holds a null among them."""
+    e = (data.get("config") or {}).get("evaluate") or {}
+    if e.get("protocol", "paper") == "paper" or any(e.get(k, 0) is None for k in _PAPER_DEFAULTS):
+        return data
+    upgraded = {**e, **{k: None for k, v in _PAPER_DEFAULTS.items() if e.get(k) == v or k == "labels"}}
+    return {**data, "config": {**data["config"], "evaluate": upgraded}}

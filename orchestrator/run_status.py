@@ -8,7 +8,6 @@ from orchestrator.artifacts.pool_networks import network_state
 from orchestrator.artifacts.scores import EvaluationState, evaluation_state
 from orchestrator.artifacts.selections import selection_state
 from orchestrator.artifacts.shards import shard_state
-from orchestrator.pool_dir import pool_of
 from orchestrator.run_dir import RunDir
 
 STATES = ("committed", "in_progress", "failed", "corrupt", "foreign", "pending")
@@ -64,7 +63,7 @@ def run_status(run: RunDir) -> RunStatus:
 
 
 def _pool_status(run: RunDir) -> PoolStatus | None:
-    pool = pool_of(run.config, run.dataset)
+    pool = run.resolved.pool
     if pool is None:
         return None
     manifests = [st.manifest for i in range(pool.networks) if (st := network_state(pool, i)).state == "committed"]

@@ -1,4 +1,5 @@
-"""The one contract of a stage that commits units, and the one runner of every such stage.
+"""The one contract of a stage, and the one runner of every stage: of tasks (``UnitStage``) or
+of actors (``ActorStage``).
 
 A stage declares what it is (``UnitStage``: its name, the task body that computes and
 commits one unit, what every task shares, what a unit needs of a node) and lists its units
@@ -10,6 +11,12 @@ usable there), runs the bodies through the one Ray helper (or one after the othe
 process), which records each failure as it happens (its error and, beside it, its traceback)
 and gives it one console line, and raises ``StageFailed`` naming the units that still failed
 while every other unit stays committed.
+
+A stage that trains networks (evaluate, NAS) declares an ``ActorStage`` instead: the actor
+class whose instances keep what they loaded across the units they take, how many actors the
+cluster hosts (``Actors``) and what a task computes once for every call (the test split).
+``run_units`` runs it the same way through the one Ray helper's actor pool, which replaces a
+lost actor and gives its unit to another, with the same display and one line per failure.
 """
 
 from __future__ import annotations
@@ -68,12 +75,39 @@ class UnitStage:
     with_context: bool = False  # the body takes a TaskContext to report progress with
 
 
-def run_units(stage: UnitStage, units: Sequence[Unit], console: Console, *,
-              in_process: bool = False) -> ray_work.Outcome:
+@dataclass(frozen=True)
+class Actors:
+    """How many actors a stage keeps at once and what each reserves (``eval_pool.actor_pool``)."""
+
+    count: int
+    gpus: float  # each actor's share of a GPU (0: the CPU)
+    options: dict[str, Any]  # Ray options of an actor: its resources, its restarts
+    resources: ResourcesConfig  # reserved GPUs are checked usable where Ray places an actor
+
+    @property
+    def use_gpu(self) -> bool:
+        return self.gpus > 0
+
+
+@dataclass(frozen=True)
+class ActorStage:
+    name: str  # the stage: progress label, StageFailed
+    unit: str  # what progress counts: "networks", "trainings"
+    actor: type  # actor(*init_args), kept across the units it computes
+    init_args: tuple
+    method: str  # actor.<method>(*unit.args[, shared]) computes one unit
+    actors: Actors
+    shared_task: tuple[Callable[..., Any], tuple] | None = None  # fn(*args), computed once by a task: its
+    # result stays in the object store and goes with every call, last (each node maps one copy)
+
+
+def run_units(stage: UnitStage | ActorStage, units: Sequence[Unit], console: Console, *,
+              in_process: bool = False, done_units: int = 0) -> ray_work.Outcome:
     """Compute every unit not committed yet (module docstring); ``in_process`` runs the bodies
-    here one after the other, without Ray."""
+    here one after the other, without Ray. ``done_units``: progress finished before, beside the
+    committed units' (networks scored by an earlier attempt)."""
     todo = [u for u in units if not u.committed]
-    done = sum(u.weight for u in units if u.committed)
+    done = done_units + sum(u.weight for u in units if u.committed)
     if len(todo) < len(units):
         console.print(f"{stage.name}: {len(units) - len(todo)} of {len(units)} {stage.noun} already committed; "
                       f"{len(todo)} to compute", highlight=False)
@@ -84,8 +118,11 @@ def run_units(stage: UnitStage, units: Sequence[Unit], console: Console, *,
             storage.remove(u.failure)
             storage.remove(ray_work.traceback_file(u.failure))
     work = [ray_work.Work(u.key, u.args, u.weight, u.failure) for u in todo]
-    if in_process:
-        outcome = _here(stage, work, console, done)
+    if isinstance(stage, ActorStage):
+        outcome = _here(stage.name, stage.unit, *_actor_here(stage), work, console, done) if in_process else \
+            _on_actors(stage, work, console, done)
+    elif in_process:
+        outcome = _here(stage.name, stage.unit, stage.body, stage.shared, work, console, done)
     else:
         if stage.needs is not None:
             r = stage.needs.resources
@@ -99,15 +136,39 @@ def run_units(stage: UnitStage, units: Sequence[Unit], console: Console, *,
     return outcome
 
 
-def _here(stage: UnitStage, work: list[ray_work.Work], console: Console, done: int) -> ray_work.Outcome:
+def _on_actors(stage: ActorStage, work: list[ray_work.Work], console: Console, done: int) -> ray_work.Outcome:
+    """The units on the stage's actors; with GPUs, first checked usable where Ray places an actor."""
+    a = stage.actors
+    check_gpus_usable(a.resources, a.gpus, f"{stage.name} actors (evaluate.gpus)")
+    if stage.shared_task is not None:
+        fn, args = stage.shared_task
+        shared = ray_work.compute_shared(fn, *args, options={"num_cpus": 1})
+        work = [ray_work.Work(w.key, (*w.args, shared), w.units, w.failure) for w in work]
+    return ray_work.run_on_actors(stage.actor, stage.init_args, stage.method, work, actors=a.count,
+                                  options=a.options, label=stage.name, unit=stage.unit, console=console,
+                                  done_units=done)
+
+
+def _actor_here(stage: ActorStage) -> tuple[Callable[..., Any], tuple]:
+    """One actor in this process, and what every call takes after its unit's arguments."""
+    method = getattr(stage.actor(*stage.init_args), stage.method)
+    if stage.shared_task is None:
+        return method, ()
+    fn, args = stage.shared_task
+    shared = fn(*args)
+    return (lambda *unit_args: method(*unit_args, shared)), ()
+
+
+def _here(name: str, unit: str, body: Callable[..., Any], shared: tuple, work: list[ray_work.Work],
+          console: Console, done: int) -> ray_work.Outcome:
     """The bodies one after the other in this process, with the same display and failure records."""
     outcome = ray_work.Outcome()
     total = done + sum(w.units for w in work)
-    with ProgressDisplay(console, stage.name, total, stage.unit, done=done) as display:
+    with ProgressDisplay(console, name, total, unit, done=done) as display:
         for w in work:
             started = time.monotonic()
             try:
-                outcome.results[w.key] = stage.body(*stage.shared, *w.args)
+                outcome.results[w.key] = body(*shared, *w.args)
             except Exception as err:  # noqa: BLE001 - recorded per unit, like a failed Ray task
                 outcome.failures[w.key] = ray_work.TaskFailure.of(err)
                 display.print(ray_work.report_failure(w, outcome.failures[w.key], attempts=1))

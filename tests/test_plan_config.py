@@ -64,7 +64,7 @@ def test_overrides_are_read_as_yaml_and_defaults_follow_the_paper():
     assert load_config(None).condense.effective_lr_img == 1.0
     d = load_config(None)
     assert (d.condense.iterations, d.condense.batch_real, d.condense.momentum) == (20000, 256, 0.5)
-    assert (d.evaluate.epochs, d.evaluate.lr, d.evaluate.batch) == (1000, 0.01, 256)
+    assert (d.evaluate.protocol_epochs, d.evaluate.protocol_lr, d.evaluate.batch) == (1000, 0.01, 256)
 
 
 def test_hash_covers_what_changes_the_images_only():
@@ -112,7 +112,7 @@ def test_evaluation_jobs_cover_every_seed_once_and_keep_actors_busy(models, meth
 
     baselines = ["random", "herding"][: methods - 1]
     cfg = load_config(None, [f"evaluate.num_models={models}", f"evaluate.baselines={baselines}"])
-    jobs = make_jobs(cfg, _sets(["dm", *baselines]), n_actors=actors)
+    jobs = make_jobs(cfg, _sets(["dm", *baselines]), n_actors=actors, key="k")
     per_method: dict[str, list[int]] = {}
     for job in jobs:
         per_method.setdefault(job.data.method, []).extend(job.seeds)
@@ -125,20 +125,20 @@ def test_evaluation_jobs_cover_every_seed_once_and_keep_actors_busy(models, meth
 
 
 def test_evaluation_jobs_leave_out_the_networks_already_scored():
-    from orchestrator.artifacts.scores import planned_networks
+    from orchestrator.evaluation_plan import planned_networks
     from orchestrator.components.eval_pool import make_jobs
 
     cfg = load_config(None, ["evaluate.num_models=4", "evaluate.baselines=[random]"])
     sets = _sets(["dm", "random"])
-    every = {(j.data.method, j.model, s) for j in make_jobs(cfg, sets, n_actors=2) for s in j.seeds}
+    every = {(j.data.method, j.model, s) for j in make_jobs(cfg, sets, n_actors=2, key="k") for s in j.seeds}
     assert every == planned_networks(cfg, ["dm", "random"]) and len(every) == 8
     done = set(sorted(every)[:3])
-    left = {(j.data.method, j.model, s) for j in make_jobs(cfg, sets, n_actors=2, done=done) for s in j.seeds}
+    left = {(j.data.method, j.model, s) for j in make_jobs(cfg, sets, n_actors=2, key="k", done=done) for s in j.seeds}
     assert left == every - done
 
 
 def test_scores_are_kept_apart_by_the_settings_that_shape_a_score():
-    from orchestrator.artifacts.scores import settings_key
+    from orchestrator.evaluation_plan import settings_key
 
     base = settings_key(load_config(None, []))
     # how the work is spread does not change a score; how a network is trained does
@@ -166,7 +166,7 @@ def test_evaluation_job_labels_are_unique_and_name_their_networks():
     from orchestrator.components.eval_pool import make_jobs
 
     cfg = load_config(None, ["evaluate.num_models=5", "evaluate.baselines=[random]"])
-    labels = [j.label for j in make_jobs(cfg, _sets(["dm", "random"]), n_actors=2)]
+    labels = [j.label for j in make_jobs(cfg, _sets(["dm", "random"]), n_actors=2, key="k")]
     assert len(labels) == len(set(labels)) > 2
     assert "dm / ConvNet, networks 1-2" in labels
 

@@ -11,7 +11,7 @@ import torch
 from sklearn.datasets import load_digits
 from torch import nn
 
-from orchestrator.artifacts.scores import settings_key
+from orchestrator.evaluation_plan import settings_key
 from orchestrator.components.settings import set_settings, train_settings
 from orchestrator.config import ConfigError, load_config
 from workers.data.types import DatasetInfo

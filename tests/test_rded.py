@@ -20,7 +20,8 @@ from orchestrator.components.settings import train_settings
 from orchestrator.components.teacher import _LOADED as teacher_cache
 from orchestrator.config import ConfigError, load_config
 from orchestrator.pipeline import dataset_info, new_run
-from orchestrator.pool_dir import PoolDir, PoolSettings
+from orchestrator.pool_dir import PoolSettings
+from orchestrator.run_opening import pool_dir
 from orchestrator.run_dir import RunError
 from orchestrator.run_identity import config_hash
 from orchestrator.stages.condense import check_rded_classes, rded_shard
@@ -179,7 +180,7 @@ def _config(out, pools, *extra: str):  # noqa: ANN001, ANN202
 
 
 def _make_pool(cfg) -> None:  # noqa: ANN001 - one network of one epoch, trained here
-    pool = PoolDir.for_run(cfg, dataset_info(cfg))
+    pool = pool_dir(cfg, dataset_info(cfg))
     pool.save()
     train_network(pool, cfg.resources, train_settings(cfg, "pool"), 0)
 

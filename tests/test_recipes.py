@@ -161,13 +161,13 @@ def _saved(state: dict) -> bytes:
 # ------------------------------------------------------------------ the configs
 def test_the_recipe_configs_choose_their_pieces_and_idm_needs_no_pool():
     from orchestrator.config import ConfigError, load_config
-    from orchestrator.pool_dir import pool_of
+    from orchestrator.run_opening import uses_pool
     from tests.conftest import REPO
 
     _, info = tiny_set()
     idm = load_config(REPO / "configs" / "cifar10-ipc10-idm.yaml")
     assert (idm.condense.networks, idm.condense.ce_network, idm.condense.effective_lr_img) == ("queue", "matching", 0.2)
-    assert pool_of(idm, info) is None  # the queue trains its own networks
+    assert not uses_pool(idm)  # the queue trains its own networks
     ncfm = load_config(REPO / "configs" / "cifar10-ipc10-ncfm.yaml", ["condense.cfd_sampler=true"]).condense
     assert (ncfm.loss, ncfm.networks, ncfm.cfd_sampler) == ("cfd", "blend", True)
     with pytest.raises(ConfigError, match="cfd_sampler learns the frequencies"):

@@ -23,7 +23,6 @@ from orchestrator.artifacts.training_sets import training_set
 from orchestrator.cli import _parser, main
 from orchestrator.config import load_config
 from orchestrator.pipeline import new_run, reopened_run
-from orchestrator.pool_dir import PoolDir
 from orchestrator.run_dir import RunDir, RunError
 from orchestrator.stages.condense import condense_shard
 from workers.data.tensor_table import table_arrays
@@ -220,14 +219,14 @@ def test_a_read_only_out_is_still_advised_another_out(tmp_path, capsys, monkeypa
 def test_a_damaged_pool_is_repaired_by_a_command_with_the_pool_settings_given(tmp_path):
     run, _ = _committed(tmp_path)
     sets = ["evaluate.baselines=[forgetting]", "pool.epochs=2", "pool.networks=1"]
-    needed = PoolDir.for_run(reopened_run(run.uri, sets, make_pool=True).config, run.dataset)
+    needed = reopened_run(run.uri, sets, make_pool=True).resolved.pool_dir
     needed.save()  # a pool record without its network: what a pool stopped before its commit leaves
     with pytest.raises(RunError, match="is not complete") as refused:
         reopened_run(run.uri, sets)
     args = _parser().parse_args(_advised(str(refused.value))[1:])
     assert args.func.__name__ == "cmd_pool"
     made = reopened_run(args.source, args.overrides, make_pool=True)  # what `dmcondense pool RUN` trains
-    assert PoolDir.for_run(made.config, made.dataset).uri == needed.uri
+    assert made.resolved.pool_dir.uri == needed.uri
 
 
 # ------------------------------------------------------------------ a continual run

@@ -8,9 +8,10 @@ import math
 import pytest
 import torch
 
-from orchestrator.artifacts.scores import (
-    Score, data_keys, read_results, settings_key, with_fair_scores, write_job_scores,
-)
+from orchestrator.artifacts.fair_scoring import with_fair_scores
+from orchestrator.artifacts.scores import Score, read_results, write_job_scores
+from orchestrator.evaluation_plan import settings_key
+from orchestrator.run_opening import resolve
 from orchestrator.components.settings import train_settings
 from orchestrator.cli import main
 from orchestrator.run_dir import RunDir
@@ -71,7 +72,7 @@ def test_ars_pairs_each_round_with_the_same_seed_scored_without_augmentation(tmp
     """Round 1: with aug 0.60 - 0.50 = 0.10, without 0.40 - 0.45 = -0.05: beta = 0.025,
     ARS = (e^0.025 - e^-1) / (e - e^-1) = (1.025315 - 0.367879) / 2.350402 = 0.279712."""
     run = _committed_run(str(tmp_path / "run"))
-    keys = data_keys(run)
+    keys = run.resolved.evaluation.data_keys
 
     def score(method: str, seed: int, accuracy: float, cfg) -> Score:  # noqa: ANN001
         return Score(method, "ConvNet", seed, accuracy, 1, 1.0, "cpu", settings_key(cfg), keys.get(method, "a random set"))
@@ -87,7 +88,7 @@ def test_ars_pairs_each_round_with_the_same_seed_scored_without_augmentation(tmp
     assert fair["dm", 2].ars is None
     for augmented_score in augmented:
         write_job_scores(run, [augmented_score])
-    plain = {(s.method, s.seed): s for s in with_fair_scores(run.with_config(plain_cfg),
+    plain = {(s.method, s.seed): s for s in with_fair_scores(resolve(run.with_config(plain_cfg)),
                                                               [score("dm", 1, 0.40, plain_cfg),
                                                                score("random", 1, 0.45, plain_cfg)])}
     assert plain["dm", 1].ars == pytest.approx(0.279712, abs=1e-6)  # the same round seen from the other side

@@ -40,3 +40,51 @@ def test_tests_that_start_ray_or_a_process_are_in_the_slow_tier_by_rule(request)
     assert not marked["tests/test_plan_config.py::test_hash_covers_what_changes_the_images_only"]
     fast = next(i for i in request.session.items if i.nodeid.endswith("test_hash_covers_what_changes_the_images_only"))
     assert fast.get_closest_marker("timeout").args == (60,)
+
+
+# ------------------------------------------------------------------ one place resolves the run
+RESOLVERS = {"for_run", "pool_of", "best_network", "uses_pool", "condense_teacher_config", "pool_dir"}
+OPENING = "orchestrator/run_opening.py"
+
+
+def _calls(path) -> set[str]:  # noqa: ANN001
+    """The names (or attributes) every call in ``path`` calls."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call):
+            f = node.func
+            found.add(f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", ""))
+    return found
+
+
+def test_only_the_run_opening_resolves_the_pool_and_the_teachers():
+    from .conftest import REPO
+
+    offenders = {}
+    for path in sorted([*(REPO / "orchestrator").rglob("*.py"), *(REPO / "benchmarks").rglob("*.py")]):
+        relative = str(path.relative_to(REPO))
+        called = _calls(path) & RESOLVERS
+        if relative == "orchestrator/cli.py":  # the pool command names the pool of a config, through the opening
+            called -= {"pool_dir"}
+        if called and relative != OPENING:
+            offenders[relative] = sorted(called)
+    assert not offenders, f"resolved outside {OPENING} (take it from RunDir.resolved): {offenders}"
+    assert {"for_run", "best_network"} <= _calls(REPO / OPENING)  # the test sees what it looks for
+
+
+def test_the_resolved_handle_pickles_for_tasks_and_actors(tmp_path):
+    import pickle
+
+    from orchestrator.config import load_config
+    from orchestrator.pipeline import new_run
+
+    from .conftest import REPO
+
+    run = new_run(load_config(REPO / "configs" / "digits.yaml", [f"output={tmp_path / 'run'}",
+                                                                 "evaluate.baselines=[random, herding]"]))
+    again = pickle.loads(pickle.dumps(run))
+    assert again.resolved == run.resolved and again.resolved.ready
+    assert set(again.resolved.evaluation.data_keys) == {"dm", "random", "herding"}
+    assert len(again.resolved.evaluation.planned) == 3 * run.config.evaluate.num_models

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 import pyarrow as pa
 
 from orchestrator import storage
-from orchestrator.artifacts.scores import summarize
+from orchestrator.artifacts.score_statistics import summarize
 from orchestrator.figures import plt, png
 from orchestrator.run_dir import RunDir
 from workers.data.tensor_table import from_parquet_bytes
@@ -74,7 +74,7 @@ def report_md(run: RunDir, scores: list[StepScore]) -> str:
     header, rows = curve_table(scores)
     e = run.config.evaluate
     protocol = (f"{run.config.continual.steps} steps; memory of {run.config.condense.ipc} images per class seen; "
-                f"networks trained from scratch on the memory alone ({e.num_models} x {e.epochs} epochs), "
+                f"networks trained from scratch on the memory alone ({e.num_models} x {e.protocol_epochs} epochs), "
                 "scored on the test images of the classes seen (%).")
     lines = [f"# {run.config.name}: class-incremental learning", "", protocol, "",
              "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]

@@ -21,7 +21,7 @@ from orchestrator import commits, storage
 from orchestrator.commits import FileEntry, UnitState
 from orchestrator.figures import plt, png
 from orchestrator.pool_dir import PoolDir
-from orchestrator.run_dir import RunError
+from orchestrator.errors import RunError
 from workers.data.tensor_table import from_parquet_bytes, to_parquet_bytes
 from workers.matching import PoolStates
 from workers.pool_training import EpochCheckpoint, TrainedNetwork

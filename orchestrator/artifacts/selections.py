@@ -15,7 +15,6 @@ from orchestrator import commits
 from orchestrator.commits import FileEntry, UnitState
 from orchestrator.run_identity import shards_hash
 from orchestrator.plan import ShardSpec
-from orchestrator.pool_dir import PoolDir
 from orchestrator.run_dir import RunDir
 from workers.data.tensor_table import tensor_table, to_parquet_bytes
 
@@ -45,9 +44,9 @@ def baseline_identity(run: RunDir, method: str) -> str:
     if method in ("herding", "k_center"):
         shaping.update(feature_model=run.config.condense.model, feature_epochs=e.coreset_feature_epochs)
         if e.coreset_feature_epochs > 0:  # the features' training follows the evaluation's settings
-            shaping.update(feature_lr=e.lr, feature_batch=e.batch)
+            shaping.update(feature_lr=e.feature_lr, feature_batch=e.batch)
     if method == "forgetting":
-        shaping.update(pool=PoolDir.for_run(run.config, run.dataset).record.key, networks=run.config.pool.networks)
+        shaping.update(pool=run.resolved.pool_dir.record.key, networks=run.config.pool.networks)
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -7,7 +7,6 @@ Paths come from the run handle (``RunDir.shard_file``, ``manifest``, ``checkpoin
 
 from __future__ import annotations
 
-import functools
 import io
 import os
 import socket
@@ -17,12 +16,10 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from orchestrator import commits, storage
-from orchestrator.artifacts.pool_networks import best_network, network_state
 from orchestrator.commits import FileEntry, UnitState
-from orchestrator.config import RunConfig, TeacherConfig
 from orchestrator.plan import ShardSpec
-from orchestrator.pool_dir import PoolDir
-from orchestrator.run_dir import RunDir, RunError
+from orchestrator.errors import RunError
+from orchestrator.run_dir import RunDir
 from orchestrator.run_identity import differing_keys, shard_identity
 from workers.data.tensor_table import tensor_table, to_parquet_bytes
 
@@ -101,38 +98,21 @@ def expected_identity(run: RunDir, device: str) -> dict:
     """What a shard of ``run`` computed on ``device`` must have been made under: the config's
     shard identity and, for RDED, the teacher that chose its crops (its weights' identity)."""
     data = shard_identity(run.config, device)
-    teacher = condense_teacher(run.config)
-    if teacher is not None:
-        data["teacher"] = teacher_identity(run, teacher)
+    if run.config.condense.method == "rded":
+        run.resolved.require_ready()
+        data["teacher"] = run.resolved.condense_teacher.identity  # type: ignore[union-attr]
     return data
 
 
-def condense_teacher(cfg: RunConfig) -> TeacherConfig | None:
-    """The teacher RDED scores its crops with (condense.teacher, else evaluate.teacher); None for
-    the other methods."""
-    if cfg.condense.method != "rded":
-        return None
-    return cfg.condense.teacher or cfg.evaluate.teacher
-
-
-def teacher_identity(run: RunDir, teacher: TeacherConfig) -> str:
-    """The pool network's (pool key, index and states' sha256), or the torchvision architecture
-    with the sha256 of its weights."""
-    if teacher.source == "pool":
-        pool = PoolDir.for_run(run.config, run.dataset)
-        index = best_network(pool)
-        states = network_state(pool, index, deep=False).manifest.files["states"]  # type: ignore[union-attr]
-        return f"pool {pool.record.key} net {index} {states.sha256[:16]}"
-    weights = teacher.weights or ""
-    return f"{teacher.arch} {_weights_digest(weights, storage.mtime_ns(weights))}"
-
-
-@functools.lru_cache(maxsize=8)
-def _weights_digest(uri: str, mtime_ns: int | None) -> str:
-    """Hashed once per version of the file: a driver asks for every shard."""
-    if mtime_ns is None:
-        raise RunError(f"teacher weights {uri}: no such file; give the path or URI of a saved state dict")
-    return storage.sha256_of(uri)[:16]
+def refuse_foreign_shards(run: RunDir) -> None:
+    """Before any task starts: a committed shard of another configuration is never adopted."""
+    foreign = [(spec.name, st.detail) for spec in run.shards
+               if (st := shard_state(run, spec, deep=False)).state == "foreign"]
+    if foreign:
+        names = ", ".join(name for name, _ in foreign[:5]) + (" ..." if len(foreign) > 5 else "")
+        raise RunError(f"{run.uri} holds shards {foreign[0][1]}: {names}; this configuration would not reproduce "
+                       "them: resume that run with its own configuration, or give this one its own directory "
+                       "with --out")
 
 
 def clear_work_files(run: RunDir, spec: ShardSpec) -> None:

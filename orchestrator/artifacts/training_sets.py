@@ -16,7 +16,8 @@ from orchestrator import commands, commits
 from orchestrator.artifacts.selections import baseline_identity, selection_state
 from orchestrator.artifacts.shards import read_snapshot, shard_state, snapshot_iteration
 from orchestrator.commits import FileEntry
-from orchestrator.run_dir import RunDir, RunError
+from orchestrator.errors import RunError
+from orchestrator.run_dir import RunDir
 from workers.data.tensor_table import from_parquet_bytes, table_arrays
 from workers.parameterize import decode
 

@@ -1,5 +1,6 @@
 """The evaluation actor pool: actors that train fresh networks on a set and score them on a
-real test split, used by the evaluate stage, class-incremental learning and the NAS proxy.
+real test split, run as an actor stage (``orchestrator.stage_runner.ActorStage``) by the
+evaluate stage (class-incremental learning's too) and, with actors of its own, the NAS proxy.
 
 The test split is decoded once, by one task, and shared through Ray's object store
 (one copy per node); each actor reads the training sets straight from the run
@@ -14,21 +15,21 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from rich.console import Console
 
 from orchestrator import faults, ray_work
-from orchestrator.artifacts.scores import Network, Score, model_seeds, settings_key, write_job_scores
+from orchestrator.artifacts.scores import Score, write_job_scores
 from orchestrator.artifacts.training_sets import TrainingSet, load
 from orchestrator.components.settings import set_settings
 from orchestrator.components.teacher import teacher_bytes
-from orchestrator.components.worker_setup import check_gpus_usable, run_reader
+from orchestrator.components.worker_setup import run_reader
 from orchestrator.config import RunConfig
+from orchestrator.evaluation_plan import Network, model_seeds
 from orchestrator.run_dir import RunDir
+from orchestrator.stage_runner import Actors
 from workers.devices import compute_device
 from workers.network_costs import training_bytes_per_image
 from workers.teachers import TeacherSpec, load_teacher
@@ -54,12 +55,12 @@ class Job:
         return f"{self.data.method} / {self.model}, networks {self.first + 1}-{self.first + len(self.seeds)}"
 
 
-def make_jobs(cfg: RunConfig, sets: list[TrainingSet], n_actors: int, done: set[Network] = frozenset(),
-              test_classes: list[int] | None = None, key: str | None = None) -> list[Job]:
+def make_jobs(cfg: RunConfig, sets: list[TrainingSet], n_actors: int, key: str, done: set[Network] = frozenset(),
+              test_classes: list[int] | None = None) -> list[Job]:
     """Jobs for every planned network not in ``done``, about JOBS_PER_ACTOR per actor so that
     the last jobs do not leave most actors idle; the seeds of one job train together where
-    that pays (vmap on a GPU). ``key``: the scores' settings key (default: hard labels')."""
-    e, key = cfg.evaluate, key or settings_key(cfg, test_classes)
+    that pays (vmap on a GPU). ``key``: the scores' settings key."""
+    e = cfg.evaluate
     classes = tuple(sorted(test_classes)) if test_classes is not None else None
     groups = len(sets) * len(e.models)
     chunks = max(1, math.ceil(JOBS_PER_ACTOR * n_actors / max(groups, 1)))
@@ -75,30 +76,11 @@ def make_jobs(cfg: RunConfig, sets: list[TrainingSet], n_actors: int, done: set[
     return jobs
 
 
-@dataclass(frozen=True)
-class ActorPool:
-    """How many actors the cluster hosts at once and what each reserves."""
-
-    actors: int
-    use_gpu: bool
-    gpus: float  # each actor's share of a GPU (0 on the CPU)
-
-
-def actor_pool(cfg: RunConfig) -> ActorPool:
-    """The pool this cluster affords (``evaluate.*``)."""
+def actor_pool(cfg: RunConfig) -> Actors:
+    """The actors this cluster affords (``evaluate.*``), each with a CPU and a share of a GPU."""
     capacity, use_gpu = pool_capacity(cfg, ray_work.cluster_resources())
-    return ActorPool(capacity, use_gpu, 1.0 / cfg.evaluate.actors_per_gpu if use_gpu else 0.0)
-
-
-def run_jobs(pool: ActorPool, cfg: RunConfig, actor: type, init_args: tuple, method: str,
-             work: Sequence[ray_work.Work], *, label: str, unit: str, console: Console,
-             done_units: int = 0) -> ray_work.Outcome:
-    """``actor(*init_args).<method>(*work.args)`` on the pool, one call per actor at a time; with
-    GPUs, first checked usable where Ray places an actor."""
-    check_gpus_usable(cfg.resources, pool.gpus, f"{label} actors (evaluate.gpus)")
-    return ray_work.run_on_actors(actor, init_args, method, work, actors=pool.actors,
-                                  options=ray_work.actor_options(cfg, pool.gpus), label=label, unit=unit,
-                                  console=console, done_units=done_units)
+    gpus = 1.0 / cfg.evaluate.actors_per_gpu if use_gpu else 0.0
+    return Actors(capacity, gpus, ray_work.actor_options(cfg, gpus), cfg.resources)
 
 
 def pool_capacity(cfg: RunConfig, resources: dict[str, float]) -> tuple[int, bool]:

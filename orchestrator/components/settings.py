@@ -61,9 +61,9 @@ def train_settings(cfg: RunConfig, purpose: Purpose) -> TrainSettings:
     if purpose == "evaluate":
         return TrainSettings(epochs=e.protocol_epochs, lr=e.protocol_lr, weight_decay=e.rule.weight_decay,
                              batch=e.batch, dsa_strategy=dsa if e.augment else None, precision=numerics,
-                             labels=e.labels, temperature=e.protocol_temperature, protocol=e.protocol)
+                             labels=e.protocol_labels, temperature=e.protocol_temperature, protocol=e.protocol)
     if purpose == "coreset_features":  # trained on the real labels themselves
-        return TrainSettings(epochs=e.coreset_feature_epochs, lr=e.lr, batch=e.batch, dsa_strategy=dsa,
+        return TrainSettings(epochs=e.coreset_feature_epochs, lr=e.feature_lr, batch=e.batch, dsa_strategy=dsa,
                              precision=numerics)
     if purpose == "pool":
         p = PoolSettings.of(cfg)

@@ -6,7 +6,8 @@ import torch
 
 from orchestrator import ray_work
 from orchestrator.config import DatasetConfig, ResourcesConfig
-from orchestrator.run_dir import RunDir, RunError
+from orchestrator.errors import RunError
+from orchestrator.run_dir import RunDir
 from workers.data import DatasetInfo, DatasetReader, open_dataset
 from workers.devices import compute_device, cuda_problem_here
 

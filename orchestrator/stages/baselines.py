@@ -19,7 +19,6 @@ from orchestrator.artifacts.pool_networks import forgetting_scores
 from orchestrator.components.settings import train_settings
 from orchestrator.components.worker_setup import run_reader, task_device
 from orchestrator.plan import ShardSpec
-from orchestrator.pool_dir import PoolDir
 from orchestrator.run_dir import RunDir
 from orchestrator.stage_runner import Needs, Unit, UnitStage, run_units
 from workers.coreset import embed_features, select_coreset
@@ -63,7 +62,7 @@ def select_baselines(run: RunDir, spec: ShardSpec, methods: list[str]) -> list[s
             device=device, train=train_settings(cfg, "coreset_features") if trained else None, labels=local,
         )
     for method in methods:
-        scores = forgetting_scores(PoolDir.for_run(cfg, info), list(spec.class_ids)) if method == "forgetting" else None
+        scores = forgetting_scores(run.resolved.pool_dir, list(spec.class_ids)) if method == "forgetting" else None
         idx = select_coreset(method, x, real.labels, cfg.condense.ipc, class_ids=spec.class_ids, seed=spec.seed,
                              features=features, scores=scores)
         selections.commit_selection(run, spec, method, x[idx], real.labels[idx], started)

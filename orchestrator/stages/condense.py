@@ -26,8 +26,8 @@ from orchestrator.components.settings import dm_settings, precision, rded_settin
 from orchestrator.components.teacher import condense_teacher_bytes, loaded_teacher
 from orchestrator.components.worker_setup import run_reader, task_device
 from orchestrator.plan import ShardSpec
-from orchestrator.pool_dir import PoolDir
-from orchestrator.run_dir import RunDir, RunError
+from orchestrator.errors import RunError
+from orchestrator.run_dir import RunDir
 from orchestrator.stage_runner import Needs, Unit, UnitStage, run_units
 from workers import rded
 from workers.dm import DMCondenser
@@ -49,7 +49,6 @@ def condense(run: RunDir, console: Console) -> None:
     shards that failed after their retries (the others are committed)."""
     r, iterations = run.config.resources, run.config.condense.iterations
     selecting = run.config.condense.method == "rded"  # progress counts classes, not iterations
-    refuse_foreign_shards(run)
     if selecting:
         check_rded_classes(run)
     units = []
@@ -89,17 +88,6 @@ def rded_task_memory(run: RunDir) -> int:
     image = info.channels * info.im_size[0] * info.im_size[1]
     real = max(sum(info.train_counts[k] for k in spec.class_ids) for spec in run.shards) * image
     return real + rded.class_bytes(settings, info.channels, tuple(info.im_size)) + condense_teacher_bytes(run)
-
-
-def refuse_foreign_shards(run: RunDir) -> None:
-    """Before any task starts: a committed shard of another configuration is never adopted."""
-    foreign = [(spec.name, st.detail) for spec in run.shards
-               if (st := shards.shard_state(run, spec, deep=False)).state == "foreign"]
-    if foreign:
-        names = ", ".join(name for name, _ in foreign[:5]) + (" ..." if len(foreign) > 5 else "")
-        raise RunError(f"{run.uri} holds shards {foreign[0][1]}: {names}; this configuration would not reproduce "
-                       "them: resume that run with its own configuration, or give this one its own directory "
-                       "with --out")
 
 
 # ------------------------------------------------------------------ the task body
@@ -191,7 +179,7 @@ def shard_pool(run: RunDir) -> PoolStates | None:
     c = run.config.condense
     if c.networks not in ("pool", "blend"):
         return None
-    return pool_states(PoolDir.for_run(run.config, run.dataset), c.pool_group if c.networks == "pool" else None)
+    return pool_states(run.resolved.pool_dir, c.pool_group if c.networks == "pool" else None)
 
 
 def stream_identity(device: torch.device) -> dict:

@@ -17,7 +17,8 @@ import numpy as np
 
 from orchestrator.config import RunConfig, apply_overrides, from_dict
 from orchestrator.plan import PlanError, check_config_against_dataset, planned_classes
-from orchestrator.run_dir import RunDir, RunError
+from orchestrator.errors import RunError
+from orchestrator.run_dir import RunDir
 from orchestrator.run_record import RunRecord
 from workers.data.types import DatasetInfo
 from workers.seeding import derive_seed

@@ -1,23 +1,21 @@
 """The evaluate stage: every method's set scored by networks trained from scratch on the
-evaluation actor pool (``orchestrator.components.eval_pool``), only those not scored yet under
-the run's evaluation settings; the results table written to eval/results.parquet."""
+evaluation actor pool (``orchestrator.components.eval_pool``, an actor stage), only those not
+scored yet under the run's evaluation settings; the results table written to eval/results.parquet."""
 
 from __future__ import annotations
 
 from rich.console import Console
 
-from orchestrator import ray_work
-from orchestrator.artifacts.scores import (
-    Score, asked_methods, data_keys, model_seeds, planned_networks, result_order, run_settings_key, stored_scores,
-    with_fair_scores, write_results,
-)
+from orchestrator.artifacts.fair_scoring import with_fair_scores
+from orchestrator.artifacts.scores import Score, result_order, stored_scores, write_results
 from orchestrator.artifacts.shards import snapshot_iteration
 from orchestrator.artifacts.training_sets import training_set
-from orchestrator.components.eval_pool import EvalActor, actor_pool, make_jobs, read_test_split, run_jobs
+from orchestrator.components.eval_pool import EvalActor, actor_pool, make_jobs, read_test_split
 from orchestrator.components.teacher import teacher_spec
 from orchestrator.config import RunConfig
+from orchestrator.evaluation_plan import asked_methods, model_seeds, planned_networks, settings_key
 from orchestrator.run_dir import RunDir
-from orchestrator.stage_runner import StageFailed
+from orchestrator.stage_runner import ActorStage, Unit, run_units
 
 STAGE = "evaluate"
 
@@ -28,25 +26,23 @@ def evaluate(run: RunDir, console: Console, methods: list[str] | None = None,
     settings, on the test images of ``test_classes`` (None: all), training only networks not
     scored yet under them; writes eval/results.parquet and returns its rows. Raises
     StageFailed naming failed jobs (the others' scores are kept)."""
-    cfg = run.config
+    cfg, plan, teacher = run.config, run.resolved.evaluation, run.resolved.teacher
     sets = [training_set(run, m) for m in (methods or asked_methods(cfg))]
-    key, keys = run_settings_key(run, test_classes), {**data_keys(run), **{ts.method: ts.data_key for ts in sets}}
+    key = plan.settings_key if test_classes is None else \
+        settings_key(cfg, test_classes, teacher.score_identity if teacher else None)
+    keys = {**plan.data_keys, **{ts.method: ts.data_key for ts in sets}}
     planned = planned_networks(cfg, [ts.method for ts in sets])
     done = {s.network for s in stored_scores(run, key, keys)} & planned
-    pool = actor_pool(cfg)
-    jobs = make_jobs(cfg, sets, pool.actors, done, test_classes, key=key)
+    actors = actor_pool(cfg)
+    jobs = make_jobs(cfg, sets, actors.count, key, done, test_classes)
     if done and jobs:
         console.print(f"evaluate: {len(done)} of {len(planned)} networks were scored by an earlier attempt; "
                       f"training the other {len(planned) - len(done)}", highlight=False)
-    if jobs:
-        test = ray_work.compute_shared(read_test_split, run, options={"num_cpus": 1})
-        # The test split goes with every call, not to the constructor: Ray maps it from the node's
-        # object store each time (no copy), and a restarted actor never needs it again.
-        outcome = run_jobs(pool, cfg, EvalActor, (run, pool.use_gpu, teacher_spec(run)), "score",
-                           [ray_work.Work(j.label, (j, test), len(j.seeds)) for j in jobs],
-                           label=STAGE, unit="networks", console=console, done_units=len(done))
-        if outcome.failed:
-            raise StageFailed(STAGE, outcome.failed, len(jobs))
+    # The test split goes with every call, not to the constructor: Ray maps it from the node's
+    # object store each time (no copy), and a restarted actor never needs it again.
+    stage = ActorStage(STAGE, "networks", EvalActor, (run, actors.use_gpu, teacher_spec(run)), "score", actors,
+                       shared_task=(read_test_split, (run,)))
+    run_units(stage, [Unit(j.label, (j,), len(j.seeds)) for j in jobs], console, done_units=len(done))
     results = with_fair_scores(run, sorted(_asked(cfg, stored_scores(run, key, keys)), key=result_order), test_classes)
     write_results(run, results)
     return results

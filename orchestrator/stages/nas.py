@@ -5,8 +5,8 @@ proxy (the synthetic set; as many random real images; "early stopping": the whol
 set for as many steps as proxy training takes) and on the whole training set, and scored on a
 validation split held out of train. A proxy is as good as the Spearman rank correlation, over
 the top architectures by proxy accuracy, between its accuracies and the whole set's. Training
-jobs go to an actor pool through the one Ray helper; every finished job's score is kept, so
-an interrupted search resumes.
+jobs run as an actor stage (``orchestrator.stage_runner.ActorStage``); every finished job's
+score is kept, so an interrupted search resumes.
 """
 
 from __future__ import annotations
@@ -20,18 +20,18 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from orchestrator import ray_work
 from orchestrator.artifacts.nas_results import (
     WHOLE, NasScore, ProxyQuality, proxy_qualities, scores_folder, stored_scores, training_key, write_results,
     write_score,
 )
 from orchestrator.artifacts.training_sets import TrainingSet, load, training_set
-from orchestrator.components.eval_pool import actor_pool, run_jobs
+from orchestrator.components.eval_pool import actor_pool
 from orchestrator.components.settings import Purpose, train_settings
 from orchestrator.components.worker_setup import run_reader
 from orchestrator.config import NasSpace, RunConfig
-from orchestrator.run_dir import RunDir, RunError
-from orchestrator.stage_runner import StageFailed
+from orchestrator.errors import RunError
+from orchestrator.run_dir import RunDir
+from orchestrator.stage_runner import ActorStage, Unit, run_units
 from workers.data import normalize
 from workers.devices import compute_device
 from workers.networks import build_network, convnet_name
@@ -103,14 +103,10 @@ def nas(run: RunDir, console: Console) -> tuple[list[NasScore], list[ProxyQualit
     if done and todo:
         console.print(f"nas: {len(jobs) - len(todo)} of {len(jobs)} trainings were scored by an earlier attempt",
                       highlight=False)
-    if todo:
-        pool = actor_pool(cfg)  # the evaluation's actor pool
-        data = ray_work.compute_shared(read_train_split, run, options={"num_cpus": 1})
-        outcome = run_jobs(pool, cfg, NasActor, (run, folder, pool.use_gpu), "train",
-                           [ray_work.Work(j.key, (j, data)) for j in todo], label=STAGE, unit="trainings",
-                           console=console, done_units=len(jobs) - len(todo))
-        if outcome.failed:
-            raise StageFailed(STAGE, outcome.failed, len(todo))
+    actors = actor_pool(cfg)  # as many as the evaluation's
+    stage = ActorStage(STAGE, "trainings", NasActor, (run, folder, actors.use_gpu), "train", actors,
+                       shared_task=(read_train_split, (run,)))
+    run_units(stage, [Unit(j.key, (j,)) for j in todo], console, done_units=len(jobs) - len(todo))
     scores = [s for key, s in stored_scores(folder).items() if key in {j.key for j in jobs}]
     write_results(run, scores)
     return scores, proxy_qualities(scores, cfg.nas.top_fraction)

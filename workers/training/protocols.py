@@ -45,23 +45,25 @@ Optimizer = Literal["sgd", "adamw"]
 
 @dataclass(frozen=True)
 class ProtocolRule:
-    """What a protocol fixes (``None``: the config's ``evaluate.*`` value applies)."""
+    """What a protocol fixes, and its own values of the keys a config may set otherwise
+    (``evaluate.labels``, ``temperature``, ``lr``, ``epochs``: null takes these)."""
 
-    labels: Literal["hard", "soft"] | None
-    temperature: float | None
-    lr: float | None
+    labels: Literal["hard", "soft"]
+    temperature: float  # soft labels' temperature of teacher and student
+    lr: float
     weight_decay: float
-    epochs: int  # its default; evaluate.epochs set beside the protocol wins
+    epochs: int
     optimizer: Optimizer
     schedule: Literal["half_step", "quarter_cosine"]
     loss_scaled: bool  # soft labels: the KL multiplied by T^2
     augmentation: Literal["dsa", "rded", "cutmix"]
     decay_matrices_only: bool = False  # weight decay on weights of 2 dimensions or more only
+    other_labels: bool = False  # evaluate.labels may name the other kind (the paper's SGD with a teacher's labels)
 
 
 PROTOCOLS: dict[str, ProtocolRule] = {
-    "paper": ProtocolRule(labels=None, temperature=None, lr=None, weight_decay=5e-4, epochs=1000, optimizer="sgd",
-                          schedule="half_step", loss_scaled=True, augmentation="dsa"),
+    "paper": ProtocolRule(labels="hard", temperature=1.2, lr=0.01, weight_decay=5e-4, epochs=1000, optimizer="sgd",
+                          schedule="half_step", loss_scaled=True, augmentation="dsa", other_labels=True),
     "rded": ProtocolRule(labels="soft", temperature=20.0, lr=0.001, weight_decay=0.01, epochs=300, optimizer="adamw",
                          schedule="quarter_cosine", loss_scaled=False, augmentation="rded", decay_matrices_only=True),
     "ddranking": ProtocolRule(labels="soft", temperature=1.0, lr=0.001, weight_decay=0.01, epochs=300,

@@ -1,0 +1,127 @@
+"""Where a run is opened: the one place that resolves what every stage needs (its pool, its
+teachers with their identities, its evaluation plan) and puts it on the handle
+(``RunDir.resolved``); stages, tasks, actors and readers take it from there.
+
+A reader opens a run with ``opened``; a command that computes checks it with ``checked``
+(the pool there and verified, each teacher loading, no shard of another configuration).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import replace
+
+from orchestrator import storage
+from orchestrator.artifacts.pool_networks import best_network, check_pool_ready, network_state
+from orchestrator.artifacts.shards import refuse_foreign_shards
+from orchestrator.artifacts.training_sets import data_key
+from orchestrator.components.teacher import check_teacher
+from orchestrator.config import RunConfig, TeacherConfig
+from orchestrator.errors import RunError
+from orchestrator.evaluation_plan import EvaluationPlan, asked_methods, planned_networks, settings_key
+from orchestrator.pool_dir import PoolDir, pool_root, pools_at
+from orchestrator.resolved import Resolved, Teacher
+from orchestrator.run_dir import RunDir
+from workers.data.types import DatasetInfo
+
+
+def opened(uri: str) -> RunDir:
+    """The run at ``uri`` as a reader sees it (report, status, export), resolved."""
+    return resolve(RunDir.load(uri))
+
+
+def checked(run: RunDir, pool_hint: str, make_pool: bool = False) -> RunDir:
+    """``run`` resolved for a command that computes, before any work: the pool it reads exists
+    and verifies (unless ``make_pool``: ``pool_hint`` is the command that makes it), each
+    teacher loads and fits the dataset, and no committed shard is another configuration's."""
+    run = resolve(run)
+    pool = run.resolved.pool
+    if pool is not None and not make_pool:
+        _check_pool(run, pool, pool_hint)
+    if run.resolved.ready:
+        check_teacher(run)
+        refuse_foreign_shards(run)  # say its run.json was deleted or edited
+    return run
+
+
+def resolve(run: RunDir) -> RunDir:
+    """``run`` with its pool, teachers and evaluation plan resolved; a teacher of a pool not
+    trained yet leaves it not ready (``Resolved.ready``) until it is resolved again."""
+    cfg, info = run.config, run.dataset
+    pool = pool_dir(cfg, info)
+    uses = uses_pool(cfg)
+    e, condense = cfg.evaluate, condense_teacher_config(cfg)
+    if any(t is not None and t.source == "pool" for t in (_soft(cfg), condense)) and not _trained(pool):
+        return replace(run, resolution=Resolved(pool, uses, None, None, None))
+    teacher = _teacher("evaluate.teacher", e.teacher, pool) if _soft(cfg) else None
+    rded = None if condense is None else _teacher(
+        "condense.teacher" if cfg.condense.teacher is not None else
+        "evaluate.teacher (RDED's teacher while condense.teacher is null)", condense, pool)
+    partial = replace(run, resolution=Resolved(pool, uses, teacher, rded, None))
+    keys = {m: data_key(partial, m) for m in asked_methods(cfg)}
+    plan = EvaluationPlan(settings_key(cfg, None, teacher.score_identity if teacher else None), keys,
+                          frozenset(planned_networks(cfg, asked_methods(cfg))))
+    return replace(partial, resolution=replace(partial.resolved, plan=plan))
+
+
+def pool_dir(cfg: RunConfig, info: DatasetInfo) -> PoolDir:
+    """The pool ``cfg`` names for data of ``info`` (made or not)."""
+    return PoolDir.for_run(cfg, info)
+
+
+def uses_pool(cfg: RunConfig) -> bool:
+    """Whether a run's shards, baselines or teachers (soft labels', RDED's) read its pool."""
+    e, c = cfg.evaluate, cfg.condense
+    teachers = [t for t in (_soft(cfg), condense_teacher_config(cfg)) if t is not None]
+    return c.networks in ("pool", "blend") or "forgetting" in e.baselines or any(t.source == "pool" for t in teachers)
+
+
+def condense_teacher_config(cfg: RunConfig) -> TeacherConfig | None:
+    """The teacher RDED scores its crops with (condense.teacher, else evaluate.teacher); None for
+    the other methods."""
+    if cfg.condense.method != "rded":
+        return None
+    return cfg.condense.teacher or cfg.evaluate.teacher
+
+
+def _soft(cfg: RunConfig) -> TeacherConfig | None:
+    e = cfg.evaluate
+    return e.teacher if e.protocol_labels == "soft" else None
+
+
+def _trained(pool: PoolDir) -> bool:
+    return pool.exists() and all(network_state(pool, i, deep=False).state == "committed"
+                                 for i in range(pool.networks))
+
+
+def _teacher(where: str, config: TeacherConfig, pool: PoolDir) -> Teacher:
+    """The pool network with the best final state (its states' sha256 in its identity), or the
+    torchvision architecture with its weights' sha256."""
+    if config.source == "pool":
+        index = best_network(pool)
+        states = network_state(pool, index, deep=False).manifest.files["states"]  # type: ignore[union-attr]
+        named = f"pool {pool.record.key} net {index}"
+        return Teacher(where, config, f"{named} {states.sha256[:16]}", named, index)
+    weights = config.weights or ""
+    named = f"{config.arch} {_weights_digest(weights, storage.mtime_ns(weights))}"
+    return Teacher(where, config, named, named)
+
+
+@functools.lru_cache(maxsize=8)
+def _weights_digest(uri: str, mtime_ns: int | None) -> str:
+    """Hashed once per version of the file: a driver resolves a run more than once."""
+    if mtime_ns is None:
+        raise RunError(f"teacher weights {uri}: no such file; give the path or URI of a saved state dict")
+    return storage.sha256_of(uri)[:16]
+
+
+def _check_pool(run: RunDir, pool: PoolDir, hint: str) -> None:
+    """The pool the run reads exists, verifies and has its group; naming the pools its root holds
+    when they were made from other data or settings."""
+    c = run.config.condense
+    try:
+        check_pool_ready(pool, c.pool_group if c.networks == "pool" else None, hint)
+    except RunError as exc:
+        others = [r.describe() for r in pools_at(pool_root(run.config)) if r.key != pool.record.key]
+        seen = f" (the pools there were made from other data or settings: {'; '.join(others)})" if others else ""
+        raise RunError(f"{exc}{seen}") from None
