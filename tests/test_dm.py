@@ -10,6 +10,7 @@ import textwrap
 import pytest
 import torch
 
+from orchestrator.config import ConfigError, load_config
 from workers.data.types import DatasetInfo, ImageSet
 from workers.dm import ClassBank, DMCondenser, DMSettings
 from benchmarks.reference_dm import ReferenceDM
@@ -82,8 +83,8 @@ def test_bad_input_is_named():
         DMCondenser(real, info, [0, 1, 2], DMSettings(ipc=5, iterations=1, model="ConvNetW32"), seed=0)
     with pytest.raises(ValueError, match=r"fewer real images than the 4 that condense.ipc=1 \(x factor\^2 = 4\)"):
         DMCondenser(real, info, [0, 1, 2], DMSettings(ipc=1, iterations=1, model="ConvNetW32", factor=2), seed=0)
-    with pytest.raises(ValueError, match="needs trained networks"):
-        DMSettings(ipc=1, iterations=1, ce_weight=0.1)
+    with pytest.raises(ConfigError, match="needs trained networks"):  # a rule of the config, checked there once
+        load_config(None, ["condense.ce_weight=0.1"])
     with pytest.raises(ValueError, match="outside the group"):
         DMCondenser(real, info, [0, 1], DMSettings(ipc=1, iterations=1, model="ConvNetW32"), seed=0)
     with pytest.raises(ValueError, match="ipc must be >= 1"):

@@ -99,10 +99,6 @@ class DMSettings:
             raise ValueError(f"loss_every must be >= 1, got {self.loss_every}")
         if self.factor < 1:
             raise ValueError(f"condense.factor must be >= 1, got {self.factor}")
-        if self.ce_weight > 0 and self.networks not in ("pool", "blend", "queue"):
-            raise ValueError("the cross-entropy term needs trained networks: condense.networks pool, blend or queue")
-        if self.ce_weight > 0 and self.networks == "queue" and self.ce_network != "matching":
-            raise ValueError("the queue's networks have no final state: condense.ce_network matching")
         if self.cfd_sampler and (self.loss != "cfd" or self.networks == "pixels"):
             raise ValueError("condense.cfd_sampler learns the frequencies of condense.loss cfd on a network's embeddings")
 
