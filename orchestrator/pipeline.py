@@ -16,6 +16,7 @@ from orchestrator.artifacts.nas_results import NasScore, ProxyQuality
 from orchestrator.artifacts.shards import STAGE, ShardManifest, device_type
 from orchestrator.artifacts.training_sets import training_set
 from orchestrator.components.eval_pool import actor_memory
+from orchestrator.components.pictures import draw_continual
 from orchestrator.config import DatasetConfig, RunConfig, apply_overrides, from_dict, load_config
 from orchestrator.plan import PlanError, check_config_against_dataset, estimate_work, make_plan, planned_classes
 from orchestrator.report import TableRow, report
@@ -292,6 +293,7 @@ def run_continual(cfg: RunConfig, info: DatasetInfo, console: Console) -> list[S
         scores += [StepScore(number, len(seen), s.method, s.model, s.seed, s.accuracy)
                    for s in evaluate(run, console, list(methods), test_classes=seen)]
     write_results(run, scores)
+    draw_continual(run, scores)
     return scores
 
 

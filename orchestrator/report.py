@@ -14,7 +14,7 @@ from orchestrator import storage
 from orchestrator.config import RECIPES, CondenseConfig, RunConfig
 from orchestrator.figures import plt, png
 from orchestrator.run_dir import RunDir
-from orchestrator.artifacts.pool_networks import histogram_png
+from orchestrator.components.pictures import histogram_png
 from orchestrator.artifacts.score_statistics import FAIR_SCORES, summarize
 from orchestrator.artifacts.scores import Score
 from orchestrator.artifacts.shards import ShardManifest, shard_state, snapshot_iteration

@@ -1,5 +1,5 @@
 """Class-incremental learning's results: RUN/continual/results.parquet (one row per network and
-step), the curves as a table (report.md) and a picture (accuracy.png)."""
+step), the curves as a table (report.md; their picture, accuracy.png: ``components.pictures``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import pyarrow as pa
 
 from orchestrator import storage
 from orchestrator.artifacts.score_statistics import summarize
-from orchestrator.figures import plt, png
 from orchestrator.run_dir import RunDir
 from workers.data.tensor_table import from_parquet_bytes
 
@@ -46,7 +45,6 @@ def read_results(run: RunDir) -> list[StepScore]:
 
 def write_results(run: RunDir, scores: list[StepScore]) -> None:
     storage.write_parquet_atomic(results_uri(run), pa.Table.from_pylist([asdict(s) for s in scores]))
-    storage.write_bytes_atomic(run.path("continual", "accuracy.png"), curves_png(scores))
     storage.write_bytes_atomic(run.path("continual", "report.md"), report_md(run, scores).encode())
 
 
@@ -80,17 +78,3 @@ def report_md(run: RunDir, scores: list[StepScore]) -> str:
              "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines + ["", "![accuracy against classes seen](accuracy.png)", ""])
-
-
-def curves_png(scores: list[StepScore]) -> bytes:
-    fig, ax = plt.subplots(figsize=(6, 4))
-    points = curves(scores)
-    for method in dict.fromkeys(p.method for p in points):
-        mine = [p for p in points if p.method == method]
-        ax.errorbar([p.classes_seen for p in mine], [p.mean for p in mine], yerr=[p.std for p in mine],
-                    marker="o", capsize=3, label=method)
-    ax.set_xlabel("classes seen")
-    ax.set_ylabel("test accuracy on the classes seen (%)")
-    ax.set_title("class-incremental: networks trained on the memory alone", fontsize=10)
-    ax.legend(fontsize=8)
-    return png(fig)

@@ -14,7 +14,6 @@ from scipy.stats import spearmanr
 
 from orchestrator import storage
 from orchestrator.config import RunConfig
-from orchestrator.figures import plt, png
 from orchestrator.run_dir import RunDir
 
 WHOLE = "whole"  # the whole training set: the reference every proxy is measured against
@@ -76,7 +75,6 @@ def stored_scores(folder: str) -> dict[str, NasScore]:
 
 def write_results(run: RunDir, scores: list[NasScore]) -> None:
     storage.write_parquet_atomic(run.path("nas", "results.parquet"), pa.Table.from_pylist([asdict(s) for s in scores]))
-    storage.write_bytes_atomic(run.path("nas", "proxy-vs-whole.png"), scatter_png(scores))
 
 
 def proxy_qualities(scores: list[NasScore], top_fraction: float) -> list[ProxyQuality]:
@@ -102,17 +100,3 @@ def _spearman(scores: list[NasScore], whole: dict[str, float]) -> float:
     if len(set(proxy)) < 2 or len(set(reference)) < 2:
         return 0.0  # a proxy (or a reference) that ranks nothing apart correlates with nothing
     return float(spearmanr(proxy, reference).statistic)
-
-
-def scatter_png(scores: list[NasScore]) -> bytes:
-    whole = {s.architecture: 100 * s.accuracy for s in scores if s.proxy == WHOLE}
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    for proxy in dict.fromkeys(s.proxy for s in scores if s.proxy != WHOLE):
-        mine = [s for s in scores if s.proxy == proxy and s.architecture in whole]
-        ax.scatter([100 * s.accuracy for s in mine], [whole[s.architecture] for s in mine], s=12, label=proxy,
-                   alpha=0.7)
-    ax.set_xlabel("validation accuracy after proxy training (%)")
-    ax.set_ylabel("validation accuracy after whole-set training (%)")
-    ax.set_title("NAS: each point an architecture", fontsize=9)
-    ax.legend(fontsize=8)
-    return png(fig)

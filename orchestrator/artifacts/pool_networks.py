@@ -19,7 +19,6 @@ from pydantic import BaseModel
 
 from orchestrator import commits, storage
 from orchestrator.commits import FileEntry, UnitState
-from orchestrator.figures import plt, png
 from orchestrator.pool_dir import PoolDir
 from orchestrator.errors import RunError
 from workers.data.tensor_table import from_parquet_bytes, to_parquet_bytes
@@ -193,14 +192,3 @@ def forgetting_scores(pool: PoolDir, class_ids: list[int]) -> dict[int, np.ndarr
             if c in scores:
                 scores[c][k] = np.nan_to_num(scores[c][k]) + (events if learned else NEVER_LEARNED)
     return scores
-
-
-def histogram_png(pool: PoolDir) -> bytes:
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.hist(accuracies(pool), bins=list(range(0, 101, 5)), color="tab:blue", edgecolor="white")
-    ax.set_xlabel("validation accuracy of a kept state (%)")
-    ax.set_ylabel("states")
-    s = pool.record.settings
-    ax.set_title(f"pool of {pool.networks} x {s.model}, {s.epochs} epoch(s), a state every {s.states_every} steps",
-                 fontsize=9)
-    return png(fig)

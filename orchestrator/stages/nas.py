@@ -26,6 +26,7 @@ from orchestrator.artifacts.nas_results import (
 )
 from orchestrator.artifacts.training_sets import TrainingSet, load, training_set
 from orchestrator.components.eval_pool import actor_pool
+from orchestrator.components.pictures import draw_nas
 from orchestrator.components.settings import Purpose, train_settings
 from orchestrator.components.worker_setup import run_reader
 from orchestrator.config import NasSpace, RunConfig
@@ -109,6 +110,7 @@ def nas(run: RunDir, console: Console) -> tuple[list[NasScore], list[ProxyQualit
     run_units(stage, [Unit(j.key, (j,)) for j in todo], console, done_units=len(jobs) - len(todo))
     scores = [s for key, s in stored_scores(folder).items() if key in {j.key for j in jobs}]
     write_results(run, scores)
+    draw_nas(run, scores)
     return scores, proxy_qualities(scores, cfg.nas.top_fraction)
 
 

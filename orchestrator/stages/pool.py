@@ -11,11 +11,12 @@ import time
 import torch
 from rich.console import Console
 
-from orchestrator import faults, ray_work, storage
+from orchestrator import faults, ray_work
 from orchestrator.artifacts.pool_networks import (
-    NetworkManifest, commit_network, histogram_png, network_name, network_seed, network_state,
+    NetworkManifest, commit_network, network_name, network_seed, network_state,
     read_epoch_checkpoint, write_epoch_checkpoint,
 )
+from orchestrator.components.pictures import draw_pool
 from orchestrator.components.settings import train_settings
 from orchestrator.components.worker_setup import open_reader, task_device
 from orchestrator.config import ResourcesConfig, RunConfig
@@ -41,7 +42,7 @@ def make_pool(pool: PoolDir, cfg: RunConfig, console: Console) -> None:
                       shared=(pool, cfg.resources, train_settings(cfg, "pool")),
                       needs=Needs("a pool network", cfg.resources), with_context=True)
     run_units(stage, units, console)
-    storage.write_bytes_atomic(pool.histogram(), histogram_png(pool))
+    draw_pool(pool)
 
 
 def total_steps(pool: PoolDir) -> int:
