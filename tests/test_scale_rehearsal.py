@@ -12,8 +12,11 @@ from PIL import Image
 
 from benchmarks import many_class_rehearsal as many_classes
 from benchmarks import scale_rehearsal as rehearsal
-from orchestrator import storage
+from orchestrator import commits, storage
+from orchestrator.artifacts.shards import shard_state
+from orchestrator.report import grid_images
 from orchestrator.run_dir import RunDir
+from orchestrator.run_opening import opened
 from orchestrator.run_status import run_status
 
 pytestmark = pytest.mark.ray
@@ -102,7 +105,7 @@ def test_many_classes_report_a_grid_sample_with_its_index(many):
 def test_status_reads_a_bounded_number_of_files_per_shard(many):
     """status opens each shard's manifest and file, never a file per class: its reads grow with the shards."""
     out, figures = many
-    run = RunDir.load(str(out / "run"))
+    run = opened(str(out / "run"))
     with mock.patch.object(storage, "exists", wraps=storage.exists) as exists, \
             mock.patch.object(storage, "read_bytes", wraps=storage.read_bytes) as read, \
             mock.patch.object(storage, "sha256_of", wraps=storage.sha256_of) as hashed:  # read_json reads bytes
@@ -110,3 +113,13 @@ def test_status_reads_a_bounded_number_of_files_per_shard(many):
     assert status.shard_summary() == "10 committed"
     calls = exists.call_count + read.call_count + hashed.call_count  # 4 per shard: 2 exists, manifest, hash
     assert calls <= 5 * figures["shards"] + 20 < figures["classes"], calls
+
+
+def test_the_grid_reads_only_the_shards_of_its_classes(many):
+    out, _ = many
+    run = opened(str(out / "run"))
+    manifests = [shard_state(run, spec, deep=False).manifest for spec in run.shards]
+    with mock.patch.object(commits, "read_checked", wraps=commits.read_checked) as read:
+        _, labels = grid_images(run, manifests, [0, 149])
+    assert read.call_count == 2  # the first and last of 10 shards
+    assert sorted(set(labels.tolist())) == [*range(15), *range(135, 150)]
