@@ -18,7 +18,7 @@ from orchestrator.components.pictures import histogram_png
 from orchestrator.artifacts.score_statistics import FAIR_SCORES, summarize
 from orchestrator.artifacts.scores import Score
 from orchestrator.artifacts.shards import ShardManifest, shard_state, snapshot_iteration
-from orchestrator.artifacts.training_sets import TrainingSet, load
+from orchestrator.artifacts.training_sets import TrainingSet, committed_files, load
 from workers.data import denormalize
 
 GRID_CLASSES = 100  # grid.png's rows at most; more classes are sampled, with their index in report.md
@@ -213,7 +213,7 @@ def report(run: RunDir, scores: list[Score]) -> list[TableRow]:
                  "scored with the protocol above.", "", "![accuracy per iteration](sweep.png)", ""]
         storage.write_bytes_atomic(run.path("sweep.png"), sweep_png(sweep, table))
     storage.write_bytes_atomic(run.path("report.md"), "\n".join(text).encode())
-    x, y = grid_images(run, manifests, shown)
+    x, y = grid_images(run, shown)
     storage.write_bytes_atomic(run.path("grid.png"), grid_png(x, y, ds.mean, ds.std,
                                                               cfg.condense.ipc * cfg.condense.factor**2, shown))
     storage.write_bytes_atomic(run.path("loss.png"), loss_png(manifests))
@@ -238,12 +238,12 @@ def grid_index(shown: Sequence[int], names: Sequence[str], total: int) -> list[s
     return lines + [f"| {row} | {c} | {names[c]} |" for row, c in enumerate(shown, start=1)] + [""]
 
 
-def grid_images(run: RunDir, manifests: list[ShardManifest],
-                classes: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+def grid_images(run: RunDir, classes: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """The stored images of ``classes``, read (and hashed) from the shards that hold them alone: the
     driver never loads the whole set to draw a sample of it."""
     wanted = set(classes)
-    files = tuple(m.files["dm"] for m in manifests if wanted.intersection(m.classes))
+    specs = [spec for spec in run.shards if wanted.intersection(spec.class_ids)]
+    files = committed_files(run, "dm", specs)
     return load(run, TrainingSet("dm", run.record.units_key, files=files, factor=run.config.condense.factor))
 
 

@@ -9,6 +9,7 @@ data are never reused). Whoever loads it hashes the bytes as it reads them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
@@ -17,6 +18,7 @@ from orchestrator.artifacts.selections import baseline_identity, selection_state
 from orchestrator.artifacts.shards import read_snapshot, shard_state, snapshot_iteration
 from orchestrator.commits import FileEntry
 from orchestrator.errors import RunError
+from orchestrator.plan import ShardSpec
 from orchestrator.run_dir import RunDir
 from workers.data.tensor_table import from_parquet_bytes, table_arrays
 from workers.parameterize import decode
@@ -39,8 +41,17 @@ def training_set(run: RunDir, method: str) -> TrainingSet:
         paths = tuple(run.relative(run.snapshot(spec, iteration)) for spec in run.shards)
         return TrainingSet(method, f"{run.record.units_key}@{iteration}", snapshots=paths,
                            factor=run.config.condense.factor)
+    files = committed_files(run, method, run.shards)
+    if method == "dm":
+        return TrainingSet(method, run.record.units_key, files=tuple(files), factor=run.config.condense.factor)
+    return TrainingSet(method, data_key(run, method), files=tuple(files))
+
+
+def committed_files(run: RunDir, method: str, specs: Sequence[ShardSpec]) -> tuple[FileEntry, ...]:
+    """``method``'s committed file of each shard of ``specs``, each checked against its manifest's
+    sha256; a unit that is not committed is named with the command that computes it."""
     files = []
-    for spec in run.shards:
+    for spec in specs:
         st = shard_state(run, spec) if method == "dm" else selection_state(run, spec, method)
         if st.state == "foreign":
             raise RunError(f"{spec.name} was {st.detail}; this run would not reproduce it: give a run of this "
@@ -50,9 +61,7 @@ def training_set(run: RunDir, method: str) -> TrainingSet:
             fix = commands.resume(run.uri) if method == "dm" else commands.evaluate(run.uri)
             raise RunError(f"{what} is {st.state} {st.detail}; `{fix}` computes it first")
         files.append(st.manifest.files[method])  # type: ignore[union-attr]
-    if method == "dm":
-        return TrainingSet(method, run.record.units_key, files=tuple(files), factor=run.config.condense.factor)
-    return TrainingSet(method, data_key(run, method), files=tuple(files))
+    return tuple(files)
 
 
 def data_key(run: RunDir, method: str) -> str:
