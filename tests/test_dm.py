@@ -42,10 +42,12 @@ def test_grouped_loss_and_gradients_equal_per_class(model):
         grad_r, = torch.autograd.grad(loss_r, per_class.syn)
         torch.testing.assert_close(loss_g, loss_r, rtol=1e-5, atol=0)
         # channels_last (ours) vs contiguous (reference) sum in other orders: float noise
-        # is relative to the largest gradient, not to each element
+        # is relative to the largest gradient, not to each element; BatchNorm's statistics add
+        # reductions of their own (one element reached 1.3e-5 of it on an AVX-512 core), while
+        # a wrong gradient is off by a sizeable share of it
         scale = float(grad_r.abs().max())
         assert scale > 0
-        torch.testing.assert_close(grad_g, grad_r, rtol=1e-5, atol=1e-5 * scale)
+        torch.testing.assert_close(grad_g, grad_r, rtol=1e-5, atol=1e-4 * scale)
         grouped.step()
         per_class.step()
         torch.testing.assert_close(grouped.syn, per_class.syn, rtol=1e-5, atol=1e-6)
