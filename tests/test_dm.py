@@ -50,7 +50,7 @@ def test_grouped_loss_and_gradients_equal_per_class(model):
         torch.testing.assert_close(grad_g, grad_r, rtol=1e-5, atol=1e-4 * scale)
         grouped.step()
         per_class.step()
-        torch.testing.assert_close(grouped.syn, per_class.syn, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(grouped.syn, per_class.syn, rtol=1e-5, atol=1e-5)  # unit-scale pixels after an update of that noise
 
 
 def test_class_sampling_is_per_class_without_replacement():
