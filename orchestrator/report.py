@@ -88,6 +88,8 @@ def synthetic_label(cfg: RunConfig) -> str:
         changed.append(f"factor {c.factor}")
     if (c.ce_weight, c.ce_network) != (base["ce_weight"], base["ce_network"]):
         changed.append(f"ce {c.ce_weight:g} {c.ce_network}" if c.ce_weight else "no ce")
+    if c.cfd_sampler != base["cfd_sampler"]:
+        changed.append("sampler" if c.cfd_sampler else "no sampler")
     return f"{name} [{', '.join(changed)}]" if changed else name
 
 

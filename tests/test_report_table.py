@@ -36,3 +36,12 @@ def test_the_paper_column_stays_empty_under_another_protocol():
     for change in (["evaluate.labels=soft"], ["evaluate.augment=false"]):
         cfg = load_config(str(REPO / "configs" / "cifar10-ipc1.yaml"), change)
         assert [r.paper for r in results_table([_score("dm"), _score("random")], cfg, "cifar10")] == [None, None]
+
+
+def test_a_recipe_set_is_named_with_the_pieces_it_sets_apart_from_its_recipe():
+    from orchestrator.report import synthetic_label
+
+    ncfm = load_config(REPO / "configs" / "cifar10-ipc10-ncfm.yaml")
+    assert synthetic_label(ncfm) == "ncfm"
+    with_sampler = ncfm.model_copy(update={"condense": ncfm.condense.model_copy(update={"cfd_sampler": True})})
+    assert synthetic_label(with_sampler) == "ncfm [sampler]"
