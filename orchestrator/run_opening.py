@@ -103,7 +103,10 @@ def _teacher(where: str, config: TeacherConfig, pool: PoolDir) -> Teacher:
         named = f"pool {pool.record.key} net {index}"
         return Teacher(where, config, f"{named} {states.sha256[:16]}", named, index)
     weights = config.weights or ""
-    named = f"{config.arch} {_weights_digest(weights, storage.mtime_ns(weights))}"
+    try:
+        named = f"{config.arch} {_weights_digest(weights, storage.mtime_ns(weights))}"
+    except RunError as exc:
+        raise RunError(f"{where}: {exc}") from None
     return Teacher(where, config, named, named)
 
 
