@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.cli import _parser, main
-from orchestrator.run_dir import RunDir
+from orchestrator.run_opening import opened
 from orchestrator.artifacts.selections import selection_state
 
 from .conftest import REPO, sets
@@ -117,7 +117,7 @@ def test_make_pool_trains_the_pool_first_and_the_forgetting_baseline_reads_it(cp
     assert (tmp_path / "pools").exists()
     assert main(["evaluate", str(run), *sets("evaluate.baselines=[forgetting]", "evaluate.num_models=1",
                                              "evaluate.epochs=1", "evaluate.models=[ConvNetW32]")]) == 0
-    handle = RunDir.load(str(run))
+    handle = opened(str(run))
     for spec in handle.shards:
         assert selection_state(handle, spec, "forgetting").state == "committed"
     capsys.readouterr()
