@@ -92,7 +92,7 @@ def test_end_to_end_commits_every_class_with_the_design_schema(reference_run):
     assert all(0.0 <= r["accuracy"] <= 1.0 for r in results) and len(results) == 6
     for name in ("report.md", "grid.png", "loss.png"):
         assert (reference_run / name).stat().st_size > 0
-    assert "| dm | ConvNetW32 | 2 |" in (reference_run / "report.md").read_text()
+    assert "| dm | ConvNetW32 | paper | 2 |" in (reference_run / "report.md").read_text()
     assert not list(reference_run.glob("checkpoints/*/state.pt"))
 
 

@@ -144,4 +144,4 @@ def test_a_recipe_runs_resumes_exports_and_reports_as_dm_does(pools, tmp_path, m
 
     assert np.load(tmp_path / "syn.npz")["images"].shape == (80, 1, 8, 8)
     report = (whole / "report.md").read_text()
-    assert "2 images per class stored and 8 trained on (factor 2)" in report and f"| {recipe} | ConvNetW32 | 1 |" in report
+    assert "2 images per class stored and 8 trained on (factor 2)" in report and f"| {recipe} | ConvNetW32 | paper | 1 |" in report
