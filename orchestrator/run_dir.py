@@ -7,6 +7,8 @@ is and ask it for paths, never build them by hand.
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -127,6 +129,10 @@ class RunDir:
 
     def failure(self, stage: str, spec: ShardSpec) -> str:
         return self.path("failed", stage, f"{spec.name}.json")
+
+    def job_failure(self, stage: str, job: str) -> str:
+        """Where the failure of an evaluation or NAS job is kept, its name made a file name."""
+        return self.path("failed", stage, f"{re.sub(r'[^A-Za-z0-9@._-]+', '-', job).strip('-')}.json")
 
     def progress(self, spec: ShardSpec) -> str:
         return self.path("progress", f"{spec.name}.json")

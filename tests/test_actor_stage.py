@@ -56,6 +56,21 @@ def test_an_actor_stage_runs_in_process_with_one_actor_and_the_shared_value():
     assert "bad failed" in console.export_text()
 
 
+def test_a_failed_evaluation_job_keeps_its_error_and_traceback_under_failed(tmp_path):
+    from orchestrator.run_dir import RunDir
+
+    record = RunDir.__new__(RunDir)
+    object.__setattr__(record, "uri", str(tmp_path))
+    where = RunDir.job_failure(record, "evaluate", "dm@500 / ConvNet, networks 1-4")
+    assert where == str(tmp_path / "failed" / "evaluate" / "dm@500-ConvNet-networks-1-4.json")
+    console = Console(record=True, width=300)
+    with pytest.raises(StageFailed):
+        run_units(_stage(1), [Unit("bad", (-1,), failure=where)], console, in_process=True)
+    assert "ValueError: no negative units: -1" in Path(where).read_text()
+    assert "Traceback" in (tmp_path / "failed" / "evaluate" / "dm@500-ConvNet-networks-1-4.traceback.txt").read_text()
+    assert "traceback in" in console.export_text()
+
+
 @pytest.fixture(scope="module")
 def small_ray():
     import ray

@@ -42,7 +42,8 @@ def evaluate(run: RunDir, console: Console, methods: list[str] | None = None,
     # object store each time (no copy), and a restarted actor never needs it again.
     stage = ActorStage(STAGE, "networks", EvalActor, (run, actors.use_gpu, teacher_spec(run)), "score", actors,
                        shared_task=(read_test_split, (run,)))
-    run_units(stage, [Unit(j.label, (j,), len(j.seeds)) for j in jobs], console, done_units=len(done))
+    units = [Unit(j.label, (j,), len(j.seeds), failure=run.job_failure(STAGE, j.label)) for j in jobs]
+    run_units(stage, units, console, done_units=len(done))
     results = with_fair_scores(run, sorted(_asked(cfg, stored_scores(run, key, keys)), key=result_order), test_classes)
     write_results(run, results)
     return results

@@ -107,7 +107,8 @@ def nas(run: RunDir, console: Console) -> tuple[list[NasScore], list[ProxyQualit
     actors = actor_pool(cfg)  # as many as the evaluation's
     stage = ActorStage(STAGE, "trainings", NasActor, (run, folder, actors.use_gpu), "train", actors,
                        shared_task=(read_train_split, (run,)))
-    run_units(stage, [Unit(j.key, (j,)) for j in todo], console, done_units=len(jobs) - len(todo))
+    units = [Unit(j.key, (j,), failure=run.job_failure(STAGE, j.key)) for j in todo]
+    run_units(stage, units, console, done_units=len(jobs) - len(todo))
     scores = [s for key, s in stored_scores(folder).items() if key in {j.key for j in jobs}]
     write_results(run, scores)
     draw_nas(run, scores)
