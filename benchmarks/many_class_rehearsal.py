@@ -127,7 +127,8 @@ def command(argv: list[str]) -> dict[str, Any]:
     time's: a child forked from this process would report this process's RSS as its own peak)."""
     with tempfile.NamedTemporaryFile("r", suffix=".rss") as rss:
         started = time.perf_counter()
-        timed = ["/usr/bin/time", "-f", "%M %U %S", "-o", rss.name, str(REPO / ".venv" / "bin" / "dmcondense"), *argv]
+        # the interpreter running this file, whichever environment holds it (CI's has no .venv)
+        timed = ["/usr/bin/time", "-f", "%M %U %S", "-o", rss.name, sys.executable, "-m", "orchestrator", *argv]
         done = subprocess.run(timed, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
                               cwd=REPO)
         wall = time.perf_counter() - started

@@ -34,6 +34,7 @@ from orchestrator import commits, faults, storage, worker_env
 from orchestrator.config import RunConfig
 from orchestrator.progress import ProgressDisplay
 from orchestrator.errors import RunError
+from workers.data import uri as locations
 from workers.devices import DETERMINISTIC_ENV
 
 
@@ -84,7 +85,7 @@ class Outcome:
 
 def traceback_file(record: str) -> str:
     """Where the traceback of the failure recorded at ``record`` is kept, as text."""
-    return f"{record.removesuffix('.json')}.traceback.txt"
+    return locations.replace_suffix(record, ".json", ".traceback.txt")
 
 
 def report_failure(w: Work, failure: TaskFailure, attempts: int) -> str:

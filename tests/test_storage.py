@@ -169,3 +169,12 @@ def test_s3_failed_write_leaves_no_key(s3_base, monkeypatch):
     from pyarrow.fs import FileSelector
 
     assert fs.get_file_info(FileSelector(path, allow_not_found=True)) == []  # no temporary either
+
+
+def test_a_failure_records_traceback_sits_beside_it_on_a_uri_with_a_query():
+    from orchestrator.ray_work import traceback_file
+
+    assert traceback_file("/run/failed/condense/shard-00001.json") == "/run/failed/condense/shard-00001.traceback.txt"
+    record = "s3://b/run/failed/condense/shard-00001.json?endpoint_override=127.0.0.1:9000&scheme=http"
+    assert traceback_file(record) == ("s3://b/run/failed/condense/shard-00001.traceback.txt"
+                                      "?endpoint_override=127.0.0.1:9000&scheme=http")

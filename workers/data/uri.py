@@ -35,6 +35,14 @@ def absolute(location: str) -> str:
     return location if is_uri(location) else os.path.abspath(os.path.expanduser(location))
 
 
+def replace_suffix(location: str, old: str, new: str) -> str:
+    """The location with its file name's ``old`` ending replaced by ``new``, a URI's query kept."""
+    if not is_uri(location):
+        return location.removesuffix(old) + new
+    split = urlsplit(location)
+    return urlunsplit((split.scheme, split.netloc, split.path.removesuffix(old) + new, split.query, split.fragment))
+
+
 def join(base: str, *parts: str) -> str:
     """Join path parts onto a local path or a URI, keeping a URI's query string."""
     if not is_uri(base):
