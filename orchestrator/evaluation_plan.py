@@ -21,7 +21,15 @@ class EvaluationPlan:
 
     settings_key: str  # settings_key() of the config, its teacher's identity included
     data_keys: Mapping[str, str]  # method -> the identity of its current set (dm and the baselines asked for)
-    planned: frozenset[Network]  # every network the config asks to score
+    seeds: Mapping[str, tuple[int, ...]]  # model -> its networks' seeds (model_seeds)
+
+    @property
+    def planned(self) -> frozenset[Network]:
+        """Every network the config asks to score (dm and the baselines asked for)."""
+        return self.networks_of(list(self.data_keys))
+
+    def networks_of(self, methods: list[str]) -> frozenset[Network]:
+        return frozenset((m, model, s) for model, seeds in self.seeds.items() for s in seeds for m in methods)
 
 
 def asked_methods(cfg: RunConfig) -> list[str]:

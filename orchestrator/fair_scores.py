@@ -122,6 +122,45 @@ def augmentation_robust_score(acc: AugmentationAccuracies, weight: float = DEFAU
     return AugmentationRobustScore(with_aug, without_aug, rescaled(weight * with_aug + (1 - weight) * without_aug))
 
 
+@dataclass(frozen=True)
+class RoundAccuracies:
+    """What is known of one network's round under one protocol (fractions; None: not scored)."""
+
+    syn: float  # this set
+    random: float | None  # the random set's network of the same seed
+    syn_hard: float | None  # this set's network under hard labels
+    real_hard: float | None  # the real training set under hard labels
+    augmented: bool  # whether this protocol augments
+    syn_other: float | None  # this set's network under the other augmentation
+    random_other: float | None  # the random set's, under the other augmentation
+
+
+@dataclass(frozen=True)
+class RoundScores:
+    """DD-Ranking's scores of one round (None: an accuracy it needs is not known)."""
+
+    ior: float | None
+    hlr: float | None
+    lrs: float | None
+    ars: float | None
+
+
+def round_scores(acc: RoundAccuracies, weight: float = DEFAULT_WEIGHT) -> RoundScores:
+    """IOR and HLR where their accuracies are known, LRS where both are, ARS where the round is
+    also scored with the other augmentation."""
+    ior = acc.syn - acc.random if acc.random is not None else None
+    hlr = acc.real_hard - acc.syn_hard if acc.real_hard is not None and acc.syn_hard is not None else None
+    lrs = None
+    if ior is not None and hlr is not None:
+        lrs = label_robust_score(LabelAccuracies(acc.real_hard, acc.syn_hard, acc.syn, acc.random), weight).lrs  # type: ignore[arg-type]
+    ars = None
+    if acc.random is not None and acc.syn_other is not None and acc.random_other is not None:
+        mine, theirs = (acc.syn, acc.random), (acc.syn_other, acc.random_other)
+        (syn_aug, rnd_aug), (syn_plain, rnd_plain) = (mine, theirs) if acc.augmented else (theirs, mine)
+        ars = augmentation_robust_score(AugmentationAccuracies(syn_aug, rnd_aug, syn_plain, rnd_plain), weight).ars
+    return RoundScores(ior, hlr, lrs, ars)
+
+
 def label_robust_summary(rounds: Sequence[LabelAccuracies], weight: float = DEFAULT_WEIGHT) -> LabelRobustSummary:
     """Each round scored on its own, then averaged (not the score of averaged accuracies)."""
     scores = [label_robust_score(r, weight) for r in _some(rounds)]

@@ -31,7 +31,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from orchestrator import commits, faults, storage, worker_env
-from orchestrator.config import RunConfig
+from orchestrator.config import ResourcesConfig
 from orchestrator.progress import ProgressDisplay
 from orchestrator.errors import RunError
 from workers.data import uri as locations
@@ -136,9 +136,9 @@ class TaskContext:
 
 
 # ------------------------------------------------------------------ options
-def task_options(cfg: RunConfig) -> dict[str, Any]:
-    """Ray options of a shard-sized task: its resources, Ray's retries, one per node first."""
-    resources = cfg.resources
+def task_options(resources: ResourcesConfig, deterministic: bool, memory: int | None = None) -> dict[str, Any]:
+    """Ray options of a shard-sized task: its resources, Ray's retries, one per node first;
+    ``memory``: the bytes Ray reserves for it (None: Ray's default, none)."""
     options: dict[str, Any] = {
         "num_cpus": resources.cpus_per_shard,
         "num_gpus": resources.gpus_per_shard,
@@ -146,22 +146,24 @@ def task_options(cfg: RunConfig) -> dict[str, Any]:
         "retry_exceptions": resources.retry_exceptions,
         "scheduling_strategy": "SPREAD",  # every node's GPUs get work
     }
-    return _with_env(options, cfg)
+    if memory is not None:
+        options["memory"] = memory
+    return _with_env(options, resources, deterministic)
 
 
-def actor_options(cfg: RunConfig, gpus: float) -> dict[str, Any]:
+def actor_options(resources: ResourcesConfig, deterministic: bool, gpus: float) -> dict[str, Any]:
     """Ray options of a pool actor: a CPU, a share of a GPU, restarts on death (its call runs again)."""
-    retries = cfg.resources.max_retries
+    retries = resources.max_retries
     options: dict[str, Any] = {"num_cpus": 1, "max_restarts": retries, "max_task_retries": retries}
     if gpus > 0:
         options["num_gpus"] = gpus
-    return _with_env(options, cfg)
+    return _with_env(options, resources, deterministic)
 
 
-def _with_env(options: dict[str, Any], cfg: RunConfig) -> dict[str, Any]:
+def _with_env(options: dict[str, Any], resources: ResourcesConfig, deterministic: bool) -> dict[str, Any]:
     # failure tests inject faults into the workers through the driver's environment
-    extra = {**faults.worker_env(), **(DETERMINISTIC_ENV if cfg.precision.deterministic else {})}
-    runtime_env = worker_env.runtime_env(cfg.resources, **extra)
+    extra = {**faults.worker_env(), **(DETERMINISTIC_ENV if deterministic else {})}
+    runtime_env = worker_env.runtime_env(resources, **extra)
     return {**options, "runtime_env": runtime_env} if runtime_env else options
 
 

@@ -4,12 +4,14 @@ teachers with their identities and its evaluation plan. Nothing else works these
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from orchestrator.config import TeacherConfig
 from orchestrator.errors import RunError
 from orchestrator.evaluation_plan import EvaluationPlan
 from orchestrator.pool_dir import PoolDir
+from workers.teachers import TeacherMemory
 
 
 @dataclass(frozen=True)
@@ -20,19 +22,32 @@ class Teacher:
     config: TeacherConfig
     identity: str  # the pool's key, network and states' sha256, or the architecture and its weights' sha256
     score_identity: str  # the form the scores' settings keys have named it by since soft labels came
+    memory: TeacherMemory  # its weights and a forward's activations, from its architecture alone
     network: int | None = None  # a pool teacher: the pool network whose final state it is
 
 
 @dataclass(frozen=True)
 class Resolved:
-    """A run's pool, teachers and evaluation plan. A run opened to make its pool first has its
-    pool but not yet its pool teachers and plan (``ready`` False) until it is resolved again."""
+    """A run's pool, teachers, evaluation plan and the identities its units must have. A run
+    opened to make its pool first has its pool but not yet its pool teachers and plan
+    (``ready`` False) until it is resolved again."""
 
     pool_dir: PoolDir  # where the run's pool is (made or not, needed or not: the real data's accuracy)
     uses_pool: bool  # its shards, baselines or teachers read the pool
     teacher: Teacher | None  # soft labels' (None under hard labels)
     condense_teacher: Teacher | None  # RDED's (None for the other methods)
     plan: EvaluationPlan | None
+    condense_memory: int | None = None  # bytes Ray reserves for RDED's largest shard task (None: no reservation)
+    # per device type ("cpu", "cuda"): what a committed shard was made under (None: RDED's teacher not resolved yet)
+    identities: Mapping[str, dict] | None = None
+    baseline_identities: Mapping[str, str] = field(default_factory=dict)  # per coreset method: its selections'
+    real_accuracy: float | None = None  # the pool's mean final validation accuracy (None: no network committed)
+
+    @property
+    def shard_identities(self) -> Mapping[str, dict]:
+        if self.identities is None:
+            self.require_ready()
+        return self.identities  # type: ignore[return-value]
 
     @property
     def pool(self) -> PoolDir | None:

@@ -26,6 +26,7 @@ CUDA_ONLY_KEYS = ("precision.tf32", "precision.deterministic", "condense.cuda_gr
 # dataset moved elsewhere keeps its units and a changed one is named class by class.
 LOCATION_KEYS = ("dataset.root",)
 Device = str  # "cpu" | "cuda"
+DEVICES: tuple[Device, ...] = ("cpu", "cuda")
 
 
 def unit_device(cfg: RunConfig) -> Device:

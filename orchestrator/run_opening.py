@@ -12,17 +12,21 @@ import functools
 from dataclasses import replace
 
 from orchestrator import storage
-from orchestrator.artifacts.pool_networks import best_network, check_pool_ready, network_state
+from orchestrator.artifacts.pool_networks import best_network, check_pool_ready, network_state, real_accuracy
+from orchestrator.artifacts.selections import baseline_identity
 from orchestrator.artifacts.shards import refuse_foreign_shards
 from orchestrator.artifacts.training_sets import data_key
-from orchestrator.components.teacher import check_teacher
+from orchestrator.components.teacher import check_teacher, rded_task_memory
 from orchestrator.config import RunConfig, TeacherConfig
 from orchestrator.errors import RunError
-from orchestrator.evaluation_plan import EvaluationPlan, asked_methods, planned_networks, settings_key
+from orchestrator.evaluation_plan import EvaluationPlan, asked_methods, model_seeds, settings_key
 from orchestrator.pool_dir import PoolDir, pool_root, pools_at
 from orchestrator.resolved import Resolved, Teacher
 from orchestrator.run_dir import RunDir
+from orchestrator.run_identity import DEVICES, shard_identity
+from workers.coreset import METHODS as CORESET_METHODS
 from workers.data.types import DatasetInfo
+from workers.teachers import NetworkTeacher, TeacherMemory, TorchvisionTeacher, teacher_memory
 
 
 def opened(uri: str) -> RunDir:
@@ -51,17 +55,32 @@ def resolve(run: RunDir) -> RunDir:
     pool = pool_dir(cfg, info)
     uses = uses_pool(cfg)
     e, condense = cfg.evaluate, condense_teacher_config(cfg)
+    baselines = {method: baseline_identity(cfg, method, pool) for method in CORESET_METHODS}
+    real = real_accuracy(pool) if pool.exists() else None
     if any(t is not None and t.source == "pool" for t in (_soft(cfg), condense)) and not _trained(pool):
-        return replace(run, resolution=Resolved(pool, uses, None, None, None))
-    teacher = _teacher("evaluate.teacher", e.teacher, pool) if _soft(cfg) else None
+        return replace(run, resolution=Resolved(pool, uses, None, None, None, None,
+                                                None if condense else _identities(cfg), baselines, real))
+    teacher = _teacher("evaluate.teacher", e.teacher, pool, info) if _soft(cfg) else None
     rded = None if condense is None else _teacher(
         "condense.teacher" if cfg.condense.teacher is not None else
-        "evaluate.teacher (RDED's teacher while condense.teacher is null)", condense, pool)
-    partial = replace(run, resolution=Resolved(pool, uses, teacher, rded, None))
+        "evaluate.teacher (RDED's teacher while condense.teacher is null)", condense, pool, info)
+    memory = None if rded is None else rded_task_memory(cfg, info, run.shards, rded.memory)
+    partial = replace(run, resolution=Resolved(pool, uses, teacher, rded, None, memory, _identities(cfg, rded),
+                                               baselines, real))
     keys = {m: data_key(partial, m) for m in asked_methods(cfg)}
-    plan = EvaluationPlan(settings_key(cfg, None, teacher.score_identity if teacher else None), keys,
-                          frozenset(planned_networks(cfg, asked_methods(cfg))))
+    seeds = {model: tuple(model_seeds(cfg, model)) for model in cfg.evaluate.models}
+    plan = EvaluationPlan(settings_key(cfg, None, teacher.score_identity if teacher else None), keys, seeds)
     return replace(partial, resolution=replace(partial.resolved, plan=plan))
+
+
+def _identities(cfg: RunConfig, rded: Teacher | None = None) -> dict[str, dict]:
+    """What a shard computed on each device type must have been made under: the config's shard
+    identity and, for RDED, the teacher that chose its crops (its weights' identity)."""
+    identities = {device: shard_identity(cfg, device) for device in DEVICES}
+    if rded is not None:
+        for data in identities.values():
+            data["teacher"] = rded.identity
+    return identities
 
 
 def pool_dir(cfg: RunConfig, info: DatasetInfo) -> PoolDir:
@@ -94,20 +113,32 @@ def _trained(pool: PoolDir) -> bool:
                                  for i in range(pool.networks))
 
 
-def _teacher(where: str, config: TeacherConfig, pool: PoolDir) -> Teacher:
+def _teacher(where: str, config: TeacherConfig, pool: PoolDir, info: DatasetInfo) -> Teacher:
     """The pool network with the best final state (its states' sha256 in its identity), or the
     torchvision architecture with its weights' sha256."""
     if config.source == "pool":
         index = best_network(pool)
         states = network_state(pool, index, deep=False).manifest.files["states"]  # type: ignore[union-attr]
         named = f"pool {pool.record.key} net {index}"
-        return Teacher(where, config, f"{named} {states.sha256[:16]}", named, index)
+        memory = teacher_memory(NetworkTeacher(pool.record.settings.model, {}), channels=info.channels,  # no weights
+                                num_classes=info.num_classes, im_size=tuple(info.im_size))  # are read
+        return Teacher(where, config, f"{named} {states.sha256[:16]}", named, memory, index)
     weights = config.weights or ""
     try:
         named = f"{config.arch} {_weights_digest(weights, storage.mtime_ns(weights))}"
     except RunError as exc:
         raise RunError(f"{where}: {exc}") from None
-    return Teacher(where, config, named, named)
+    try:
+        memory = _torchvision_memory(config.arch or "", info.channels, info.num_classes, tuple(info.im_size))
+    except ValueError as exc:
+        raise RunError(f"{where}: {exc}") from None
+    return Teacher(where, config, named, named, memory)
+
+
+@functools.lru_cache(maxsize=8)
+def _torchvision_memory(arch: str, channels: int, num_classes: int, im_size: tuple[int, int]) -> TeacherMemory:
+    """Sized once per architecture and image shape (one forward): a driver resolves a run more than once."""
+    return teacher_memory(TorchvisionTeacher(arch, ""), channels=channels, num_classes=num_classes, im_size=im_size)
 
 
 @functools.lru_cache(maxsize=8)

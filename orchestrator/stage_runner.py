@@ -55,11 +55,14 @@ class Unit:
 
 @dataclass(frozen=True)
 class Needs:
-    """What one unit reserves on a node (``resources.cpus_per_shard``, ``gpus_per_shard``),
-    checked before any task starts."""
+    """What one unit reserves on a node (``resources.cpus_per_shard``, ``gpus_per_shard``, a
+    memory estimate) and how its worker runs: the runner makes Ray's options of it, once per
+    stage, and checks before any task starts that a node can host it."""
 
     what: str  # "a shard", "a pool network": named when no node fits
     resources: ResourcesConfig
+    deterministic: bool  # precision.deterministic: the workers' environment for deterministic kernels
+    memory: int | None = None  # bytes Ray reserves per unit (None: none)
 
 
 @dataclass(frozen=True)
@@ -68,9 +71,8 @@ class UnitStage:
     unit: str  # what progress counts: "it", "shards", "steps", "tasks"
     noun: str  # what a unit is, in the "already committed" line: "shards", "networks"
     body: Callable[..., Any]  # body(*shared, *unit.args[, context]) computes and commits one unit
-    options: dict[str, Any]  # Ray options of a task
     shared: tuple = ()
-    needs: Needs | None = None
+    needs: Needs | None = None  # None: a task takes one CPU, on any node
     limit: int | None = None  # units in flight at most (None: as many as fit)
     with_context: bool = False  # the body takes a TaskContext to report progress with
 
@@ -81,8 +83,8 @@ class Actors:
 
     count: int
     gpus: float  # each actor's share of a GPU (0: the CPU)
-    options: dict[str, Any]  # Ray options of an actor: its resources, its restarts
-    resources: ResourcesConfig  # reserved GPUs are checked usable where Ray places an actor
+    resources: ResourcesConfig  # its restarts; reserved GPUs are checked usable where Ray places an actor
+    deterministic: bool  # precision.deterministic: the actors' environment for deterministic kernels
 
     @property
     def use_gpu(self) -> bool:
@@ -124,11 +126,13 @@ def run_units(stage: UnitStage | ActorStage, units: Sequence[Unit], console: Con
     elif in_process:
         outcome = _here(stage.name, stage.unit, stage.body, stage.shared, work, console, done)
     else:
-        if stage.needs is not None:
-            r = stage.needs.resources
-            ray_work.check_fits(r.cpus_per_shard, r.gpus_per_shard, stage.needs.what)
+        options: dict[str, Any] = {"num_cpus": 1}
+        if (needs := stage.needs) is not None:
+            r = needs.resources
+            ray_work.check_fits(r.cpus_per_shard, r.gpus_per_shard, needs.what)
             check_gpus_usable(r, r.gpus_per_shard, f"{stage.noun} (resources.gpus_per_shard)")
-        outcome = ray_work.run_tasks(stage.body, work, options=stage.options, label=stage.name, unit=stage.unit,
+            options = ray_work.task_options(r, needs.deterministic, needs.memory)
+        outcome = ray_work.run_tasks(stage.body, work, options=options, label=stage.name, unit=stage.unit,
                                      console=console, shared=stage.shared, limit=stage.limit,
                                      with_context=stage.with_context, done_units=done)
     if outcome.failed:  # each recorded, with its line on the console, as it failed
@@ -145,7 +149,8 @@ def _on_actors(stage: ActorStage, work: list[ray_work.Work], console: Console, d
         shared = ray_work.compute_shared(fn, *args, options={"num_cpus": 1})
         work = [ray_work.Work(w.key, (*w.args, shared), w.units, w.failure) for w in work]
     return ray_work.run_on_actors(stage.actor, stage.init_args, stage.method, work, actors=a.count,
-                                  options=a.options, label=stage.name, unit=stage.unit, console=console,
+                                  options=ray_work.actor_options(a.resources, a.deterministic, a.gpus),
+                                  label=stage.name, unit=stage.unit, console=console,
                                   done_units=done)
 
 

@@ -359,7 +359,7 @@ def test_workers_reuse_freed_memory_unless_switched_off(local_ray, reuse_memory)
     from orchestrator.ray_work import actor_options, task_options
 
     cfg = load_config(None, [f"resources.reuse_memory={reuse_memory}"])
-    for options in (task_options(cfg), actor_options(cfg, gpus=0)):
+    for options in (task_options(cfg.resources, False), actor_options(cfg.resources, False, gpus=0)):
         env = options.get("runtime_env", {}).get("env_vars", {})
         remote = local_ray.remote(_page_faults_per_training_step).options(num_cpus=1, runtime_env={"env_vars": env})
         faults = local_ray.get(remote.remote())

@@ -100,6 +100,12 @@ def test_compile_auto_pays_off_only_on_long_runs():
         load_config(None, ["condense.compile=sometimes"])
 
 
+def _seeds(cfg) -> dict:  # noqa: ANN001
+    from orchestrator.evaluation_plan import model_seeds
+
+    return {model: model_seeds(cfg, model) for model in cfg.evaluate.models}
+
+
 def _sets(methods: list[str]) -> list:
     from orchestrator.artifacts.training_sets import TrainingSet
 
@@ -112,7 +118,7 @@ def test_evaluation_jobs_cover_every_seed_once_and_keep_actors_busy(models, meth
 
     baselines = ["random", "herding"][: methods - 1]
     cfg = load_config(None, [f"evaluate.num_models={models}", f"evaluate.baselines={baselines}"])
-    jobs = make_jobs(cfg, _sets(["dm", *baselines]), n_actors=actors, key="k")
+    jobs = make_jobs(_seeds(cfg), _sets(["dm", *baselines]), n_actors=actors, key="k")
     per_method: dict[str, list[int]] = {}
     for job in jobs:
         per_method.setdefault(job.data.method, []).extend(job.seeds)
@@ -130,10 +136,10 @@ def test_evaluation_jobs_leave_out_the_networks_already_scored():
 
     cfg = load_config(None, ["evaluate.num_models=4", "evaluate.baselines=[random]"])
     sets = _sets(["dm", "random"])
-    every = {(j.data.method, j.model, s) for j in make_jobs(cfg, sets, n_actors=2, key="k") for s in j.seeds}
+    every = {(j.data.method, j.model, s) for j in make_jobs(_seeds(cfg), sets, n_actors=2, key="k") for s in j.seeds}
     assert every == planned_networks(cfg, ["dm", "random"]) and len(every) == 8
     done = set(sorted(every)[:3])
-    left = {(j.data.method, j.model, s) for j in make_jobs(cfg, sets, n_actors=2, key="k", done=done) for s in j.seeds}
+    left = {(j.data.method, j.model, s) for j in make_jobs(_seeds(cfg), sets, n_actors=2, key="k", done=done) for s in j.seeds}
     assert left == every - done
 
 
@@ -166,7 +172,7 @@ def test_evaluation_job_labels_are_unique_and_name_their_networks():
     from orchestrator.components.eval_pool import make_jobs
 
     cfg = load_config(None, ["evaluate.num_models=5", "evaluate.baselines=[random]"])
-    labels = [j.label for j in make_jobs(cfg, _sets(["dm", "random"]), n_actors=2, key="k")]
+    labels = [j.label for j in make_jobs(_seeds(cfg), _sets(["dm", "random"]), n_actors=2, key="k")]
     assert len(labels) == len(set(labels)) > 2
     assert "dm / ConvNet, networks 1-2" in labels
 
@@ -174,8 +180,7 @@ def test_evaluation_job_labels_are_unique_and_name_their_networks():
 def test_herdings_feature_training_takes_the_evaluations_settings_and_precision():
     from orchestrator.artifacts.selections import baseline_identity
     from orchestrator.components.settings import train_settings
-    from orchestrator.run_dir import RunDir
-    from orchestrator.run_record import RunRecord
+    from orchestrator.pool_dir import PoolDir
     from workers.data import open_dataset
 
     cfg = load_config(None, ["evaluate.coreset_feature_epochs=3", "evaluate.lr=0.05", "evaluate.batch=64",
@@ -187,6 +192,6 @@ def test_herdings_feature_training_takes_the_evaluations_settings_and_precision(
 
     def identity(*sets: str) -> str:
         c = load_config(None, ["evaluate.coreset_feature_epochs=3", *sets])
-        return baseline_identity(RunDir("x", RunRecord.build(c, [], open_dataset("digits").info)), "herding")
+        return baseline_identity(c, "herding", PoolDir.for_run(c, open_dataset("digits").info))
 
     assert identity("evaluate.lr=0.05") != identity("evaluate.lr=0.01")  # a selection of other features is redone

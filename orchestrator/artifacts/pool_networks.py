@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import socket
+import statistics
 import time
 from collections import Counter
 
@@ -159,6 +160,14 @@ def best_network(pool: PoolDir) -> int:
     finals = [network_state(pool, i, deep=False).manifest.val_accuracy[-1]  # type: ignore[union-attr]
               for i in range(pool.networks)]
     return max(range(pool.networks), key=lambda i: (finals[i], -i))
+
+
+def real_accuracy(pool: PoolDir) -> float | None:
+    """acc(real, hard): the mean validation accuracy of the pool's committed final states
+    (networks trained on the whole training split with hard labels); None without one."""
+    finals = [st.manifest.val_accuracy[-1] for i in range(pool.networks)  # type: ignore[union-attr]
+              if (st := network_state(pool, i, deep=False)).state == "committed"]
+    return statistics.fmean(finals) if finals else None
 
 
 def read_states(pool: PoolDir, index: int) -> dict:

@@ -13,6 +13,8 @@ from pydantic import BaseModel
 
 from orchestrator import commits
 from orchestrator.commits import FileEntry, UnitState
+from orchestrator.config import RunConfig
+from orchestrator.pool_dir import PoolDir
 from orchestrator.run_identity import shards_hash
 from orchestrator.plan import ShardSpec
 from orchestrator.run_dir import RunDir
@@ -35,24 +37,25 @@ class BaselineManifest(BaseModel):
     host: str
 
 
-def baseline_identity(run: RunDir, method: str) -> str:
+def baseline_identity(cfg: RunConfig, method: str, pool: PoolDir) -> str:
     """A key of everything that changes a selection's bytes: what shapes the run's shards
     (dataset, seeds, ipc; not how many classes the plan has grown to) and, for selections in a
-    feature space, the feature network and its training."""
-    e = run.config.evaluate
-    shaping: dict = {"method": method, "run": shards_hash(run.config)}
+    feature space, the feature network and its training; resolved once where the run is opened
+    (``Resolved.baseline_identities``)."""
+    e = cfg.evaluate
+    shaping: dict = {"method": method, "run": shards_hash(cfg)}
     if method in ("herding", "k_center"):
-        shaping.update(feature_model=run.config.condense.model, feature_epochs=e.coreset_feature_epochs)
+        shaping.update(feature_model=cfg.condense.model, feature_epochs=e.coreset_feature_epochs)
         if e.coreset_feature_epochs > 0:  # the features' training follows the evaluation's settings
             shaping.update(feature_lr=e.feature_lr, feature_batch=e.batch)
     if method == "forgetting":
-        shaping.update(pool=run.resolved.pool_dir.record.key, networks=run.config.pool.networks)
+        shaping.update(pool=pool.record.key, networks=cfg.pool.networks)
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def selection_state(run: RunDir, spec: ShardSpec, method: str, *, deep: bool = True) -> UnitState[BaselineManifest]:
     st = commits.read_state(run, run.baseline_manifest(method, spec), BaselineManifest, deep=deep)
-    if st.manifest is not None and st.manifest.identity != baseline_identity(run, method):
+    if st.manifest is not None and st.manifest.identity != run.resolved.baseline_identities[method]:
         return UnitState("pending", "made under other settings", st.manifest)
     return st
 
@@ -65,7 +68,7 @@ def commit_selection(run: RunDir, spec: ShardSpec, method: str, images: torch.Te
             "shard_id": spec.shard_id, "seed": spec.seed, "method": method}
     table = tensor_table(images.numpy(), labels.numpy(), info.class_names, index=True, metadata=meta)
     entry = commits.write_file(run, run.baseline_file(method, spec), to_parquet_bytes(table), len(labels))
-    manifest = BaselineManifest(method=method, identity=baseline_identity(run, method), shard_id=spec.shard_id,
+    manifest = BaselineManifest(method=method, identity=run.resolved.baseline_identities[method], shard_id=spec.shard_id,
                                 classes=list(spec.class_ids), seed=spec.seed, files={method: entry},
                                 wall_time_s=round(time.time() - started, 3), host=socket.gethostname())
     commits.write_manifest(run.baseline_manifest(method, spec), manifest)

@@ -20,7 +20,7 @@ from orchestrator.commits import FileEntry, UnitState
 from orchestrator.plan import ShardSpec
 from orchestrator.errors import RunError
 from orchestrator.run_dir import RunDir
-from orchestrator.run_identity import differing_keys, shard_identity
+from orchestrator.run_identity import differing_keys
 from workers.data.tensor_table import tensor_table, to_parquet_bytes
 
 STAGE = "condense"  # where a shard's failure is recorded (RUN/failed/condense/)
@@ -60,8 +60,7 @@ def shard_state(run: RunDir, spec: ShardSpec, *, deep: bool = True) -> UnitState
     """committed, corrupt (files or manifest no longer match), failed, in_progress or pending."""
     st = commits.read_state(run, run.manifest(spec), ShardManifest, deep=deep)
     if st.manifest is not None and st.manifest.identity is not None:
-        expected = expected_identity(run, device_type(st.manifest))
-        keys = differing_keys(st.manifest.identity, expected)
+        keys = differing_keys(st.manifest.identity, run.resolved.shard_identities[device_type(st.manifest)])
         if keys:
             return UnitState("foreign", f"condensed under another configuration (differing keys: {', '.join(keys)})",
                              st.manifest)
@@ -89,19 +88,9 @@ def commit_shard(run: RunDir, spec: ShardSpec, images: torch.Tensor, labels: tor
     entry = commits.write_file(run, run.shard_file(spec), to_parquet_bytes(table), len(labels))
     manifest = ShardManifest(shard_id=spec.shard_id, classes=list(spec.class_ids), seed=spec.seed, rows=entry.rows,
                              sha256=entry.sha256, files={"dm": entry}, host=socket.gethostname(),
-                             identity=expected_identity(run, fields["device"].split(":")[0]), **fields)
+                             identity=run.resolved.shard_identities[fields["device"].split(":")[0]], **fields)
     commits.write_manifest(run.manifest(spec), manifest)
     return manifest
-
-
-def expected_identity(run: RunDir, device: str) -> dict:
-    """What a shard of ``run`` computed on ``device`` must have been made under: the config's
-    shard identity and, for RDED, the teacher that chose its crops (its weights' identity)."""
-    data = shard_identity(run.config, device)
-    if run.config.condense.method == "rded":
-        run.resolved.require_ready()
-        data["teacher"] = run.resolved.condense_teacher.identity  # type: ignore[union-attr]
-    return data
 
 
 def refuse_foreign_shards(run: RunDir) -> None:

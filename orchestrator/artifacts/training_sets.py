@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 
 from orchestrator import commands, commits
-from orchestrator.artifacts.selections import baseline_identity, selection_state
+from orchestrator.artifacts.selections import selection_state
 from orchestrator.artifacts.shards import read_snapshot, shard_state, snapshot_iteration
 from orchestrator.commits import FileEntry
 from orchestrator.errors import RunError
@@ -41,10 +41,9 @@ def training_set(run: RunDir, method: str) -> TrainingSet:
         paths = tuple(run.relative(run.snapshot(spec, iteration)) for spec in run.shards)
         return TrainingSet(method, f"{run.record.units_key}@{iteration}", snapshots=paths,
                            factor=run.config.condense.factor)
+    key = data_key(run, method)
     files = committed_files(run, method, run.shards)
-    if method == "dm":
-        return TrainingSet(method, run.record.units_key, files=tuple(files), factor=run.config.condense.factor)
-    return TrainingSet(method, data_key(run, method), files=tuple(files))
+    return TrainingSet(method, key, files=files, factor=run.config.condense.factor if method == "dm" else 1)
 
 
 def committed_files(run: RunDir, method: str, specs: Sequence[ShardSpec]) -> tuple[FileEntry, ...]:
@@ -68,7 +67,7 @@ def data_key(run: RunDir, method: str) -> str:
     """The identity of a method's whole set: its shards' selections and the plan they cover."""
     if method == "dm":
         return run.record.units_key
-    return f"{baseline_identity(run, method)}-{run.record.units_key}"
+    return f"{run.resolved.baseline_identities[method]}-{run.record.units_key}"
 
 
 def load(run: RunDir, ts: TrainingSet) -> tuple[torch.Tensor, torch.Tensor]:

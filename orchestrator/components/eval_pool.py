@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,15 +25,15 @@ from orchestrator import faults, ray_work
 from orchestrator.artifacts.scores import Score, write_job_scores
 from orchestrator.artifacts.training_sets import TrainingSet, load
 from orchestrator.components.settings import set_settings
-from orchestrator.components.teacher import teacher_bytes
+from orchestrator.components.teacher import teacher_bytes, teacher_spec
 from orchestrator.components.worker_setup import run_reader
 from orchestrator.config import RunConfig
-from orchestrator.evaluation_plan import Network, model_seeds
+from orchestrator.evaluation_plan import Network
 from orchestrator.run_dir import RunDir
 from orchestrator.stage_runner import Actors
 from workers.devices import compute_device
 from workers.network_costs import training_bytes_per_image
-from workers.teachers import TeacherSpec, load_teacher
+from workers.teachers import load_teacher
 from workers.training.evaluation import Placement, train_and_score
 from workers.training.memory import CUDA_BUDGET_FRACTION
 
@@ -55,19 +56,18 @@ class Job:
         return f"{self.data.method} / {self.model}, networks {self.first + 1}-{self.first + len(self.seeds)}"
 
 
-def make_jobs(cfg: RunConfig, sets: list[TrainingSet], n_actors: int, key: str, done: set[Network] = frozenset(),
-              test_classes: list[int] | None = None) -> list[Job]:
-    """Jobs for every planned network not in ``done``, about JOBS_PER_ACTOR per actor so that
-    the last jobs do not leave most actors idle; the seeds of one job train together where
-    that pays (vmap on a GPU). ``key``: the scores' settings key."""
-    e = cfg.evaluate
+def make_jobs(plan_seeds: Mapping[str, Sequence[int]], sets: list[TrainingSet], n_actors: int, key: str,
+              done: set[Network] = frozenset(), test_classes: list[int] | None = None) -> list[Job]:
+    """Jobs for every planned network (``plan_seeds``: model -> its seeds, ``EvaluationPlan.seeds``)
+    not in ``done``, about JOBS_PER_ACTOR per actor so that the last jobs do not leave most
+    actors idle; the seeds of one job train together where that pays (vmap on a GPU). ``key``:
+    the scores' settings key."""
     classes = tuple(sorted(test_classes)) if test_classes is not None else None
-    groups = len(sets) * len(e.models)
+    groups = len(sets) * len(plan_seeds)
     chunks = max(1, math.ceil(JOBS_PER_ACTOR * n_actors / max(groups, 1)))
-    chunk = max(1, math.ceil(e.num_models / chunks))
+    chunk = max(1, math.ceil(max(map(len, plan_seeds.values()), default=0) / chunks))
     jobs = []
-    for model in e.models:
-        seeds = model_seeds(cfg, model)
+    for model, seeds in plan_seeds.items():
         for ts in sets:
             todo = [(i, s) for i, s in enumerate(seeds) if (ts.method, model, s) not in done]
             for start in range(0, len(todo), chunk):
@@ -80,7 +80,7 @@ def actor_pool(cfg: RunConfig) -> Actors:
     """The actors this cluster affords (``evaluate.*``), each with a CPU and a share of a GPU."""
     capacity, use_gpu = pool_capacity(cfg, ray_work.cluster_resources())
     gpus = 1.0 / cfg.evaluate.actors_per_gpu if use_gpu else 0.0
-    return Actors(capacity, gpus, ray_work.actor_options(cfg, gpus), cfg.resources)
+    return Actors(capacity, gpus, cfg.resources, cfg.precision.deterministic)
 
 
 def pool_capacity(cfg: RunConfig, resources: dict[str, float]) -> tuple[int, bool]:
@@ -128,11 +128,11 @@ class EvalActor:
     """Keeps the training sets it has loaded; trains and scores jobs (under soft labels, with the
     teacher it loaded once on its own device)."""
 
-    def __init__(self, run: RunDir, use_gpu: bool, teacher: TeacherSpec | None = None) -> None:
+    def __init__(self, run: RunDir, use_gpu: bool) -> None:
         torch.set_num_threads(1)
         self.run = run
         self.device = compute_device(run.config.resources.device, reserved_gpu=use_gpu)
-        info = run.dataset
+        info, teacher = run.dataset, teacher_spec(run)  # read here, not shipped from the driver
         self.teacher = None if teacher is None else load_teacher(
             teacher, channels=info.channels, num_classes=info.num_classes, im_size=tuple(info.im_size),
             device=self.device)

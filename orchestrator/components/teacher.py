@@ -6,6 +6,8 @@ check, before any work, that each loads and fits the dataset."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -13,7 +15,12 @@ from orchestrator.artifacts.pool_networks import read_states
 from orchestrator.errors import RunError
 from orchestrator.resolved import Teacher
 from orchestrator.run_dir import RunDir
-from workers.teachers import NetworkTeacher, TeacherSpec, TorchvisionTeacher, load_teacher, teacher_memory
+from orchestrator.components.settings import rded_settings
+from orchestrator.config import RunConfig
+from orchestrator.plan import ShardSpec
+from workers.data.types import DatasetInfo
+from workers.rded import class_bytes
+from workers.teachers import NetworkTeacher, TeacherMemory, TeacherSpec, TorchvisionTeacher, load_teacher
 
 
 def teacher_spec(run: RunDir) -> TeacherSpec | None:
@@ -45,20 +52,18 @@ def check_teacher(run: RunDir) -> None:
 
 def teacher_bytes(run: RunDir, batch: int) -> int:
     """The teacher's memory in an actor that labels ``batch`` images at once (0 under hard labels)."""
-    spec = teacher_spec(run)
-    return 0 if spec is None else _memory(run, spec, batch)
+    teacher = run.resolved.teacher
+    return 0 if teacher is None else teacher.memory.bytes(batch)
 
 
-def condense_teacher_bytes(run: RunDir) -> int:
-    """RDED's teacher in a shard task: its weights and a forward of condense.rded.batch crops."""
-    teacher = run.resolved.condense_teacher
-    return 0 if teacher is None else _memory(run, spec_of(run, teacher), run.config.condense.effective_rded.batch)
-
-
-def _memory(run: RunDir, spec: TeacherSpec, batch: int) -> int:
-    info = run.dataset
-    return teacher_memory(spec, channels=info.channels, num_classes=info.num_classes,
-                          im_size=tuple(info.im_size)).bytes(batch)
+def rded_task_memory(cfg: RunConfig, info: DatasetInfo, shards: Sequence[ShardSpec], teacher: TeacherMemory) -> int:
+    """What the largest RDED shard task holds (bytes, Ray's memory reservation): its classes'
+    training images (uint8), one class's drawn images and crops, and the teacher with a batch
+    of condense.rded.batch crops."""
+    settings = rded_settings(cfg)
+    image = info.channels * info.im_size[0] * info.im_size[1]
+    real = max(sum(info.train_counts[k] for k in spec.class_ids) for spec in shards) * image
+    return real + class_bytes(settings, info.channels, tuple(info.im_size)) + teacher.bytes(settings.batch)
 
 
 _LOADED: dict[tuple[str, str], nn.Module] = {}  # this process's teacher: shard tasks of a worker share it

@@ -13,7 +13,6 @@ import time
 import torch
 from rich.console import Console
 
-from orchestrator import ray_work
 from orchestrator.artifacts import selections
 from orchestrator.artifacts.pool_networks import forgetting_scores
 from orchestrator.components.settings import train_settings
@@ -40,8 +39,9 @@ def baselines(run: RunDir, methods: list[str], console: Console) -> None:
         console.print(f"baselines: {other_settings} selections were made under other settings or no longer verify; "
                       "selecting them again", highlight=False)
     r = run.config.resources
-    stage = UnitStage(STAGE, "shards", "shards", select_baselines, ray_work.task_options(run.config), shared=(run,),
-                      needs=Needs("a baseline selection", r), limit=r.max_concurrent_shards)
+    stage = UnitStage(STAGE, "shards", "shards", select_baselines, shared=(run,),
+                      needs=Needs("a baseline selection", r, run.config.precision.deterministic),
+                      limit=r.max_concurrent_shards)
     run_units(stage, [u for u in units if not u.committed], console)
 
 

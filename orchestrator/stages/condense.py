@@ -18,12 +18,12 @@ from typing import Protocol
 import torch
 from rich.console import Console
 
-from orchestrator import faults, ray_work, storage
+from orchestrator import faults, storage
 from orchestrator.artifacts import shards
 from orchestrator.artifacts.pool_networks import pool_states
 from orchestrator.artifacts.shards import ShardManifest
 from orchestrator.components.settings import dm_settings, precision, rded_settings
-from orchestrator.components.teacher import condense_teacher_bytes, loaded_teacher
+from orchestrator.components.teacher import loaded_teacher
 from orchestrator.components.worker_setup import run_reader, task_device
 from orchestrator.plan import ShardSpec
 from orchestrator.errors import RunError
@@ -58,12 +58,9 @@ def condense(run: RunDir, console: Console) -> None:
             storage.remove(run.manifest(spec))
         weight = len(spec.class_ids) if selecting else iterations
         units.append(Unit(spec.name, (spec,), weight, st.state == "committed", run.failure(STAGE, spec)))
-    options = ray_work.task_options(run.config)
-    if selecting:
-        options = {**options, "memory": rded_task_memory(run)}
+    needs = Needs("a shard", r, run.config.precision.deterministic, run.resolved.condense_memory)
     stage = UnitStage(STAGE, "classes" if selecting else "it", "shards", rded_shard if selecting else condense_shard,
-                      options, shared=(run,), needs=Needs("a shard", r),
-                      limit=r.max_concurrent_shards, with_context=True)
+                      shared=(run,), needs=needs, limit=r.max_concurrent_shards, with_context=True)
     run_units(stage, units, console)
 
 
@@ -79,15 +76,6 @@ def check_rded_classes(run: RunDir) -> None:
                        f"training images per class; class {k} ({run.dataset.class_names[k]}) has "
                        f"{run.dataset.train_counts[k]}{f' ({len(short)} classes short)' if len(short) > 1 else ''}: "
                        "lower condense.ipc or condense.rded.stitch")
-
-
-def rded_task_memory(run: RunDir) -> int:
-    """What the largest RDED shard task holds (bytes, Ray's memory reservation): its classes'
-    training images (uint8), one class's drawn images and crops, and the teacher with a batch."""
-    info, settings = run.dataset, rded_settings(run.config)
-    image = info.channels * info.im_size[0] * info.im_size[1]
-    real = max(sum(info.train_counts[k] for k in spec.class_ids) for spec in run.shards) * image
-    return real + rded.class_bytes(settings, info.channels, tuple(info.im_size)) + condense_teacher_bytes(run)
 
 
 # ------------------------------------------------------------------ the task body

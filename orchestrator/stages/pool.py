@@ -11,7 +11,7 @@ import time
 import torch
 from rich.console import Console
 
-from orchestrator import faults, ray_work
+from orchestrator import faults
 from orchestrator.artifacts.pool_networks import (
     NetworkManifest, commit_network, network_name, network_seed, network_state,
     read_epoch_checkpoint, write_epoch_checkpoint,
@@ -38,9 +38,8 @@ def make_pool(pool: PoolDir, cfg: RunConfig, console: Console) -> None:
     steps = total_steps(pool)
     units = [Unit(network_name(i), (i,), steps, network_state(pool, i).state == "committed", pool.failure(i))
              for i in range(pool.networks)]
-    stage = UnitStage(STAGE, "steps", "networks", train_network, ray_work.task_options(cfg),
-                      shared=(pool, cfg.resources, train_settings(cfg, "pool")),
-                      needs=Needs("a pool network", cfg.resources), with_context=True)
+    stage = UnitStage(STAGE, "steps", "networks", train_network, shared=(pool, cfg.resources, train_settings(cfg, "pool")),
+                      needs=Needs("a pool network", cfg.resources, cfg.precision.deterministic), with_context=True)
     run_units(stage, units, console)
     draw_pool(pool)
 

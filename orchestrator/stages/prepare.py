@@ -200,7 +200,7 @@ def prepare(
     _check_plan(out, plan)
     jobs = plan_jobs(len(src.class_names), k, src.test_size())
     records = {job: committed_record(spec, out, job) for job in jobs}
-    stage = UnitStage(f"prepare {source}", "tasks", "tasks", run_job, {"num_cpus": 1}, shared=(spec, out, strict))
+    stage = UnitStage(f"prepare {source}", "tasks", "tasks", run_job, shared=(spec, out, strict))
     outcome = run_units(stage, [Unit(job.file, (job,), committed=records[job] is not None) for job in jobs], console,
                         in_process=in_process)
     by_file = {job.file: job for job in jobs}
