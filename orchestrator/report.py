@@ -19,6 +19,7 @@ from orchestrator.artifacts.score_statistics import FAIR_SCORES, summarize
 from orchestrator.artifacts.scores import Score
 from orchestrator.artifacts.shards import ShardManifest, shard_state, snapshot_iteration
 from orchestrator.artifacts.training_sets import TrainingSet, committed_files, load
+from orchestrator.commits import CorruptFile
 from workers.data import denormalize
 
 GRID_CLASSES = 100  # grid.png's rows at most; more classes are sampled, with their index in report.md
@@ -241,12 +242,16 @@ def grid_index(shown: Sequence[int], names: Sequence[str], total: int) -> list[s
 
 
 def grid_images(run: RunDir, classes: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The stored images of ``classes``, read (and hashed) from the shards that hold them alone: the
-    driver never loads the whole set to draw a sample of it."""
+    """The stored images of ``classes``, read (and hashed once, as they are read) from the shards
+    that hold them alone: the driver never loads the whole set to draw a sample of it."""
     wanted = set(classes)
     specs = [spec for spec in run.shards if wanted.intersection(spec.class_ids)]
-    files = committed_files(run, "dm", specs)
-    return load(run, TrainingSet("dm", run.record.units_key, files=files, factor=run.config.condense.factor))
+    files = committed_files(run, "dm", specs, deep=False)
+    try:
+        return load(run, TrainingSet("dm", run.record.units_key, files=files, factor=run.config.condense.factor))
+    except CorruptFile:  # the deep check names the shard and the command that mends it
+        committed_files(run, "dm", specs)
+        raise
 
 
 def grid_png(images: torch.Tensor, labels: torch.Tensor, mean: Sequence[float], std: Sequence[float],

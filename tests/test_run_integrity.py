@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections import Counter
 
 import pytest
 
@@ -169,3 +170,17 @@ def test_wait_takes_the_lease_once_the_first_driver_lets_it_go(tmp_path, capsys)
     assert main(["resume", run.uri, "--wait"]) == 0
     assert time.monotonic() - started >= 3.0
     assert "waiting for" in capsys.readouterr().out
+
+
+def test_the_report_reads_each_shard_it_draws_once(tmp_path, monkeypatch):
+    """grid.png's shards are hashed as they are read, not hashed first and read again."""
+    from orchestrator import storage
+
+    run = _committed_run(str(tmp_path / "run"))
+    touched: Counter[str] = Counter()
+    read, digest = storage.read_bytes, storage.sha256_of
+    monkeypatch.setattr(storage, "read_bytes", lambda uri, *a, **k: touched.update([uri]) or read(uri, *a, **k))
+    monkeypatch.setattr(storage, "sha256_of", lambda uri: touched.update([uri]) or digest(uri))
+    assert main(["report", run.uri]) == 0
+    shards = {uri: n for uri, n in touched.items() if "/shards/" in uri and uri.endswith(".parquet")}
+    assert shards and set(shards.values()) == {1}, shards

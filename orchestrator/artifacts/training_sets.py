@@ -46,12 +46,13 @@ def training_set(run: RunDir, method: str) -> TrainingSet:
     return TrainingSet(method, key, files=files, factor=run.config.condense.factor if method == "dm" else 1)
 
 
-def committed_files(run: RunDir, method: str, specs: Sequence[ShardSpec]) -> tuple[FileEntry, ...]:
+def committed_files(run: RunDir, method: str, specs: Sequence[ShardSpec], *, deep: bool = True) -> tuple[FileEntry, ...]:
     """``method``'s committed file of each shard of ``specs``, each checked against its manifest's
-    sha256; a unit that is not committed is named with the command that computes it."""
+    sha256 (unless not ``deep``: a reader that loads them at once hashes them as it reads); a
+    unit that is not committed is named with the command that computes it."""
     files = []
     for spec in specs:
-        st = shard_state(run, spec) if method == "dm" else selection_state(run, spec, method)
+        st = shard_state(run, spec, deep=deep) if method == "dm" else selection_state(run, spec, method, deep=deep)
         if st.state == "foreign":
             raise RunError(f"{spec.name} was {st.detail}; this run would not reproduce it: give a run of this "
                            "configuration its own directory with --out")
