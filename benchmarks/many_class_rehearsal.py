@@ -41,7 +41,7 @@ import numpy as np  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script: the benchmarks package beside the product
 
-from benchmarks.scale_rehearsal import NodeLoss, simulated_cluster, stdout_to_stderr  # noqa: E402
+from benchmarks.scale_rehearsal import NodeLoss, simulated_cluster, print_json_figures  # noqa: E402
 
 IMAGE_SHAPE = (3, 8, 8)
 TRAIN_PER_CLASS, TEST_PER_CLASS = 2, 1
@@ -234,10 +234,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    with stdout_to_stderr():  # Ray prints a lost node's last words on stdout: keep it for the figures
-        figures = rehearse(args)
-    print(json.dumps(figures, indent=2))
-    return 0
+    return print_json_figures(lambda: rehearse(args))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ wall_time_s), and the driver's peak RSS. The GPU cost of the real run is `dmcond
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -34,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script: the benchmarks package beside the product
 
 from benchmarks.many_class_rehearsal import Meter, command, in_child, write_prepared  # noqa: E402
-from benchmarks.scale_rehearsal import simulated_cluster, stdout_to_stderr  # noqa: E402
+from benchmarks.scale_rehearsal import simulated_cluster, print_json_figures  # noqa: E402
 
 SHAPE = (3, 32, 32)
 TRAIN_PER_CLASS = 4  # ipc 1 x stitch 2^2: one crop kept per real image
@@ -135,10 +134,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    with stdout_to_stderr():  # Ray prints a killed worker's last words on stdout: keep it for the figures
-        figures = rehearse(args)
-    print(json.dumps(figures, indent=2))
-    return 0
+    return print_json_figures(lambda: rehearse(args))
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ import time
 import uuid
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 from unittest import mock
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # read when Ray is imported: nodes stay on 127.0.0.1
@@ -423,15 +423,20 @@ def stdout_to_stderr() -> Iterator[None]:
         os.close(saved)
 
 
+def print_json_figures(rehearse: Callable[[], dict[str, Any]]) -> int:
+    """A rehearsal's figures as JSON, alone on stdout: Ray prints a lost worker's or node's last
+    words there, so they go to stderr while it runs."""
+    with stdout_to_stderr():
+        figures = rehearse()
+    print(json.dumps(figures, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.json:  # Ray prints worker deaths on stdout: keep it for the JSON alone
-        with stdout_to_stderr():
-            figures = rehearse(args)
-        print(json.dumps(figures, indent=2))
-    else:
-        figures = rehearse(args)
-        _print(figures)
+    if args.json:
+        return print_json_figures(lambda: rehearse(args))
+    _print(rehearse(args))
     return 0
 
 

@@ -142,7 +142,7 @@ def read_state(location: str) -> State:
                          "of a readable state dict file") from None
     try:
         loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - torch.load raises many kinds for a foreign file
+    except Exception:  # noqa: BLE001 - torch.load raises many kinds for a foreign file
         raise ValueError(f"teacher weights {location} are not a torch file of tensors; "
                          "save them with torch.save(model.state_dict(), path)") from None
     if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):
