@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -23,6 +24,7 @@ from orchestrator.commits import CorruptFile
 from workers.data import denormalize
 
 GRID_CLASSES = 100  # grid.png's rows at most; more classes are sampled, with their index in report.md
+LOSS_CURVES = 24  # loss.png's curves at most, one per shard; more shards are drawn as their spread
 
 # Table 1 of the paper, ConvNet, mean accuracy (%): dataset -> method -> ipc -> accuracy.
 PAPER_TABLE1: dict[str, dict[str, dict[int, float]]] = {
@@ -309,22 +311,52 @@ def sweep_png(points: list[tuple[int, str, float, float]], table: list[TableRow]
     return png(fig)
 
 
+@dataclass(frozen=True)
+class LossSpread:
+    """The shards' smoothed loss curves on one iteration grid, where there are too many to draw."""
+
+    iterations: list[float]
+    low: list[float]  # 10th percentile of the shards
+    median: list[float]
+    high: list[float]  # 90th percentile
+    shards: int
+
+
+def loss_spread(manifests: Sequence[ShardManifest], points: int = 200) -> LossSpread:
+    grid = np.linspace(0, max(m.loss_curve[-1][0] for m in manifests), points)
+    smoothed = np.stack([np.interp(grid, [p[0] for p in m.loss_curve], _smoothed(m)) for m in manifests])
+    low, median, high = np.percentile(smoothed, [10, 50, 90], axis=0)
+    return LossSpread(grid.tolist(), low.tolist(), median.tolist(), high.tolist(), len(manifests))
+
+
 def loss_png(manifests: list[ShardManifest]) -> bytes:
+    """One curve per shard, raw and smoothed; beyond LOSS_CURVES shards, their median and the band
+    of their 10th to 90th percentiles (a thousand curves would show nothing)."""
+    curved = [m for m in manifests if m.loss_curve]  # a shard of 0 iterations has no curve
     fig, ax = plt.subplots(figsize=(7, 4))
-    for m in manifests:
-        curve = m.loss_curve
-        if curve:
-            its, vals = [p[0] for p in curve], [p[1] for p in curve]
+    if len(curved) > LOSS_CURVES:
+        spread = loss_spread(curved)
+        ax.fill_between(spread.iterations, spread.low, spread.high, alpha=0.3,
+                        label="10th-90th percentile of the shards")
+        ax.plot(spread.iterations, spread.median, linewidth=1.2, label=f"median of {spread.shards} shards")
+    else:
+        for m in curved:
+            its, vals = [p[0] for p in m.loss_curve], [p[1] for p in m.loss_curve]
             line, = ax.plot(its, vals, linewidth=0.6, alpha=0.3)  # raw: one random network per point
-            ax.plot(its, _moving_average(vals, max(1, len(vals) // 20)), linewidth=1.2, color=line.get_color(),
-                    label=f"shard {m.shard_id}")
+            ax.plot(its, _smoothed(m), linewidth=1.2, color=line.get_color(), label=f"shard {m.shard_id}")
     ax.set_xlabel("iteration")
     ax.set_ylabel("DM loss")
     ax.set_yscale("log")
-    if 0 < len(ax.get_lines()) <= 24:  # a shard of 0 iterations has no curve to name
+    if curved:
         ax.legend(fontsize=6)
-    ax.set_title("distribution matching loss per shard")
+    ax.set_title("distribution matching loss per shard" if len(curved) <= LOSS_CURVES else
+                 f"distribution matching loss across {len(curved):,} shards")
     return png(fig)
+
+
+def _smoothed(m: ShardManifest) -> list[float]:
+    vals = [p[1] for p in m.loss_curve]
+    return _moving_average(vals, max(1, len(vals) // 20))
 
 
 def _moving_average(values: list[float], window: int) -> list[float]:
