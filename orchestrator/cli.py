@@ -108,6 +108,8 @@ def _parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="every shard, the baselines and the evaluation, from the run directory alone")
     st.add_argument("run")
     st.add_argument("--json", action="store_true")
+    st.add_argument("--verify", action="store_true", help="hash every committed file against its manifest (reads "
+                    "every byte) instead of checking its length")
     st.set_defaults(func=cmd_status)
 
     ev = sub.add_parser("evaluate", help="select the baselines asked for and score what is not scored yet")
@@ -317,7 +319,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    status = run_status(opened(args.run))
+    status = run_status(opened(args.run), verify=args.verify)
     if args.json:
         print(json.dumps(asdict(status), indent=2))
         return status.exit_code

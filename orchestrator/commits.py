@@ -71,10 +71,17 @@ def read_state(run: Folder, uri: str, model: type[M], *, deep: bool = True) -> U
     return UnitState("corrupt", problem, manifest) if problem else UnitState("committed", "", manifest)
 
 
-def check_files(run: Folder, files: "list[FileEntry] | object") -> str:
-    """'' when every file is there with its recorded sha256, else what is wrong."""
+def check_files(run: Folder, files: "list[FileEntry] | object", *, hashes: bool = True) -> str:
+    """'' when every file is there with its recorded sha256 (only its recorded length unless
+    ``hashes``: one stat, no read), else what is wrong."""
     for entry in files:  # type: ignore[attr-defined]
         uri = run.path(entry.path)
+        if not hashes:
+            length = storage.size(uri)
+            if length != entry.bytes:
+                return f"{entry.path} is missing" if length is None else \
+                    f"{entry.path} is {length:,} bytes where its manifest has {entry.bytes:,}"
+            continue
         if not storage.exists(uri):
             return f"{entry.path} is missing"
         digest = storage.sha256_of(uri)

@@ -1,9 +1,14 @@
-"""What a run directory says of every stage, read from the directory alone (no Ray, no dataset)."""
+"""What a run directory says of every stage, read from the directory alone (no Ray, no dataset).
+
+Each committed unit's files are checked against its manifest by their lengths (one stat each,
+nothing read), or with ``verify`` by their sha256 (every byte read: on object storage, every
+byte downloaded)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from orchestrator import commits
 from orchestrator.artifacts.pool_networks import network_state
 from orchestrator.artifacts.scores import EvaluationState, evaluation_state
 from orchestrator.artifacts.selections import selection_state
@@ -50,21 +55,31 @@ class RunStatus:
         return ", ".join(f"{n} {s}" for s, n in counts.items() if n)
 
 
-def run_status(run: RunDir) -> RunStatus:
+def run_status(run: RunDir, verify: bool = False) -> RunStatus:
     rows = []
     for spec in run.shards:
-        st = shard_state(run, spec)
+        st = _checked(run, shard_state(run, spec, deep=False), verify)
         m = st.manifest
         rows.append(ShardRow(spec.name, st.state, list(spec.class_ids), m.rows if m else None,
                              m.wall_time_s if m else None, st.detail))
-    baselines = {method: sum(selection_state(run, spec, method).state == "committed" for spec in run.shards)
-                 for method in run.config.evaluate.baselines}
-    return RunStatus(run.uri, run.record.config_hash, rows, baselines, evaluation_state(run), _pool_status(run))
+    baselines = {method: sum(_checked(run, selection_state(run, spec, method, deep=False), verify).state == "committed"
+                             for spec in run.shards) for method in run.config.evaluate.baselines}
+    return RunStatus(run.uri, run.record.config_hash, rows, baselines, evaluation_state(run),
+                     _pool_status(run, verify))
 
 
-def _pool_status(run: RunDir) -> PoolStatus | None:
+def _checked(folder: commits.Folder, st: commits.UnitState, verify: bool) -> commits.UnitState:
+    """A committed unit as its files are: corrupt, naming the file, where one does not match."""
+    if st.state != "committed":
+        return st
+    problem = commits.check_files(folder, st.manifest.files.values(), hashes=verify)  # type: ignore[union-attr]
+    return commits.UnitState("corrupt", problem, st.manifest) if problem else st
+
+
+def _pool_status(run: RunDir, verify: bool) -> PoolStatus | None:
     pool = run.resolved.pool
     if pool is None:
         return None
-    manifests = [st.manifest for i in range(pool.networks) if (st := network_state(pool, i)).state == "committed"]
+    manifests = [st.manifest for i in range(pool.networks)
+                 if (st := _checked(pool, network_state(pool, i, deep=False), verify)).state == "committed"]
     return PoolStatus(pool.uri, len(manifests), pool.networks, sum(len(m.steps) for m in manifests))

@@ -294,6 +294,13 @@ def sha256_of(uri: str) -> str:
     return _retrying("read", uri, lambda: _hash(fs, path))
 
 
+def size(uri: str) -> int | None:
+    """The file's length in bytes, None if missing."""
+    fs, path = resolve(uri)
+    info = _retrying("check", uri, lambda: fs.get_file_info(path))
+    return None if info.type == pafs.FileType.NotFound else info.size
+
+
 def mtime_ns(uri: str) -> int | None:
     """Last modification time in ns, None if missing (object stores: second resolution)."""
     fs, path = resolve(uri)

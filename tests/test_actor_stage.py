@@ -40,9 +40,8 @@ def shared_value(base: int) -> int:
 
 
 def _stage(actors: int, die_once: str | None = None, retries: int = 1) -> ActorStage:
-    options = {"num_cpus": 1, "max_restarts": retries, "max_task_retries": retries}
     return ActorStage("evaluate", "networks", Counter, (die_once,), "add",
-                      Actors(actors, 0.0, options, ResourcesConfig(gpus_per_shard=0)),
+                      Actors(actors, 0.0, ResourcesConfig(gpus_per_shard=0, max_retries=retries), deterministic=False),
                       shared_task=(shared_value, (5,)))
 
 

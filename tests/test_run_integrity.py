@@ -184,3 +184,22 @@ def test_the_report_reads_each_shard_it_draws_once(tmp_path, monkeypatch):
     assert main(["report", run.uri]) == 0
     shards = {uri: n for uri, n in touched.items() if "/shards/" in uri and uri.endswith(".parquet")}
     assert shards and set(shards.values()) == {1}, shards
+
+
+def test_status_checks_lengths_and_verify_hashes_every_byte(tmp_path, capsys):
+    """A shard changed in place at its own length passes the length check; --verify finds it."""
+    run = _committed_run(str(tmp_path / "run"))
+    shard = tmp_path / "run" / "shards" / "shard-00000.parquet"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert main(["status", run.uri, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["shards"][0]["state"] == "committed"
+    assert main(["status", run.uri, "--json", "--verify"]) == 1
+    row = json.loads(capsys.readouterr().out)["shards"][0]
+    assert row["state"] == "corrupt" and "sha256" in row["detail"] and "shard-00000.parquet" in row["detail"]
+    shard.write_bytes(bytes(data[:100]))
+    assert main(["status", run.uri, "--json"]) == 1
+    row = json.loads(capsys.readouterr().out)["shards"][0]
+    assert row["state"] == "corrupt" and f"100 bytes where its manifest has {len(data):,}" in row["detail"]
