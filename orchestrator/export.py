@@ -16,7 +16,7 @@ from orchestrator.artifacts.score_statistics import summarize
 from orchestrator.artifacts.scores import read_results
 from orchestrator.artifacts.training_sets import read_method
 from orchestrator.export_target import ExportTarget
-from orchestrator.report import augmentation_suffix, synthetic_label
+from orchestrator.report import augmentation_suffix, how_made, synthetic_label
 from orchestrator.run_dir import RunDir
 from orchestrator.secrets import redacted_config
 from orchestrator.components.teacher import teacher_spec
@@ -158,5 +158,5 @@ def set_card(run: RunDir, images: int) -> SetCard:
         image_size=(ds.channels, *ds.im_size), method=synthetic_label(cfg),
         config_yaml=yaml.safe_dump(redacted_config(cfg.model_dump(mode="json")), sort_keys=False),
         commit=run.record.versions.commit or f"dmcondense {run.record.versions.dmcondense}",
-        iterations=cfg.condense.iterations, scores=tuple(rows),
+        made=how_made(cfg), scores=tuple(rows),
         fair_note="LRS: DD-Ranking's label-robust score of the same networks (0-100, higher is better)")

@@ -76,7 +76,7 @@ class SetCard:
     method: str  # the recipe, as the run's report names it
     config_yaml: str
     commit: str  # the project commit that made it
-    iterations: int
+    made: str  # how the set was made (report.how_made): iterations of a matching method, or RDED's selection
     scores: tuple[ScoreRow, ...] = ()
     fair_note: str = ""  # what the fair columns measure; shown when a row has one
     license: str = "unknown"  # a Hub license id; the source dataset's terms still apply
@@ -151,7 +151,7 @@ def card_markdown(card: SetCard, soft: SoftLabels | None = None, datasets_versio
         f"A synthetic training set condensed from {card.dataset}.", "",
         "## The set", "", *_set_lines(card, soft), "",
         "## How it was made", "",
-        f"{card.iterations} iterations of {card.method}, project commit `{card.commit}`. The config:", "",
+        f"{card.made}, project commit `{card.commit}`. The config:", "",
         "```yaml", card.config_yaml.rstrip(), "```", "",
         "## What it scores", "", _scores_markdown(card), "",
         "## Classes", "", "<details>", "", "| id | name |", "|---|---|",

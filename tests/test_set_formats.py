@@ -27,7 +27,7 @@ def _set(classes: int, ipc: int, channels: int, seed: int = 0) -> tuple[np.ndarr
 def _card(names: list[str], n: int, ipc: int, channels: int, scores: tuple[ScoreRow, ...] = ()) -> SetCard:
     return SetCard(dataset="digits", class_names=tuple(names), images=n, ipc=ipc, image_size=(channels, 5, 6),
                    method="DM", config_yaml="name: digits-ipc10\ncondense: {ipc: 2}\n", commit="abc1234",
-                   iterations=200, scores=scores)
+                   made="200 iterations of DM with ConvNet", scores=scores)
 
 
 def _front_matter(text: str) -> dict:
