@@ -43,7 +43,8 @@ def test_tests_that_start_ray_or_a_process_are_in_the_slow_tier_by_rule(request)
 
 
 # ------------------------------------------------------------------ one place resolves the run
-RESOLVERS = {"for_run", "pool_of", "best_network", "uses_pool", "condense_teacher_config", "pool_dir"}
+RESOLVERS = {"for_run", "pool_of", "best_network", "uses_pool", "condense_teacher_config", "pool_dir",
+             "baseline_identity", "real_accuracy", "rded_task_memory", "teacher_memory"}
 OPENING = "orchestrator/run_opening.py"
 
 
@@ -71,7 +72,18 @@ def test_only_the_run_opening_resolves_the_pool_and_the_teachers():
         if called and relative != OPENING:
             offenders[relative] = sorted(called)
     assert not offenders, f"resolved outside {OPENING} (take it from RunDir.resolved): {offenders}"
-    assert {"for_run", "best_network"} <= _calls(REPO / OPENING)  # the test sees what it looks for
+    assert {"for_run", "best_network", "baseline_identity"} <= _calls(REPO / OPENING)  # it sees what it looks for
+
+
+def test_only_the_stage_runner_makes_ray_options():
+    """A stage says what a unit needs (stage_runner.Needs, Actors); the runner makes Ray's options once."""
+    from .conftest import REPO
+
+    makers = {"task_options", "actor_options"}
+    offenders = {str(p.relative_to(REPO)): sorted(_calls(p) & makers) for p in sorted((REPO / "orchestrator").rglob("*.py"))
+                 if _calls(p) & makers and p.name != "stage_runner.py"}
+    assert not offenders, f"Ray options made outside orchestrator/stage_runner.py: {offenders}"
+    assert makers <= _calls(REPO / "orchestrator" / "stage_runner.py")
 
 
 def test_the_resolved_handle_pickles_for_tasks_and_actors(tmp_path):
