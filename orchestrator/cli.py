@@ -413,7 +413,8 @@ def _print_results(rows: list[TableRow], run: RunDir) -> None:
             paper = f"{r.paper:.1f}" if r.paper is not None else "-"
             table.add_row(r.label, r.model, str(r.n), f"{r.mean:.2f} ± {r.std:.2f}", paper, *(r.fair if fair else ()))
         console.print(table)
-    console.print(f"report: {run.path('report.md')} (grid.png, loss.png)", highlight=False)
+    pictures = "grid.png" if run.config.condense.method == "rded" else "grid.png, loss.png"  # RDED has no loss
+    console.print(f"report: {run.path('report.md')} ({pictures})", highlight=False)
 
 
 if __name__ == "__main__":  # signals handled from here on; `python -m orchestrator` from the first instant

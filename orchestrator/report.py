@@ -1,4 +1,5 @@
-"""The report: report.md (accuracy table, the paper's figure, timings), grid.png, loss.png, sweep.png."""
+"""The report: report.md (accuracy table, the paper's figure, timings), grid.png, loss.png (a
+matching method's), sweep.png."""
 
 from __future__ import annotations
 
@@ -203,8 +204,9 @@ def report(run: RunDir, scores: list[Score]) -> list[TableRow]:
         per = sum(s.train_seconds for s in scores) / len(scores)
         text.append(f"- evaluation: {len(scores)} networks, {per:.2f} s of training each")
     shown = grid_classes(run.record.classes)
+    curves = any(m.loss_curve for m in manifests)  # RDED selects: it has no loss to draw
     text += ["", "![synthetic images](grid.png)", "", *grid_index(shown, ds.class_names, len(run.record.classes)),
-             "![loss per shard](loss.png)", ""]
+             *(["![loss per shard](loss.png)", ""] if curves else [])]
     pool = run.resolved.pool
     if pool is not None and pool.exists():
         s = pool.record.settings
@@ -221,7 +223,8 @@ def report(run: RunDir, scores: list[Score]) -> list[TableRow]:
     x, y = grid_images(run, shown)
     storage.write_bytes_atomic(run.path("grid.png"), grid_png(x, y, ds.mean, ds.std,
                                                               cfg.condense.ipc * cfg.condense.factor**2, shown))
-    storage.write_bytes_atomic(run.path("loss.png"), loss_png(manifests))
+    if curves:
+        storage.write_bytes_atomic(run.path("loss.png"), loss_png(manifests))
     return table
 
 

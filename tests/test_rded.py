@@ -374,6 +374,7 @@ def test_dmcondense_run_commits_rded_shards_and_a_killed_worker_resumes_to_the_s
     assert main(["run", DIGITS_RDED, "--make-pool", "--out", str(whole)]) == 0  # as shipped
     manifests = sorted((whole / "manifest").glob("shard-*.json"))
     assert len(manifests) == 2 and (whole / "report.md").exists() and (whole / "eval" / "results.parquet").exists()
+    assert (whole / "grid.png").exists() and not (whole / "loss.png").exists()  # a selection has no loss curve
     capsys.readouterr()
     assert main(["resume", str(whole)]) == 0
     assert "2 of 2 shards already committed" in capsys.readouterr().out
