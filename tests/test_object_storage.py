@@ -12,7 +12,7 @@ import pytest
 
 from orchestrator import storage
 from orchestrator.cli import main
-from orchestrator.run_dir import RunDir
+from orchestrator.run_opening import opened
 from orchestrator.artifacts.selections import selection_state
 from orchestrator.artifacts.shards import shard_state
 
@@ -82,7 +82,7 @@ def test_s3_run_survives_a_kill_and_a_failure_then_resumes_to_local_bytes(
     assert _status(run, capsys) == (0, ["committed"] * 3)
     keys = _keys(run)
     assert not [k for k in keys if k.startswith(("checkpoints/", "failed/")) or f"/{storage.TMP_PREFIX}" in f"/{k}"]
-    handle = RunDir.load(run)
+    handle = opened(run)
     for spec in handle.shards:
         entries = [*shard_state(handle, spec).manifest.files.values(),
                    *selection_state(handle, spec, "random").manifest.files.values()]

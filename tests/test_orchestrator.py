@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from orchestrator.cli import main
-from orchestrator.run_dir import RunDir
+from orchestrator.run_opening import opened
 from orchestrator.artifacts.selections import selection_state
 from orchestrator.artifacts.shards import shard_state, snapshot_iterations
 from orchestrator.artifacts.training_sets import read_method
@@ -61,7 +61,7 @@ def reference_run(local_ray, tmp_path_factory) -> Path:
 
 
 def test_end_to_end_commits_every_class_with_the_design_schema(reference_run):
-    run = RunDir.load(str(reference_run))
+    run = opened(str(reference_run))
     assert len(run.shards) == 3
     seen = []
     for spec in run.shards:
@@ -127,7 +127,7 @@ def test_exception_retried_then_failed_shard_is_reported(tmp_path, monkeypatch, 
     assert [s["state"] for s in status["shards"]] == ["committed", "committed", "failed"]
     monkeypatch.delenv("DMCONDENSE_FAULTS")
     assert run_cli("resume", str(run), "--set", "evaluate.num_models=0") == 0
-    resumed = RunDir.load(str(run))
+    resumed = opened(str(run))
     assert shard_state(resumed, resumed.shards[2]).state == "committed"
     assert not (run / "failed" / "condense" / "shard-00002.json").exists()
 
@@ -312,9 +312,9 @@ def test_kept_checkpoints_give_an_iteration_sweep_from_one_run(local_ray, tmp_pa
     assert run_cli("run", CONFIG, "--out", str(long), *sets(*one_shard, "condense.iterations=40",
                                                             "condense.keep_checkpoints=true")) == 0
     assert run_cli("run", CONFIG, "--out", str(short), *sets(*one_shard, "condense.iterations=20", *NO_EVAL)) == 0
-    assert snapshot_iterations(RunDir.load(str(long))) == [20]  # the last iteration is the shard itself
-    x20, y20 = read_method(RunDir.load(str(long)), "dm@20")
-    x, y = read_method(RunDir.load(str(short)), "dm")
+    assert snapshot_iterations(opened(str(long))) == [20]  # the last iteration is the shard itself
+    x20, y20 = read_method(opened(str(long)), "dm@20")
+    x, y = read_method(opened(str(short)), "dm")
     assert torch.equal(y20, y) and torch.equal(x20, x)  # the images as they were at iteration 20
     before = pq.read_table(long / "eval" / "results.parquet").to_pylist()
 
@@ -373,7 +373,7 @@ def test_evaluate_with_a_new_baseline_selects_it_per_shard_and_trains_only_its_n
     before = scores(run)
     assert run_cli("evaluate", str(run), "--set", "evaluate.baselines=[k_center]") == 0
     assert "2 of 4 networks were scored by an earlier attempt; training the other 2" in capsys.readouterr().out
-    handle = RunDir.load(str(run))
+    handle = opened(str(run))
     for spec in handle.shards:  # selected per shard and committed like a shard
         selection = selection_state(handle, spec, "k_center")
         assert selection.state == "committed" and selection.manifest.classes == list(spec.class_ids)

@@ -54,7 +54,7 @@ def test_the_check_catches_a_double_commit(rehearsed):
     extra.write_bytes(b"")
     try:
         with pytest.raises(rehearsal.RehearsalError, match="shard-00004 was committed 2 times"):
-            rehearsal.check_exactly_once(RunDir.load(str(run)), _kills(run))
+            rehearsal.check_exactly_once(opened(str(run)), _kills(run))
     finally:
         extra.unlink()
 
@@ -66,10 +66,10 @@ def test_the_check_catches_a_lost_shard(rehearsed):
     manifest.unlink()
     try:
         with pytest.raises(rehearsal.RehearsalError, match="shard-00007 is pending"):
-            rehearsal.check_exactly_once(RunDir.load(str(run)), _kills(run))
+            rehearsal.check_exactly_once(opened(str(run)), _kills(run))
     finally:
         manifest.write_bytes(saved)
-    assert rehearsal.check_exactly_once(RunDir.load(str(run)), _kills(run))["exactly_once"]
+    assert rehearsal.check_exactly_once(opened(str(run)), _kills(run))["exactly_once"]
 
 
 # ------------------------------------------------ the whole pipeline with more classes than the grid shows
