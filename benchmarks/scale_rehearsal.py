@@ -158,6 +158,7 @@ def make_run(uri: str, classes: int, classes_per_shard: int, cpus_per_shard: flo
     from orchestrator.config import load_config
     from orchestrator.plan import make_plan
     from orchestrator.run_dir import RunDir
+    from orchestrator.run_opening import resolve
     from orchestrator.run_record import RunRecord
     from workers.data.types import DatasetInfo
 
@@ -167,7 +168,7 @@ def make_run(uri: str, classes: int, classes_per_shard: int, cpus_per_shard: flo
         f"resources.max_retries={max_retries}", f"seed={seed}", f"output={uri}"])
     info = DatasetInfo("imagenet", [f"class-{c}" for c in range(classes)], 3, (64, 64), (0.5,) * 3, (0.25,) * 3,
                        (1300,) * classes, (50,) * classes)
-    return RunDir(uri, RunRecord.build(cfg, make_plan(range(classes), classes_per_shard, cfg.seed), info))
+    return resolve(RunDir(uri, RunRecord.build(cfg, make_plan(range(classes), classes_per_shard, cfg.seed), info)))
 
 
 def plan_kills(shard_ids: list[int], fraction: float, seed: int) -> dict[str, str]:

@@ -22,7 +22,9 @@ class Teacher:
     config: TeacherConfig
     identity: str  # the pool's key, network and states' sha256, or the architecture and its weights' sha256
     score_identity: str  # the form the scores' settings keys have named it by since soft labels came
-    memory: TeacherMemory  # its weights and a forward's activations, from its architecture alone
+    # its weights and a forward's activations, from its architecture alone (None: it cannot take the
+    # dataset's images, which the check before any work names: run_opening.checked)
+    memory: TeacherMemory | None
     network: int | None = None  # a pool teacher: the pool network whose final state it is
 
 

@@ -64,7 +64,7 @@ def resolve(run: RunDir) -> RunDir:
     rded = None if condense is None else _teacher(
         "condense.teacher" if cfg.condense.teacher is not None else
         "evaluate.teacher (RDED's teacher while condense.teacher is null)", condense, pool, info)
-    memory = None if rded is None else rded_task_memory(cfg, info, run.shards, rded.memory)
+    memory = None if rded is None or rded.memory is None else rded_task_memory(cfg, info, run.shards, rded.memory)
     partial = replace(run, resolution=Resolved(pool, uses, teacher, rded, None, memory, _identities(cfg, rded),
                                                baselines, real))
     keys = {m: data_key(partial, m) for m in asked_methods(cfg)}
@@ -128,17 +128,20 @@ def _teacher(where: str, config: TeacherConfig, pool: PoolDir, info: DatasetInfo
         named = f"{config.arch} {_weights_digest(weights, storage.mtime_ns(weights))}"
     except RunError as exc:
         raise RunError(f"{where}: {exc}") from None
-    try:
-        memory = _torchvision_memory(config.arch or "", info.channels, info.num_classes, tuple(info.im_size))
-    except ValueError as exc:
-        raise RunError(f"{where}: {exc}") from None
-    return Teacher(where, config, named, named, memory)
+    return Teacher(where, config, named, named,
+                   _torchvision_memory(config.arch or "", info.channels, info.num_classes, tuple(info.im_size)))
 
 
 @functools.lru_cache(maxsize=8)
-def _torchvision_memory(arch: str, channels: int, num_classes: int, im_size: tuple[int, int]) -> TeacherMemory:
-    """Sized once per architecture and image shape (one forward): a driver resolves a run more than once."""
-    return teacher_memory(TorchvisionTeacher(arch, ""), channels=channels, num_classes=num_classes, im_size=im_size)
+def _torchvision_memory(arch: str, channels: int, num_classes: int, im_size: tuple[int, int]) -> TeacherMemory | None:
+    """Sized once per architecture and image shape (one forward): a driver resolves a run more than
+    once. None where the architecture is unknown or cannot take these images: the check of the
+    teacher (``checked``, before any work) names the problem, after the weights' own."""
+    try:
+        return teacher_memory(TorchvisionTeacher(arch, ""), channels=channels, num_classes=num_classes,
+                              im_size=im_size)
+    except (ValueError, RuntimeError):  # torch raises RuntimeError for a forward of the wrong shape
+        return None
 
 
 @functools.lru_cache(maxsize=8)

@@ -53,7 +53,7 @@ def check_teacher(run: RunDir) -> None:
 def teacher_bytes(run: RunDir, batch: int) -> int:
     """The teacher's memory in an actor that labels ``batch`` images at once (0 under hard labels)."""
     teacher = run.resolved.teacher
-    return 0 if teacher is None else teacher.memory.bytes(batch)
+    return 0 if teacher is None or teacher.memory is None else teacher.memory.bytes(batch)
 
 
 def rded_task_memory(cfg: RunConfig, info: DatasetInfo, shards: Sequence[ShardSpec], teacher: TeacherMemory) -> int:
