@@ -12,14 +12,16 @@ import functools
 from dataclasses import replace
 
 from orchestrator import storage
-from orchestrator.artifacts.pool_networks import best_network, check_pool_ready, network_state, real_accuracy
+from orchestrator.artifacts.pool_networks import (
+    best_network, check_pool_ready, final_accuracies, network_state, real_accuracy,
+)
 from orchestrator.artifacts.selections import baseline_identity
 from orchestrator.artifacts.shards import refuse_foreign_shards
 from orchestrator.artifacts.training_sets import data_key
 from orchestrator.components.teacher import check_teacher, rded_task_memory
 from orchestrator.config import RunConfig, TeacherConfig
 from orchestrator.errors import RunError
-from orchestrator.evaluation_plan import EvaluationPlan, asked_methods, model_seeds, settings_key
+from orchestrator.evaluation_plan import EvaluationPlan, asked_methods, seeds_by_model, settings_key
 from orchestrator.pool_dir import PoolDir, pool_root, pools_at
 from orchestrator.resolved import Resolved, Teacher
 from orchestrator.run_dir import RunDir
@@ -56,20 +58,21 @@ def resolve(run: RunDir) -> RunDir:
     uses = uses_pool(cfg)
     e, condense = cfg.evaluate, condense_teacher_config(cfg)
     baselines = {method: baseline_identity(cfg, method, pool) for method in CORESET_METHODS}
-    real = real_accuracy(pool) if pool.exists() else None
-    if any(t is not None and t.source == "pool" for t in (_soft(cfg), condense)) and not _trained(pool):
+    finals = final_accuracies(pool)  # each network's manifest read once: trained?, the best, the real accuracy
+    real = real_accuracy(finals)
+    if any(t is not None and t.source == "pool" for t in (_soft(cfg), condense)) and None in finals:
         return replace(run, resolution=Resolved(pool, uses, None, None, None, None,
                                                 None if condense else _identities(cfg), baselines, real))
-    teacher = _teacher("evaluate.teacher", e.teacher, pool, info) if _soft(cfg) else None
+    teacher = _teacher("evaluate.teacher", e.teacher, pool, finals, info) if _soft(cfg) else None
     rded = None if condense is None else _teacher(
         "condense.teacher" if cfg.condense.teacher is not None else
-        "evaluate.teacher (RDED's teacher while condense.teacher is null)", condense, pool, info)
+        "evaluate.teacher (RDED's teacher while condense.teacher is null)", condense, pool, finals, info)
     memory = None if rded is None or rded.memory is None else rded_task_memory(cfg, info, run.shards, rded.memory)
     partial = replace(run, resolution=Resolved(pool, uses, teacher, rded, None, memory, _identities(cfg, rded),
                                                baselines, real))
     keys = {m: data_key(partial, m) for m in asked_methods(cfg)}
-    seeds = {model: tuple(model_seeds(cfg, model)) for model in cfg.evaluate.models}
-    plan = EvaluationPlan(settings_key(cfg, None, teacher.score_identity if teacher else None), keys, seeds)
+    plan = EvaluationPlan(settings_key(cfg, None, teacher.score_identity if teacher else None), keys,
+                          seeds_by_model(cfg))
     return replace(partial, resolution=replace(partial.resolved, plan=plan))
 
 
@@ -108,16 +111,12 @@ def _soft(cfg: RunConfig) -> TeacherConfig | None:
     return e.teacher if e.protocol_labels == "soft" else None
 
 
-def _trained(pool: PoolDir) -> bool:
-    return pool.exists() and all(network_state(pool, i, deep=False).state == "committed"
-                                 for i in range(pool.networks))
-
-
-def _teacher(where: str, config: TeacherConfig, pool: PoolDir, info: DatasetInfo) -> Teacher:
-    """The pool network with the best final state (its states' sha256 in its identity), or the
-    torchvision architecture with its weights' sha256."""
+def _teacher(where: str, config: TeacherConfig, pool: PoolDir, finals: list[float | None],
+             info: DatasetInfo) -> Teacher:
+    """The pool network with the best final state (``finals``: the pool's final accuracies; its
+    states' sha256 in its identity), or the torchvision architecture with its weights' sha256."""
     if config.source == "pool":
-        index = best_network(pool)
+        index = best_network(finals)
         states = network_state(pool, index, deep=False).manifest.files["states"]  # type: ignore[union-attr]
         named = f"pool {pool.record.key} net {index}"
         memory = teacher_memory(NetworkTeacher(pool.record.settings.model, {}), channels=info.channels,  # no weights

@@ -44,7 +44,7 @@ def test_tests_that_start_ray_or_a_process_are_in_the_slow_tier_by_rule(request)
 
 # ------------------------------------------------------------------ one place resolves the run
 RESOLVERS = {"for_run", "pool_of", "best_network", "uses_pool", "condense_teacher_config", "pool_dir",
-             "baseline_identity", "real_accuracy", "rded_task_memory", "teacher_memory"}
+             "baseline_identity", "real_accuracy", "rded_task_memory", "teacher_memory", "final_accuracies"}
 OPENING = "orchestrator/run_opening.py"
 
 

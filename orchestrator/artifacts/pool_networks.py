@@ -12,6 +12,7 @@ import socket
 import statistics
 import time
 from collections import Counter
+from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -155,19 +156,26 @@ def _in_group(accs: list[float], group: tuple[float, float]) -> list[int]:
     return [i for i, a in enumerate(accs) if lo <= a < hi or (hi == 100 and a == 100)]
 
 
-def best_network(pool: PoolDir) -> int:
-    """The network whose final state has the best validation accuracy (the lowest index on a tie)."""
-    finals = [network_state(pool, i, deep=False).manifest.val_accuracy[-1]  # type: ignore[union-attr]
-              for i in range(pool.networks)]
-    return max(range(pool.networks), key=lambda i: (finals[i], -i))
+def final_accuracies(pool: PoolDir) -> list[float | None]:
+    """Each network's final validation accuracy, from its manifest read once (None: not committed,
+    or no pool made)."""
+    if not pool.exists():
+        return [None] * pool.networks
+    return [st.manifest.val_accuracy[-1] if (st := network_state(pool, i, deep=False)).state == "committed"  # type: ignore[union-attr]
+            else None for i in range(pool.networks)]
 
 
-def real_accuracy(pool: PoolDir) -> float | None:
-    """acc(real, hard): the mean validation accuracy of the pool's committed final states
-    (networks trained on the whole training split with hard labels); None without one."""
-    finals = [st.manifest.val_accuracy[-1] for i in range(pool.networks)  # type: ignore[union-attr]
-              if (st := network_state(pool, i, deep=False)).state == "committed"]
-    return statistics.fmean(finals) if finals else None
+def best_network(finals: Sequence[float | None]) -> int:
+    """The network whose final state has the best validation accuracy (the lowest index on a tie)
+    among the committed ones (``final_accuracies``)."""
+    return max((i for i, a in enumerate(finals) if a is not None), key=lambda i: (finals[i], -i))
+
+
+def real_accuracy(finals: Sequence[float | None]) -> float | None:
+    """acc(real, hard): the mean final validation accuracy of the pool's committed networks
+    (trained on the whole training split with hard labels; ``final_accuracies``); None without one."""
+    committed = [a for a in finals if a is not None]
+    return statistics.fmean(committed) if committed else None
 
 
 def read_states(pool: PoolDir, index: int) -> dict:
