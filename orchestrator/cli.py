@@ -24,7 +24,7 @@ from orchestrator.config import ConfigError, RunConfig, load_config
 from orchestrator.export import FORMATS as EXPORT_FORMATS
 from orchestrator.export import export_run
 from orchestrator.driver_session import driver_session
-from orchestrator.report import FAIR_HEADS, TableRow, has_fair_scores, report
+from orchestrator.report import FAIR_HEADS, TableRow, has_fair_scores, pictures, report
 from orchestrator.errors import RunError
 from orchestrator.run_dir import RunDir
 from orchestrator.run_status import run_status
@@ -413,8 +413,7 @@ def _print_results(rows: list[TableRow], run: RunDir) -> None:
             paper = f"{r.paper:.1f}" if r.paper is not None else "-"
             table.add_row(r.label, r.model, str(r.n), f"{r.mean:.2f} ± {r.std:.2f}", paper, *(r.fair if fair else ()))
         console.print(table)
-    pictures = "grid.png" if run.config.condense.method == "rded" else "grid.png, loss.png"  # RDED has no loss
-    console.print(f"report: {run.path('report.md')} ({pictures})", highlight=False)
+    console.print(f"report: {run.path('report.md')} ({pictures(run)})", highlight=False)
 
 
 if __name__ == "__main__":  # signals handled from here on; `python -m orchestrator` from the first instant

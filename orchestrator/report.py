@@ -204,7 +204,7 @@ def report(run: RunDir, scores: list[Score]) -> list[TableRow]:
         per = sum(s.train_seconds for s in scores) / len(scores)
         text.append(f"- evaluation: {len(scores)} networks, {per:.2f} s of training each")
     shown = grid_classes(run.record.classes)
-    curves = any(m.loss_curve for m in manifests)  # RDED selects: it has no loss to draw
+    curves = any(m.loss_curve for m in manifests)
     text += ["", "![synthetic images](grid.png)", "", *grid_index(shown, ds.class_names, len(run.record.classes)),
              *(["![loss per shard](loss.png)", ""] if curves else [])]
     pool = run.resolved.pool
@@ -225,7 +225,15 @@ def report(run: RunDir, scores: list[Score]) -> list[TableRow]:
                                                               cfg.condense.ipc * cfg.condense.factor**2, shown))
     if curves:
         storage.write_bytes_atomic(run.path("loss.png"), loss_png(manifests))
+    else:  # an earlier report's curves are not this run's
+        storage.remove(run.path("loss.png"))
     return table
+
+
+def pictures(run: RunDir) -> str:
+    """The pictures report() draws beside report.md, as they are there: grid.png, and loss.png
+    where a shard has a loss curve (RDED selects and a set of 0 iterations starts: neither has)."""
+    return "grid.png, loss.png" if storage.exists(run.path("loss.png")) else "grid.png"
 
 
 def grid_classes(classes: Sequence[int], most: int = GRID_CLASSES) -> list[int]:

@@ -203,3 +203,14 @@ def test_status_checks_lengths_and_verify_hashes_every_byte(tmp_path, capsys):
     assert main(["status", run.uri, "--json"]) == 1
     row = json.loads(capsys.readouterr().out)["shards"][0]
     assert row["state"] == "corrupt" and f"100 bytes where its manifest has {len(data):,}" in row["detail"]
+
+
+def test_a_set_without_a_loss_curve_has_no_loss_picture_and_the_report_line_says_so(tmp_path, capsys):
+    """A set of 0 iterations is its start: no loss curve, so no loss.png (not even an earlier one)."""
+    run = _committed_run(str(tmp_path / "run"), "condense.iterations=0")
+    (tmp_path / "run" / "loss.png").write_bytes(b"an earlier report's")
+    capsys.readouterr()
+    assert main(["report", run.uri]) == 0
+    assert capsys.readouterr().out.strip().endswith("report.md (grid.png)")
+    assert (tmp_path / "run" / "grid.png").exists() and not (tmp_path / "run" / "loss.png").exists()
+    assert "loss.png" not in (tmp_path / "run" / "report.md").read_text()
