@@ -41,6 +41,11 @@ def model_seeds(cfg: RunConfig, model: str) -> list[int]:
     return [derive_seed(cfg.seed, "eval", model, i) for i in range(cfg.evaluate.num_models)]
 
 
+def seeds_by_model(cfg: RunConfig) -> dict[str, tuple[int, ...]]:
+    """Every evaluation model's seeds (``EvaluationPlan.seeds``)."""
+    return {model: tuple(model_seeds(cfg, model)) for model in cfg.evaluate.models}
+
+
 def planned_networks(cfg: RunConfig, methods: list[str]) -> set[Network]:
     return {(m, model, s) for model in cfg.evaluate.models for s in model_seeds(cfg, model) for m in methods}
 

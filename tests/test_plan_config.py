@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from orchestrator.config import ConfigError, load_config
+from orchestrator.evaluation_plan import seeds_by_model
 from orchestrator.run_identity import config_hash, differing_keys, identity
 from orchestrator.plan import PlanError, make_plan, shard_seed
 
@@ -100,12 +101,6 @@ def test_compile_auto_pays_off_only_on_long_runs():
         load_config(None, ["condense.compile=sometimes"])
 
 
-def _seeds(cfg) -> dict:  # noqa: ANN001
-    from orchestrator.evaluation_plan import model_seeds
-
-    return {model: model_seeds(cfg, model) for model in cfg.evaluate.models}
-
-
 def _sets(methods: list[str]) -> list:
     from orchestrator.artifacts.training_sets import TrainingSet
 
@@ -118,7 +113,7 @@ def test_evaluation_jobs_cover_every_seed_once_and_keep_actors_busy(models, meth
 
     baselines = ["random", "herding"][: methods - 1]
     cfg = load_config(None, [f"evaluate.num_models={models}", f"evaluate.baselines={baselines}"])
-    jobs = make_jobs(_seeds(cfg), _sets(["dm", *baselines]), n_actors=actors, key="k")
+    jobs = make_jobs(seeds_by_model(cfg), _sets(["dm", *baselines]), n_actors=actors, key="k")
     per_method: dict[str, list[int]] = {}
     for job in jobs:
         per_method.setdefault(job.data.method, []).extend(job.seeds)
@@ -136,10 +131,10 @@ def test_evaluation_jobs_leave_out_the_networks_already_scored():
 
     cfg = load_config(None, ["evaluate.num_models=4", "evaluate.baselines=[random]"])
     sets = _sets(["dm", "random"])
-    every = {(j.data.method, j.model, s) for j in make_jobs(_seeds(cfg), sets, n_actors=2, key="k") for s in j.seeds}
+    every = {(j.data.method, j.model, s) for j in make_jobs(seeds_by_model(cfg), sets, n_actors=2, key="k") for s in j.seeds}
     assert every == planned_networks(cfg, ["dm", "random"]) and len(every) == 8
     done = set(sorted(every)[:3])
-    left = {(j.data.method, j.model, s) for j in make_jobs(_seeds(cfg), sets, n_actors=2, key="k", done=done) for s in j.seeds}
+    left = {(j.data.method, j.model, s) for j in make_jobs(seeds_by_model(cfg), sets, n_actors=2, key="k", done=done) for s in j.seeds}
     assert left == every - done
 
 
@@ -172,7 +167,7 @@ def test_evaluation_job_labels_are_unique_and_name_their_networks():
     from orchestrator.components.eval_pool import make_jobs
 
     cfg = load_config(None, ["evaluate.num_models=5", "evaluate.baselines=[random]"])
-    labels = [j.label for j in make_jobs(_seeds(cfg), _sets(["dm", "random"]), n_actors=2, key="k")]
+    labels = [j.label for j in make_jobs(seeds_by_model(cfg), _sets(["dm", "random"]), n_actors=2, key="k")]
     assert len(labels) == len(set(labels)) > 2
     assert "dm / ConvNet, networks 1-2" in labels
 
