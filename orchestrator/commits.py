@@ -67,8 +67,17 @@ def read_state(run: Folder, uri: str, model: type[M], *, deep: bool = True) -> U
         manifest = model.model_validate(storage.read_json(uri))
     except (ValueError, OSError, ValidationError) as exc:
         return UnitState("corrupt", f"unreadable manifest {run.relative(uri)}: {str(exc).splitlines()[0]}")
-    problem = check_files(run, manifest.files.values()) if deep else ""  # type: ignore[attr-defined]
-    return UnitState("corrupt", problem, manifest) if problem else UnitState("committed", "", manifest)
+    committed = UnitState("committed", "", manifest)
+    return verified(run, committed, hashes=True) if deep else committed
+
+
+def verified(run: Folder, st: UnitState[M], *, hashes: bool) -> UnitState[M]:
+    """A committed unit as its files are: corrupt, naming the file, where one does not match
+    (its sha256 with ``hashes``, else its length); any other state as it is."""
+    if st.state != "committed":
+        return st
+    problem = check_files(run, st.manifest.files.values(), hashes=hashes)  # type: ignore[union-attr]
+    return UnitState("corrupt", problem, st.manifest) if problem else st
 
 
 def check_files(run: Folder, files: "list[FileEntry] | object", *, hashes: bool = True) -> str:

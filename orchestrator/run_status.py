@@ -58,28 +58,21 @@ class RunStatus:
 def run_status(run: RunDir, verify: bool = False) -> RunStatus:
     rows = []
     for spec in run.shards:
-        st = _checked(run, shard_state(run, spec, deep=False), verify)
+        st = commits.verified(run, shard_state(run, spec, deep=False), hashes=verify)
         m = st.manifest
         rows.append(ShardRow(spec.name, st.state, list(spec.class_ids), m.rows if m else None,
                              m.wall_time_s if m else None, st.detail))
-    baselines = {method: sum(_checked(run, selection_state(run, spec, method, deep=False), verify).state == "committed"
-                             for spec in run.shards) for method in run.config.evaluate.baselines}
+    baselines = {method: sum(commits.verified(run, selection_state(run, spec, method, deep=False),
+                                              hashes=verify).state == "committed" for spec in run.shards)
+                 for method in run.config.evaluate.baselines}
     return RunStatus(run.uri, run.record.config_hash, rows, baselines, evaluation_state(run),
                      _pool_status(run, verify))
-
-
-def _checked(folder: commits.Folder, st: commits.UnitState, verify: bool) -> commits.UnitState:
-    """A committed unit as its files are: corrupt, naming the file, where one does not match."""
-    if st.state != "committed":
-        return st
-    problem = commits.check_files(folder, st.manifest.files.values(), hashes=verify)  # type: ignore[union-attr]
-    return commits.UnitState("corrupt", problem, st.manifest) if problem else st
 
 
 def _pool_status(run: RunDir, verify: bool) -> PoolStatus | None:
     pool = run.resolved.pool
     if pool is None:
         return None
-    manifests = [st.manifest for i in range(pool.networks)
-                 if (st := _checked(pool, network_state(pool, i, deep=False), verify)).state == "committed"]
+    states = [commits.verified(pool, network_state(pool, i, deep=False), hashes=verify) for i in range(pool.networks)]
+    manifests = [st.manifest for st in states if st.state == "committed"]
     return PoolStatus(pool.uri, len(manifests), pool.networks, sum(len(m.steps) for m in manifests))
