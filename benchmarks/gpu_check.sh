@@ -10,7 +10,10 @@
 #    runs (TF32, one pass, compiled) against the per-class reference, with bf16, compile off,
 #    CUDA graphs, TF32 off and deterministic mode as variants;
 # 4. the evaluation benchmark on CUDA (vmap against one network at a time);
-# 5. `dmcondense run configs/digits.yaml` on one GPU, shortened.
+# 5. each recipe's iteration at CIFAR-10's shape (benchmarks/recipe_costs.py), and so the hours of
+#    its paper's 20,000 iterations on this GPU (the configs as shipped; CIFAR-10 itself cannot
+#    reach a machine without a network);
+# 6. `dmcondense run configs/digits.yaml` on one GPU, shortened.
 # Each part's status goes into the table; a failing part does not stop the others.
 # GPU_CHECK_DEVICE=cpu runs the same parts, tiny, on the CPU (the suite checks the script so).
 set -uo pipefail
@@ -34,16 +37,18 @@ part() {  # part NAME SECONDS COMMAND...: run with a time limit, keep its output
 command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$OUT/gpu.txt"
 "$PYTHON" -c "import torch; print(torch.__version__, torch.version.cuda)" > "$OUT/torch.txt" 2>&1
 if [ "$DEVICE" = cuda ]; then
-  SIZE=(--shape 3,32,32 --iterations 10 --warmup 3); EPOCHS=20; IT=200
+  SIZE=(--shape 3,32,32 --iterations 10 --warmup 3); EPOCHS=20; IT=200; RECIPE_SIZE=(--iterations 10 --warmup 3)
   part cuda-tests 240 "$PYTHON" -m pytest -q -p no:cacheprovider -m cuda tests/test_cuda.py
 else
   SIZE=(--shape 1,8,8 --classes 2 --batch-real 8 --model ConvNetW32 --iterations 1 --warmup 1); EPOCHS=1; IT=4
+  RECIPE_SIZE=(--shape 1,8,8 --classes 2 --batch-real 8 --ipc 2 --model ConvNetW32 --iterations 1 --warmup 1)
 fi
 for ipc in 10 50; do
   part "bench-ipc$ipc" 150 "$PYTHON" -m orchestrator.cli bench --device "$DEVICE" "${SIZE[@]}" --ipc "$ipc" \
     --variants "bf16=on,compile=off,cuda_graphs=on,tf32=off,deterministic=on" --json
 done
 part eval 120 "$PYTHON" benchmarks/bench_eval.py --device "$DEVICE" --models 5 --ipc 10 --epochs "$EPOCHS" --repeats 1
+part recipes 150 "$PYTHON" benchmarks/recipe_costs.py --device "$DEVICE" "${RECIPE_SIZE[@]}" --json
 GPUS=1; [ "$DEVICE" = cuda ] || GPUS=0
 part run 240 "$PYTHON" -m orchestrator.cli run configs/digits.yaml --out "$OUT/run" \
   --set resources.gpus_per_shard=$GPUS --set "condense.iterations=$IT" --set condense.checkpoint_every=0 \

@@ -54,6 +54,10 @@ def _run(out: Path) -> str:
     return rows[0].strip("│ ").replace("│", "|") if rows else (log[-1] if log else "")
 
 
+def _recipes(r: dict) -> str:
+    return "; ".join(f"{row['recipe']} {row['s_per_it']} s/it ({row['paper_hours']} h)" for row in r["rows"])
+
+
 def table(out: Path) -> str:
     gpu = _read(out, "gpu.txt") or "no nvidia-smi"
     lines = ["| part | status | figures |", "| --- | --- | --- |",
@@ -70,6 +74,10 @@ def table(out: Path) -> str:
                      f"| {_bench(r) if r else 'no result'} |")
     r = _last_json(out, "eval")
     lines.append(f"| evaluation, 5 networks | {_status(out, 'eval')} | {_eval(r) if r else 'no result'} |")
+    r = _last_json(out, "recipes")
+    where = f"{r['shape'].replace(',', 'x')}, {r['classes']} classes, {r['ipc']} ipc; hours: {r['paper_iterations']:,} " \
+        "iterations" if r else "?"
+    lines.append(f"| recipes, one iteration ({where}) | {_status(out, 'recipes')} | {_recipes(r) if r else 'no result'} |")
     lines.append(f"| end to end: dmcondense run configs/digits.yaml, shortened | {_status(out, 'run')} | {_run(out)} |")
     return "\n".join(lines)
 

@@ -21,7 +21,8 @@ def test_the_gpu_check_runs_every_part_and_prints_one_table(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     table = (tmp_path / "table.md").read_text()
     rows = [ln for ln in table.splitlines() if ln.startswith("| ") and "---" not in ln][1:]
-    parts = ["machine", "DM loop, 10 ipc", "DM loop, 50 ipc", "evaluation", "end to end"]
+    parts = ["machine", "DM loop, 10 ipc", "DM loop, 50 ipc", "evaluation", "recipes", "end to end"]
     assert [next(p for p in parts if row.startswith(f"| {p}")) for row in rows] == parts
-    assert table.count("| ok, ") == 4, table  # every part ran and finished
+    assert table.count("| ok, ") == 5, table  # every part ran and finished
     assert "speed-up" in table and "deterministic=on" in table and "vmapped" in table and "| dm " in table
+    assert all(f"{recipe} " in table.split("| recipes")[1] for recipe in ("m3d", "idm", "dance", "ncfm"))
