@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from orchestrator import storage
-from orchestrator.config import RECIPES, CondenseConfig, RunConfig
+from orchestrator.config import RECIPE_DEPARTURES, RECIPES, CondenseConfig, RunConfig
 from orchestrator.figures import plt, png
 from orchestrator.run_dir import RunDir
 from orchestrator.components.pictures import histogram_png
@@ -106,6 +106,18 @@ def how_made(cfg: RunConfig) -> str:
     return f"{c.iterations} iterations of {synthetic_label(cfg)} with {c.model}"
 
 
+def departures(cfg: RunConfig) -> str:
+    """Where the run's recipe departs from its paper, as a sentence; '' for DM, RDED and MMD."""
+    c = cfg.condense
+    if c.method != "dm" or c.recipe not in RECIPE_DEPARTURES:
+        return ""
+    text = RECIPE_DEPARTURES[c.recipe]
+    if c.loss == "cfd" and not c.cfd_sampler:
+        text += ("; the frequencies are standard Gaussian draws, as in NCFM's released CIFAR-10 configs "
+                 "(condense.cfd_sampler: true learns them adversarially, as its paper)")
+    return f"Where the {c.recipe} recipe departs from its paper: {text}."
+
+
 def results_table(scores: list[Score], cfg: RunConfig, dataset: str) -> list[TableRow]:
     """mean +- std per (method, model), the synthetic set named by ``synthetic_label``; the paper's
     Table 1 figure where the setting is one of its (DM with random networks, the baselines) and the
@@ -186,6 +198,7 @@ def report(run: RunDir, scores: list[Score]) -> list[TableRow]:
         f"{cfg.condense.ipc} images per class stored and {cfg.condense.ipc * cfg.condense.factor**2} trained on "
         f"(factor {cfg.condense.factor}), {how_made(cfg)}.",
         f"Config hash `{run.record.config_hash}`.",
+        *([departures(cfg)] if departures(cfg) else []),
         "",
         "## Accuracy on the real test split",
         "",

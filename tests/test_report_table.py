@@ -45,3 +45,16 @@ def test_a_recipe_set_is_named_with_the_pieces_it_sets_apart_from_its_recipe():
     assert synthetic_label(ncfm) == "ncfm"
     with_sampler = ncfm.model_copy(update={"condense": ncfm.condense.model_copy(update={"cfd_sampler": True})})
     assert synthetic_label(with_sampler) == "ncfm [sampler]"
+
+
+def test_a_recipe_names_where_it_departs_from_its_paper_and_dm_names_nothing():
+    from orchestrator.report import departures
+
+    ncfm = load_config(REPO / "configs" / "cifar10-ipc10-ncfm.yaml")
+    assert departures(ncfm).startswith("Where the ncfm recipe departs from its paper: ") and "Adam" in departures(ncfm)
+    assert "standard Gaussian" in departures(ncfm)
+    with_sampler = ncfm.model_copy(update={"condense": ncfm.condense.model_copy(update={"cfd_sampler": True})})
+    assert "Adam" in departures(with_sampler) and "standard Gaussian" not in departures(with_sampler)
+    assert "bandwidths" in departures(load_config(REPO / "configs" / "cifar10-ipc10-m3d.yaml"))
+    assert departures(load_config(REPO / "configs" / "cifar10-ipc10.yaml")) == ""
+    assert departures(load_config(REPO / "configs" / "cifar10-ipc10-rded.yaml")) == ""
