@@ -237,7 +237,7 @@ def report(run: RunDir, scores: list[Score]) -> list[TableRow]:
     storage.write_bytes_atomic(run.path("grid.png"), grid_png(x, y, ds.mean, ds.std,
                                                               cfg.condense.ipc * cfg.condense.factor**2, shown))
     if curves:
-        storage.write_bytes_atomic(run.path("loss.png"), loss_png(manifests))
+        storage.write_bytes_atomic(run.path("loss.png"), loss_png(manifests, loss_name(cfg.condense)))
     else:  # an earlier report's curves are not this run's
         storage.remove(run.path("loss.png"))
     return table
@@ -353,9 +353,17 @@ def loss_spread(manifests: Sequence[ShardManifest], points: int = 200) -> LossSp
     return LossSpread(grid.tolist(), low.tolist(), median.tolist(), high.tolist(), len(manifests))
 
 
-def loss_png(manifests: list[ShardManifest]) -> bytes:
+def loss_name(c: CondenseConfig) -> str:
+    """What a run's loss curves measure: the matching loss its recipe or method minimises."""
+    if c.method == "mmd_pixel":
+        return f"pixel MMD ({c.kernel} kernel)"
+    name = {"mean": "DM loss", "mmd": f"MMD ({c.kernel} kernel)", "cfd": "characteristic-function distance"}[c.loss]
+    return name + (" + cross-entropy" if c.ce_weight > 0 else "")
+
+
+def loss_png(manifests: list[ShardManifest], name: str) -> bytes:
     """One curve per shard, raw and smoothed; beyond LOSS_CURVES shards, their median and the band
-    of their 10th to 90th percentiles (a thousand curves would show nothing)."""
+    of their 10th to 90th percentiles (a thousand curves would show nothing). ``name``: loss_name."""
     curved = [m for m in manifests if m.loss_curve]  # a shard of 0 iterations has no curve
     fig, ax = plt.subplots(figsize=(7, 4))
     if len(curved) > LOSS_CURVES:
@@ -369,12 +377,11 @@ def loss_png(manifests: list[ShardManifest]) -> bytes:
             line, = ax.plot(its, vals, linewidth=0.6, alpha=0.3)  # raw: one random network per point
             ax.plot(its, _smoothed(m), linewidth=1.2, color=line.get_color(), label=f"shard {m.shard_id}")
     ax.set_xlabel("iteration")
-    ax.set_ylabel("DM loss")
+    ax.set_ylabel(name)
     ax.set_yscale("log")
     if curved:
         ax.legend(fontsize=6)
-    ax.set_title("distribution matching loss per shard" if len(curved) <= LOSS_CURVES else
-                 f"distribution matching loss across {len(curved):,} shards")
+    ax.set_title(f"{name} per shard" if len(curved) <= LOSS_CURVES else f"{name} across {len(curved):,} shards")
     return png(fig)
 
 

@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 
 from orchestrator.artifacts.shards import ShardManifest
-from orchestrator.report import LOSS_CURVES, loss_png, loss_spread
+from orchestrator.config import load_config
+from orchestrator.report import LOSS_CURVES, loss_name, loss_png, loss_spread
+
+from .conftest import REPO
 
 
 def _manifest(shard: int, loss: float, iterations: int = 100) -> ShardManifest:
@@ -32,5 +35,13 @@ def test_shards_of_other_lengths_share_one_iteration_grid():
 
 @pytest.mark.parametrize("shards", [3, LOSS_CURVES + 1, 200])
 def test_the_loss_picture_is_a_png_at_any_shard_count(shards):
-    data = loss_png([_manifest(k, float(k + 1)) for k in range(shards)] + [_manifest(shards, 1.0, iterations=0)])
+    data = loss_png([_manifest(k, float(k + 1)) for k in range(shards)] + [_manifest(shards, 1.0, iterations=0)],
+                    "DM loss")
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("config, name", [("cifar10-ipc10", "DM loss"), ("cifar10-ipc10-m3d", "MMD (rbf kernel)"),
+                                          ("cifar10-ipc10-idm", "DM loss + cross-entropy"),
+                                          ("cifar10-ipc10-ncfm", "characteristic-function distance + cross-entropy")])
+def test_the_loss_picture_names_the_loss_the_recipe_minimises(config, name):
+    assert loss_name(load_config(str(REPO / "configs" / f"{config}.yaml"), []).condense) == name
