@@ -20,6 +20,7 @@ import time
 
 import torch
 
+from benchmarks.dm_loop import parse_shape
 from benchmarks.random_data import random_dataset
 from orchestrator.config import RECIPES
 from workers.dm import DMCondenser, DMSettings
@@ -55,7 +56,7 @@ def seconds_per_iteration(recipe: str, args: argparse.Namespace, shape: tuple[in
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--shape", default="3,32,32", help="C,H,W of the images")
+    parser.add_argument("--shape", type=parse_shape, default="3,32,32", help="C,H,W of the images")
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--ipc", type=int, default=10)
     parser.add_argument("--batch-real", type=int, default=256)
@@ -66,20 +67,17 @@ def main() -> None:
     parser.add_argument("--paper-iterations", type=int, default=20_000)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
-    shape = tuple(int(v) for v in args.shape.split(","))
-    if len(shape) != 3:
-        parser.error(f"--shape is C,H,W, got {args.shape!r}")
     unknown = [r for r in args.recipes.split(",") if r not in RECIPES]
     if unknown:
         parser.error(f"--recipes: unknown {', '.join(unknown)}; known: {', '.join(RECIPES)}")
     rows = []
     for recipe in args.recipes.split(","):
-        s = seconds_per_iteration(recipe, args, shape)  # type: ignore[arg-type]
+        s = seconds_per_iteration(recipe, args, args.shape)
         rows.append({"recipe": recipe, "s_per_it": round(s, 5), "paper_hours": round(s * args.paper_iterations / 3600, 3)})
         if not args.json:
             print(f"{recipe:6s} {s:.4f} s/it; {args.paper_iterations:,} iterations: {rows[-1]['paper_hours']:.2f} h")
     if args.json:
-        print(json.dumps({"device": args.device, "shape": args.shape, "classes": args.classes, "ipc": args.ipc,
+        print(json.dumps({"device": args.device, "shape": ",".join(map(str, args.shape)), "classes": args.classes, "ipc": args.ipc,
                           "batch_real": args.batch_real, "paper_iterations": args.paper_iterations, "rows": rows}))
 
 

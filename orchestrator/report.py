@@ -191,6 +191,7 @@ def report(run: RunDir, scores: list[Score]) -> list[TableRow]:
     manifests = [m for spec in run.shards if (m := shard_state(run, spec, deep=False).manifest) is not None]
     table = results_table(scores, cfg, ds.name)
     walls = [m.wall_time_s for m in manifests]
+    departure = departures(cfg)
     text = [
         f"# {cfg.name}",
         "",
@@ -198,7 +199,7 @@ def report(run: RunDir, scores: list[Score]) -> list[TableRow]:
         f"{cfg.condense.ipc} images per class stored and {cfg.condense.ipc * cfg.condense.factor**2} trained on "
         f"(factor {cfg.condense.factor}), {how_made(cfg)}.",
         f"Config hash `{run.record.config_hash}`.",
-        *([departures(cfg)] if departures(cfg) else []),
+        *([departure] if departure else []),
         "",
         "## Accuracy on the real test split",
         "",
