@@ -399,12 +399,19 @@ class TeacherConfig(_Strict):
     arch: str | None = Field(default=None, description="torchvision: a torchvision.models classification "
                              "architecture, e.g. resnet18")
     weights: str | None = Field(default=None, description="torchvision: a path or URI of its state dict")
+    pool: str | None = Field(
+        default=None, description="pool: the directory of a pool made elsewhere (as `dmcondense pool` printed it) "
+        "whose best network teaches, e.g. a strong teacher (configs/cifar10-teacher.yaml) for a run whose pool: "
+        "section holds short-trained experts (NCFM, DANCE); null: the run's own pool")
 
     @model_validator(mode="after")
     def _complete(self) -> "TeacherConfig":
         if self.source == "torchvision" and not (self.arch and self.weights):
             raise ValueError("a teacher of source torchvision needs its arch and weights (a path or URI of its "
                              "state dict)")
+        if self.pool is not None and self.source != "pool":
+            raise ValueError("a teacher's pool (a pool directory) goes with source: pool; a torchvision teacher "
+                             "takes arch and weights")
         return self
 
 

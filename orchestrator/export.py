@@ -16,7 +16,7 @@ from orchestrator.artifacts.score_statistics import summarize
 from orchestrator.artifacts.scores import read_results
 from orchestrator.artifacts.training_sets import read_method
 from orchestrator.export_target import ExportTarget
-from orchestrator.report import augmentation_suffix, how_made, synthetic_label
+from orchestrator.report import augmentation_suffix, how_made, synthetic_label, teacher_words
 from orchestrator.run_dir import RunDir
 from orchestrator.secrets import redacted_config
 from orchestrator.components.teacher import teacher_spec
@@ -138,8 +138,7 @@ def teacher_name(run: RunDir) -> str:
     t = run.resolved.teacher
     if t is None:
         return "no teacher"
-    return f"the pool's best network ({t.score_identity})" if t.network is not None else \
-        f"{t.config.arch} ({t.config.weights})"
+    return f"{teacher_words(t.config)} ({t.score_identity})" if t.network is not None else teacher_words(t.config)
 
 
 def set_card(run: RunDir, images: int) -> SetCard:

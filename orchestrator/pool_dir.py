@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict
 from orchestrator import storage
 from workers.data.uri import absolute
 from orchestrator.config import DatasetConfig, RunConfig
+from orchestrator.errors import RunError
 from workers.data.types import DatasetInfo
 
 RECORD = "pool.json"
@@ -84,6 +85,19 @@ class PoolDir:
         key = pool_key(info, settings)
         record = PoolRecord(key=key, dataset=cfg.dataset, info=info, settings=settings)
         return cls(storage.join(pool_root(cfg), key), record, cfg.pool.networks)
+
+    @classmethod
+    def at(cls, uri: str) -> "PoolDir":
+        """A pool made elsewhere, by its directory: its record and as many networks as its highest
+        committed one (a teacher's pool: ``evaluate.teacher.pool``). Raises naming what to give."""
+        uri = absolute(uri)
+        record = storage.join(uri, RECORD)
+        if not storage.exists(record):
+            raise RunError(f"no pool at {uri} (no {RECORD} there): give the directory a `dmcondense pool` "
+                              "command made, as it printed it")
+        indices = [int(name[4:9]) for name in storage.list_names(storage.join(uri, "manifest"))
+                   if name.startswith("net-") and name.endswith(".json")]
+        return cls(uri, PoolRecord.model_validate(storage.read_json(record)), max(indices, default=-1) + 1)
 
     def exists(self) -> bool:
         return storage.exists(self.path(RECORD))

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from orchestrator import storage
-from orchestrator.config import RECIPE_DEPARTURES, RECIPES, CondenseConfig, RunConfig
+from orchestrator.config import RECIPE_DEPARTURES, RECIPES, CondenseConfig, RunConfig, TeacherConfig
 from orchestrator.figures import plt, png
 from orchestrator.run_dir import RunDir
 from orchestrator.components.pictures import histogram_png
@@ -152,8 +152,14 @@ def _labels(cfg: RunConfig) -> str:
     plain = augmentation_suffix(cfg)
     if e.protocol_labels == "hard":
         return "hard labels" + plain
-    teacher = "the pool's best network" if e.teacher.source == "pool" else f"{e.teacher.arch} ({e.teacher.weights})"
-    return f"soft labels from {teacher} at temperature {e.protocol_temperature:g}{plain}"
+    return f"soft labels from {teacher_words(e.teacher)} at temperature {e.protocol_temperature:g}{plain}"
+
+
+def teacher_words(t: TeacherConfig) -> str:
+    """The teacher as a sentence names it."""
+    if t.source == "torchvision":
+        return f"{t.arch} ({t.weights})"
+    return "the pool's best network" if t.pool is None else f"the best network of the pool at {t.pool}"
 
 
 def protocol_line(cfg: RunConfig) -> str:

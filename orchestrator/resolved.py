@@ -26,6 +26,7 @@ class Teacher:
     # dataset's images, which the check before any work names: run_opening.checked)
     memory: TeacherMemory | None
     network: int | None = None  # a pool teacher: the pool network whose final state it is
+    pool: PoolDir | None = None  # a pool teacher: the pool that network is in (the run's or teacher.pool)
 
 
 @dataclass(frozen=True)

@@ -60,7 +60,7 @@ def resolve(run: RunDir) -> RunDir:
     baselines = {method: baseline_identity(cfg, method, pool) for method in CORESET_METHODS}
     finals = final_accuracies(pool)  # each network's manifest read once: trained?, the best, the real accuracy
     real = real_accuracy(finals)
-    if any(t is not None and t.source == "pool" for t in (_soft(cfg), condense)) and None in finals:
+    if any(_of_run_pool(t) for t in (_soft(cfg), condense)) and None in finals:
         return replace(run, resolution=Resolved(pool, uses, None, None, None, None,
                                                 None if condense else _identities(cfg), baselines, real))
     teacher = _teacher("evaluate.teacher", e.teacher, pool, finals, info) if _soft(cfg) else None
@@ -95,7 +95,12 @@ def uses_pool(cfg: RunConfig) -> bool:
     """Whether a run's shards, baselines or teachers (soft labels', RDED's) read its pool."""
     e, c = cfg.evaluate, cfg.condense
     teachers = [t for t in (_soft(cfg), condense_teacher_config(cfg)) if t is not None]
-    return c.networks in ("pool", "blend") or "forgetting" in e.baselines or any(t.source == "pool" for t in teachers)
+    return c.networks in ("pool", "blend") or "forgetting" in e.baselines or any(_of_run_pool(t) for t in teachers)
+
+
+def _of_run_pool(config: TeacherConfig | None) -> bool:
+    """Whether a teacher is a network of the run's own pool (not of a pool named by teacher.pool)."""
+    return config is not None and config.source == "pool" and config.pool is None
 
 
 def condense_teacher_config(cfg: RunConfig) -> TeacherConfig | None:
@@ -116,12 +121,14 @@ def _teacher(where: str, config: TeacherConfig, pool: PoolDir, finals: list[floa
     """The pool network with the best final state (``finals``: the pool's final accuracies; its
     states' sha256 in its identity), or the torchvision architecture with its weights' sha256."""
     if config.source == "pool":
+        if config.pool is not None:
+            pool, finals = _named_pool(where, config.pool, info)
         index = best_network(finals)
         states = network_state(pool, index, deep=False).manifest.files["states"]  # type: ignore[union-attr]
         named = f"pool {pool.record.key} net {index}"
         memory = teacher_memory(NetworkTeacher(pool.record.settings.model, {}), channels=info.channels,  # no weights
                                 num_classes=info.num_classes, im_size=tuple(info.im_size))  # are read
-        return Teacher(where, config, f"{named} {states.sha256[:16]}", named, memory, index)
+        return Teacher(where, config, f"{named} {states.sha256[:16]}", named, memory, index, pool)
     weights = config.weights or ""
     try:
         named = f"{config.arch} {_weights_digest(weights, storage.mtime_ns(weights))}"
@@ -129,6 +136,26 @@ def _teacher(where: str, config: TeacherConfig, pool: PoolDir, finals: list[floa
         raise RunError(f"{where}: {exc}") from None
     return Teacher(where, config, named, named,
                    _torchvision_memory(config.arch or "", info.channels, info.num_classes, tuple(info.im_size)))
+
+
+def _named_pool(where: str, uri: str, info: DatasetInfo) -> tuple[PoolDir, list[float | None]]:
+    """The pool a teacher names (teacher.pool) and its networks' final accuracies: made on the
+    run's dataset, with a committed network."""
+    try:
+        pool = PoolDir.at(uri)
+    except RunError as exc:
+        raise RunError(f"{where}.pool: {exc}") from None
+    made_on = pool.record.info
+    if (made_on.name, made_on.class_names, made_on.train_counts) != (info.name, info.class_names, info.train_counts):
+        raise RunError(f"{where}.pool: the pool at {pool.uri} was trained on {made_on.name} "
+                       f"({len(made_on.class_names)} classes, {sum(made_on.train_counts)} images), not on this run's "
+                       f"{info.name} ({len(info.class_names)} classes, {sum(info.train_counts)} images); name a pool "
+                       "made from this run's dataset")
+    finals = final_accuracies(pool)
+    if all(a is None for a in finals):
+        raise RunError(f"{where}.pool: the pool at {pool.uri} has no trained network yet; the `dmcondense pool` "
+                       "command that made it trains its networks when run again")
+    return pool, finals
 
 
 @functools.lru_cache(maxsize=8)

@@ -145,3 +145,53 @@ def test_a_recipe_runs_resumes_exports_and_reports_as_dm_does(pools, tmp_path, m
     assert np.load(tmp_path / "syn.npz")["images"].shape == (80, 1, 8, 8)
     report = (whole / "report.md").read_text()
     assert "2 images per class stored and 8 trained on (factor 2)" in report and f"| {recipe} | ConvNetW32 | paper | 1 |" in report
+
+
+def test_a_pool_made_elsewhere_teaches_a_run_whose_own_pool_is_not_made(pools, tmp_path, capsys):
+    run = tmp_path / "run"  # DM on random networks: its pool: section names no pool made
+    assert main(["run", CONFIG, "--out", str(run), *sets(*RUN, "condense.iterations=10")]) == 0
+    folder = _pool_dir(pools)
+    soft = ["evaluate.labels=soft", "evaluate.num_models=1", "evaluate.epochs=1", "evaluate.models=[ConvNetW32]"]
+    capsys.readouterr()
+    assert main(["evaluate", str(run), *sets(*soft)]) == 2  # the run's own pool is not there
+    assert "no pool made" in capsys.readouterr().out
+    named = [*soft, f"evaluate.teacher.pool={folder}"]
+    assert main(["evaluate", str(run), *sets(*named)]) == 0
+    handle = opened(str(run))
+    teacher, key = handle.resolved.teacher, json.loads((folder / "pool.json").read_text())["key"]
+    assert teacher.identity.startswith(f"pool {key} net ") and not handle.resolved.uses_pool
+    final = json.loads((folder / "manifest" / f"net-{teacher.network:05d}.json").read_text())["val_accuracy"][-1]
+    others = [json.loads(p.read_text())["val_accuracy"][-1] for p in (folder / "manifest").glob("net-*.json")]
+    assert final == max(others)  # the best network of that pool teaches
+    assert f"soft labels from the best network of the pool at {folder}" in (run / "report.md").read_text()
+
+
+@pytest.mark.parametrize("problem, expected", [
+    ("missing", "no pool at"),
+    ("untrained", "has no trained network yet"),
+    ("other data", "was trained on fashion-mnist"),
+])
+def test_a_teacher_pool_that_cannot_teach_is_named_before_any_work(pools, tmp_path, capsys, problem, expected):
+    run = tmp_path / "run"
+    assert main(["run", CONFIG, "--out", str(run), *sets(*RUN, "condense.iterations=0")]) == 0
+    named = tmp_path / "named"
+    if problem != "missing":
+        record = json.loads((_pool_dir(pools) / "pool.json").read_text())
+        record["info"]["name"] = "fashion-mnist" if problem == "other data" else record["info"]["name"]
+        (named / "manifest").mkdir(parents=True)
+        (named / "pool.json").write_text(json.dumps(record))
+        if problem == "other data":  # a committed network, so that only the dataset is wrong
+            for part in ("manifest/net-00000.json", "net-00000.pt"):
+                (named / part).write_bytes((_pool_dir(pools) / part).read_bytes())
+    capsys.readouterr()
+    assert main(["evaluate", str(run), *sets("evaluate.labels=soft", f"evaluate.teacher.pool={named}")]) == 2
+    out = capsys.readouterr().out
+    assert out.startswith("error: evaluate.teacher.pool:") and expected in out, out
+    assert not (run / "eval" / "scores").exists()
+
+
+def test_a_teacher_pool_goes_with_a_pool_teacher_only(tmp_path, capsys):
+    assert main(["run", CONFIG, "--dry-run", "--out", str(tmp_path / "r"), *sets(
+        *RUN, "evaluate.labels=soft", "evaluate.teacher.source=torchvision", "evaluate.teacher.arch=resnet18",
+        "evaluate.teacher.weights=w.pt", f"evaluate.teacher.pool={tmp_path}")]) == 2
+    assert "goes with source: pool" in capsys.readouterr().out

@@ -33,7 +33,7 @@ def teacher_spec(run: RunDir) -> TeacherSpec | None:
 def spec_of(run: RunDir, teacher: Teacher) -> TeacherSpec:
     if teacher.network is None:
         return TorchvisionTeacher(teacher.config.arch, teacher.config.weights)  # type: ignore[arg-type]
-    pool = run.resolved.pool_dir
+    pool = teacher.pool  # set for every pool teacher: the run's pool or the one teacher.pool names
     return NetworkTeacher(pool.record.settings.model, read_states(pool, teacher.network)["states"][-1])
 
 
