@@ -94,7 +94,7 @@ class PoolDir:
         record = storage.join(uri, RECORD)
         if not storage.exists(record):
             raise RunError(f"no pool at {uri} (no {RECORD} there): give the directory a `dmcondense pool` "
-                              "command made, as it printed it")
+                           "command made, as it printed it")
         indices = [int(name[4:9]) for name in storage.list_names(storage.join(uri, "manifest"))
                    if name.startswith("net-") and name.endswith(".json")]
         return cls(uri, PoolRecord.model_validate(storage.read_json(record)), max(indices, default=-1) + 1)

@@ -141,19 +141,20 @@ def _teacher(where: str, config: TeacherConfig, pool: PoolDir, finals: list[floa
 def _named_pool(where: str, uri: str, info: DatasetInfo) -> tuple[PoolDir, list[float | None]]:
     """The pool a teacher names (teacher.pool) and its networks' final accuracies: made on the
     run's dataset, with a committed network."""
+    key = where.split(" (")[0] + ".pool"  # the config key, without what RDED's teacher adds to its name
     try:
         pool = PoolDir.at(uri)
     except RunError as exc:
-        raise RunError(f"{where}.pool: {exc}") from None
+        raise RunError(f"{key}: {exc}") from None
     made_on = pool.record.info
     if (made_on.name, made_on.class_names, made_on.train_counts) != (info.name, info.class_names, info.train_counts):
-        raise RunError(f"{where}.pool: the pool at {pool.uri} was trained on {made_on.name} "
+        raise RunError(f"{key}: the pool at {pool.uri} was trained on {made_on.name} "
                        f"({len(made_on.class_names)} classes, {sum(made_on.train_counts)} images), not on this run's "
                        f"{info.name} ({len(info.class_names)} classes, {sum(info.train_counts)} images); name a pool "
                        "made from this run's dataset")
     finals = final_accuracies(pool)
     if all(a is None for a in finals):
-        raise RunError(f"{where}.pool: the pool at {pool.uri} has no trained network yet; the `dmcondense pool` "
+        raise RunError(f"{key}: the pool at {pool.uri} has no trained network yet; the `dmcondense pool` "
                        "command that made it trains its networks when run again")
     return pool, finals
 

@@ -195,3 +195,11 @@ def test_a_teacher_pool_goes_with_a_pool_teacher_only(tmp_path, capsys):
         *RUN, "evaluate.labels=soft", "evaluate.teacher.source=torchvision", "evaluate.teacher.arch=resnet18",
         "evaluate.teacher.weights=w.pt", f"evaluate.teacher.pool={tmp_path}")]) == 2
     assert "goes with source: pool" in capsys.readouterr().out
+
+
+def test_rdeds_teacher_from_a_pool_made_elsewhere_is_checked_under_its_key(tmp_path, capsys):
+    missing = tmp_path / "no-pool"
+    assert main(["run", CONFIG, "--dry-run", "--out", str(tmp_path / "r"), *sets(
+        *RUN, "condense.method=rded", "condense.iterations=0", f"evaluate.teacher.pool={missing}")]) == 2
+    out = capsys.readouterr().out
+    assert out.startswith(f"error: evaluate.teacher.pool: no pool at {missing}"), out
