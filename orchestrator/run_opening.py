@@ -64,9 +64,10 @@ def resolve(run: RunDir) -> RunDir:
         return replace(run, resolution=Resolved(pool, uses, None, None, None, None,
                                                 None if condense else _identities(cfg), baselines, real))
     teacher = _teacher("evaluate.teacher", e.teacher, pool, finals, info) if _soft(cfg) else None
+    own = cfg.condense.teacher is not None  # RDED's own teacher, else the evaluation's
     rded = None if condense is None else _teacher(
-        "condense.teacher" if cfg.condense.teacher is not None else
-        "evaluate.teacher (RDED's teacher while condense.teacher is null)", condense, pool, finals, info)
+        "condense.teacher" if own else "evaluate.teacher", condense, pool, finals, info,
+        where=None if own else "evaluate.teacher (RDED's teacher while condense.teacher is null)")
     memory = None if rded is None or rded.memory is None else rded_task_memory(cfg, info, run.shards, rded.memory)
     partial = replace(run, resolution=Resolved(pool, uses, teacher, rded, None, memory, _identities(cfg, rded),
                                                baselines, real))
@@ -116,13 +117,15 @@ def _soft(cfg: RunConfig) -> TeacherConfig | None:
     return e.teacher if e.protocol_labels == "soft" else None
 
 
-def _teacher(where: str, config: TeacherConfig, pool: PoolDir, finals: list[float | None],
-             info: DatasetInfo) -> Teacher:
+def _teacher(key: str, config: TeacherConfig, pool: PoolDir, finals: list[float | None],
+             info: DatasetInfo, where: str | None = None) -> Teacher:
     """The pool network with the best final state (``finals``: the pool's final accuracies; its
-    states' sha256 in its identity), or the torchvision architecture with its weights' sha256."""
+    states' sha256 in its identity), or the torchvision architecture with its weights' sha256.
+    ``key``: its config key; ``where``: how a failure names it (default: the key)."""
+    where = where or key
     if config.source == "pool":
         if config.pool is not None:
-            pool, finals = _named_pool(where, config.pool, info)
+            pool, finals = _named_pool(f"{key}.pool", config.pool, info)
         index = best_network(finals)
         states = network_state(pool, index, deep=False).manifest.files["states"]  # type: ignore[union-attr]
         named = f"pool {pool.record.key} net {index}"
@@ -138,10 +141,9 @@ def _teacher(where: str, config: TeacherConfig, pool: PoolDir, finals: list[floa
                    _torchvision_memory(config.arch or "", info.channels, info.num_classes, tuple(info.im_size)))
 
 
-def _named_pool(where: str, uri: str, info: DatasetInfo) -> tuple[PoolDir, list[float | None]]:
-    """The pool a teacher names (teacher.pool) and its networks' final accuracies: made on the
-    run's dataset, with a committed network."""
-    key = where.split(" (")[0] + ".pool"  # the config key, without what RDED's teacher adds to its name
+def _named_pool(key: str, uri: str, info: DatasetInfo) -> tuple[PoolDir, list[float | None]]:
+    """The pool a teacher names (``key``: teacher.pool) and its networks' final accuracies: made
+    on the run's dataset, with a committed network."""
     try:
         pool = PoolDir.at(uri)
     except RunError as exc:
