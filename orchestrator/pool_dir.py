@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -22,6 +23,11 @@ from orchestrator.errors import RunError
 from workers.data.types import DatasetInfo
 
 RECORD = "pool.json"
+NETWORK = re.compile(r"net-(\d{5})")  # a network's file stem: its index, five digits
+
+
+def network_name(index: int) -> str:
+    return f"net-{index:05d}"
 
 
 class PoolSettings(BaseModel):
@@ -95,8 +101,9 @@ class PoolDir:
         if not storage.exists(record):
             raise RunError(f"no pool at {uri} (no {RECORD} there): give the directory a `dmcondense pool` "
                            "command made, as it printed it")
-        indices = [int(name[4:9]) for name in storage.list_names(storage.join(uri, "manifest"))
-                   if name.startswith("net-") and name.endswith(".json")]
+        committed = [NETWORK.fullmatch(name.removesuffix(".json"))
+                     for name in storage.list_names(storage.join(uri, "manifest")) if name.endswith(".json")]
+        indices = [int(m.group(1)) for m in committed if m]
         return cls(uri, PoolRecord.model_validate(storage.read_json(record)), max(indices, default=-1) + 1)
 
     def exists(self) -> bool:
@@ -113,20 +120,20 @@ class PoolDir:
         return storage.relative(self.uri, path)
 
     def states_file(self, index: int) -> str:
-        return self.path(f"net-{index:05d}.pt")
+        return self.path(f"{network_name(index)}.pt")
 
     def forgetting_file(self, index: int) -> str:
-        return self.path(f"net-{index:05d}.forgetting.parquet")
+        return self.path(f"{network_name(index)}.forgetting.parquet")
 
     def manifest(self, index: int) -> str:
-        return self.path("manifest", f"net-{index:05d}.json")
+        return self.path("manifest", f"{network_name(index)}.json")
 
     def failure(self, index: int) -> str:
-        return self.path("failed", f"net-{index:05d}.json")
+        return self.path("failed", f"{network_name(index)}.json")
 
     def checkpoint(self, index: int) -> str:
         """A network's training state after its last finished epoch, removed at its commit."""
-        return self.path("checkpoints", f"net-{index:05d}.pt")
+        return self.path("checkpoints", f"{network_name(index)}.pt")
 
     def histogram(self) -> str:
         return self.path("pool.png")

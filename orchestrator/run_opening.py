@@ -22,7 +22,7 @@ from orchestrator.components.teacher import check_teacher, rded_task_memory
 from orchestrator.config import RunConfig, TeacherConfig
 from orchestrator.errors import RunError
 from orchestrator.evaluation_plan import EvaluationPlan, asked_methods, seeds_by_model, settings_key
-from orchestrator.pool_dir import PoolDir, pool_root, pools_at
+from orchestrator.pool_dir import PoolDir, pool_key, pool_root, pools_at
 from orchestrator.resolved import Resolved, Teacher
 from orchestrator.run_dir import RunDir
 from orchestrator.run_identity import DEVICES, shard_identity
@@ -149,16 +149,19 @@ def _named_pool(key: str, uri: str, info: DatasetInfo) -> tuple[PoolDir, list[fl
     except RunError as exc:
         raise RunError(f"{key}: {exc}") from None
     made_on = pool.record.info
-    if (made_on.name, made_on.class_names, made_on.train_counts) != (info.name, info.class_names, info.train_counts):
-        raise RunError(f"{key}: the pool at {pool.uri} was trained on {made_on.name} "
-                       f"({len(made_on.class_names)} classes, {sum(made_on.train_counts)} images), not on this run's "
-                       f"{info.name} ({len(info.class_names)} classes, {sum(info.train_counts)} images); name a pool "
-                       "made from this run's dataset")
+    if pool_key(info, pool.record.settings) != pool.record.key:  # the key hashes all the data that shapes a pool
+        raise RunError(f"{key}: the pool at {pool.uri} was trained on {_data_words(made_on)}, not on this run's "
+                       f"{_data_words(info)}; name a pool made from this run's dataset")
     finals = final_accuracies(pool)
     if all(a is None for a in finals):
         raise RunError(f"{key}: the pool at {pool.uri} has no trained network yet; the `dmcondense pool` "
                        "command that made it trains its networks when run again")
     return pool, finals
+
+
+def _data_words(info: DatasetInfo) -> str:
+    return (f"{info.name} ({len(info.class_names)} classes, {sum(info.train_counts)} images of "
+            f"{info.channels}x{info.im_size[0]}x{info.im_size[1]})")
 
 
 @functools.lru_cache(maxsize=8)

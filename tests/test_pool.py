@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.cli import _parser, main
+from orchestrator.pool_dir import PoolRecord, pool_key
 from orchestrator.run_opening import opened
 from orchestrator.artifacts.selections import selection_state
 
@@ -177,7 +178,10 @@ def test_a_teacher_pool_that_cannot_teach_is_named_before_any_work(pools, tmp_pa
     named = tmp_path / "named"
     if problem != "missing":
         record = json.loads((_pool_dir(pools) / "pool.json").read_text())
-        record["info"]["name"] = "fashion-mnist" if problem == "other data" else record["info"]["name"]
+        if problem == "other data":  # a pool's record names its data in its key too
+            record["info"]["name"] = "fashion-mnist"
+            faked = PoolRecord.model_validate(record)
+            record["key"] = pool_key(faked.info, faked.settings)
         (named / "manifest").mkdir(parents=True)
         (named / "pool.json").write_text(json.dumps(record))
         if problem == "other data":  # a committed network, so that only the dataset is wrong

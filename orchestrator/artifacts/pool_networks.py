@@ -21,7 +21,7 @@ from pydantic import BaseModel
 
 from orchestrator import commits, storage
 from orchestrator.commits import FileEntry, UnitState
-from orchestrator.pool_dir import PoolDir
+from orchestrator.pool_dir import PoolDir, network_name
 from orchestrator.errors import RunError
 from workers.data.tensor_table import from_parquet_bytes, to_parquet_bytes
 from workers.matching import PoolStates
@@ -49,10 +49,6 @@ class NetworkManifest(BaseModel):
     host: str
     pool: str | None = None  # the key of the pool it was trained for; None: made before identities
     test_accuracy: float | None = None  # of the final state on the real test split; None: made before it was kept
-
-
-def network_name(index: int) -> str:
-    return f"net-{index:05d}"
 
 
 def network_seed(pool: PoolDir, index: int) -> int:

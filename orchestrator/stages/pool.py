@@ -13,14 +13,14 @@ from rich.console import Console
 
 from orchestrator import faults
 from orchestrator.artifacts.pool_networks import (
-    NetworkManifest, commit_network, network_name, network_seed, network_state,
+    NetworkManifest, commit_network, network_seed, network_state,
     read_epoch_checkpoint, write_epoch_checkpoint,
 )
 from orchestrator.components.pictures import draw_pool
 from orchestrator.components.settings import train_settings
 from orchestrator.components.worker_setup import open_reader, task_device
 from orchestrator.config import ResourcesConfig, RunConfig
-from orchestrator.pool_dir import PoolDir
+from orchestrator.pool_dir import PoolDir, network_name
 from orchestrator.stage_runner import Needs, Unit, UnitStage, run_units
 from workers.data import normalize
 from workers.pool_training import (
