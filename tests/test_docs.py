@@ -11,6 +11,7 @@ import re
 import pytest
 import yaml
 
+from benchmarks.fidelity_chart import table_cells
 from orchestrator.config import RunConfig
 
 from .conftest import REPO
@@ -113,9 +114,7 @@ def _section(text: str, heading: str) -> str:
 
 def _fidelity_table() -> tuple[list[str], list[list[str]]]:
     """Header and rows of the table that opens docs/fidelity.md ("Every cell measured")."""
-    lines = [ln for ln in _section(FIDELITY, "## Every cell measured").splitlines() if ln.startswith("|")]
-    cells = [[c.strip() for c in ln.strip().strip("|").split("|")] for ln in lines]
-    return cells[0], cells[2:]
+    return table_cells(FIDELITY)
 
 
 def _table_numbers() -> tuple[set[tuple[str, str]], set[str]]:
