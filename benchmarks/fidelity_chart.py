@@ -38,6 +38,7 @@ class TableRow:
     mean: float
     std: float
     paper: float | None
+    evaluation: str  # networks x epochs
     labels: str
 
 
@@ -75,7 +76,7 @@ def read_table(text: str) -> dict[int, TableRow]:
     """The table's rows with a mean ± std figure, by their number."""
     header, rows = table_cells(text)
     col = {name: header.index(name) for name in
-           ("#", "data set", "method", "images per class", "ours (%)", "paper (%)", "labels")}
+           ("#", "data set", "method", "images per class", "ours (%)", "paper (%)", "networks x epochs", "labels")}
     table = {}
     for r in rows:
         figure = FIGURE.search(r[col["ours (%)"]])
@@ -85,12 +86,14 @@ def read_table(text: str) -> dict[int, TableRow]:
         paper_here = paper is not None and paper.end() == len(r[col["paper (%)"]])
         table[int(r[col["#"]])] = TableRow(
             int(r[col["#"]]), r[col["data set"]], r[col["method"]], int(r[col["images per class"]]),
-            float(figure[1]), float(figure[2]), float(paper[0]) if paper_here else None, r[col["labels"]])
+            float(figure[1]), float(figure[2]), float(paper[0]) if paper_here else None,
+            r[col["networks x epochs"]], r[col["labels"]])
     return table
 
 
 def draw(table: dict[int, TableRow], panels: tuple[Panel, ...] = PANELS) -> plt.Figure:
-    """Horizontal bar pairs per set, one panel per images-per-class setting."""
+    """Horizontal bar pairs per set, one panel per images-per-class setting; a row that a bar
+    names and the table lacks raises KeyError."""
     heights = [len(p.bars) for p in panels]
     fig, axes = plt.subplots(len(panels), 1, figsize=(7.5, 1.0 + 0.62 * sum(heights)),
                              gridspec_kw={"height_ratios": heights}, sharex=True, squeeze=False)
@@ -108,10 +111,10 @@ def _draw_panel(ax: plt.Axes, table: dict[int, TableRow], panel: Panel) -> None:
     for y, bar in enumerate(panel.bars):
         for attr, _, colour, dy in SERIES:
             number = getattr(bar, attr)
-            if number is None or number not in table:
+            if number is None:
                 ax.text(0.5, y + dy, "not scored", va="center", fontsize=7, color="grey")
                 continue
-            row = table[number]
+            row = table[number]  # a row the table lacks is an error in PANELS, not "not scored"
             ax.barh(y + dy, row.mean, height=0.38, xerr=row.std, color=colour, capsize=2)
             ax.text(row.mean + row.std + 0.6, y + dy, f"{row.mean:.1f} (row {number})", va="center", fontsize=7,
                     zorder=3, bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.3})  # over the paper marks
