@@ -5,8 +5,9 @@ probability it gives their true class, at T = 1 and at the soft-label temperatur
 
 Under a soft-label protocol the student learns the teacher's outputs on the set's images,
 not the set's labels: a set whose images the teacher assigns to other classes teaches
-those classes. Reads each run's set as its evaluation trains on it (decoded by its condense.factor), its
-random baseline where one is committed, and the pool's network 0 in its final state.
+those classes. Reads each run's set as its evaluation loads it (decoded by its
+condense.factor, before any augmentation), its random baseline where one is committed,
+and the pool's network 0 in its final state.
 """
 from __future__ import annotations
 
