@@ -49,11 +49,11 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=20.0)
     args = parser.parse_args()
     pool = PoolDir.at(args.pool)
+    spec = NetworkTeacher(pool.record.settings.model, read_states(pool, 0)["states"][-1])  # read once
     for uri in args.runs:
         run = opened(uri)
-        info = run.dataset
-        teacher = load_teacher(NetworkTeacher(pool.record.settings.model, read_states(pool, 0)["states"][-1]),
-                               channels=info.channels, num_classes=info.num_classes, im_size=tuple(info.im_size))
+        info = run.dataset  # load_teacher checks that the teacher fits each run's data
+        teacher = load_teacher(spec, channels=info.channels, num_classes=info.num_classes, im_size=tuple(info.im_size))
         for method in ("dm", "random"):  # "dm": the run's own set, whatever its method
             try:
                 images, labels = read_method(run, method)

@@ -11,7 +11,7 @@ import re
 import pytest
 import yaml
 
-from benchmarks.fidelity_chart import table_cells
+from benchmarks.fidelity_chart import FIGURE, table_cells  # FIGURE: a measured mean ± std
 from orchestrator.config import RunConfig
 
 from .conftest import REPO
@@ -102,7 +102,6 @@ def test_every_contract_in_internals_exists_as_written(module, node):
 
 # ------------------------------------------------------------------ fidelity, README, layer table
 FIDELITY = (REPO / "docs" / "fidelity.md").read_text()
-FIGURE = re.compile(r"(\d+\.\d+) ± (\d+\.\d+)")  # a measured figure: mean ± std
 
 
 def _section(text: str, heading: str) -> str:
