@@ -239,7 +239,9 @@ class DMCondenser:
         if kind == "pool":
             return PoolNetworks(self.pool)
         if kind == "queue":
-            trainee = self._build_network(info)
+            # contiguous, as every network that trains here (evaluation, pool): autograd through
+            # InstanceNorm2d's channels_last path costs 1.4x a contiguous step on the CPU
+            trainee = self._build_network(info).to(memory_format=torch.contiguous_format)
             for p in trainee.parameters():
                 p.requires_grad_(True)
             return ModelQueue(trainee, self._training_batch, self.seed, self.device)
@@ -251,7 +253,8 @@ class DMCondenser:
         bank = self.bank
         index = torch.randperm(bank.images.shape[0], generator=gen, device=self.device)[:size]
         slots = torch.arange(bank.num_classes, device=self.device).repeat_interleave(bank.counts)
-        return self._normalize(bank.images[index]), torch.tensor(bank.class_ids, device=self.device)[slots[index]]
+        x = self._normalize(bank.images[index]).contiguous()
+        return x, torch.tensor(bank.class_ids, device=self.device)[slots[index]]
 
     def _frequency_sampler(self) -> FrequencySampler:
         return FrequencySampler(self.bank.class_ids, self.net.classifier.in_features, self.seed, self.device)
