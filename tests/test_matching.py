@@ -164,7 +164,10 @@ def test_grouped_loss_and_gradients_equal_the_per_class_computation(settings):
         part = alone.loss(_one_class(draw, c, take, sum(grouped.bank.host_counts[:c])))
         total += float(part.detach())
         one, = torch.autograd.grad(part, alone.syn)
-        torch.testing.assert_close(one, grad[c * settings.ipc : (c + 1) * settings.ipc], rtol=1e-4, atol=1e-6)
+        expected = grad[c * settings.ipc : (c + 1) * settings.ipc]
+        # float error relative to the gradient's scale: convolutions of 1 and 3 classes may sum in
+        # another order (AVX2 and AVX-512 kernels differ), and NCFM's cosines amplify that
+        torch.testing.assert_close(one, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
     assert total == pytest.approx(float(loss.detach()), rel=1e-4)
 
 
