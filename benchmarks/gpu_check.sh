@@ -16,6 +16,7 @@
 # 6. `dmcondense run configs/digits.yaml` on one GPU, shortened.
 # Each part's status goes into the table; a failing part does not stop the others.
 # GPU_CHECK_DEVICE=cpu runs the same parts, tiny, on the CPU (the suite checks the script so).
+# With CIFAR-10 on the machine, benchmarks/paper_protocol.sh runs the papers' own protocol next (hours).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-gpu-check}

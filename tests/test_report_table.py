@@ -24,6 +24,17 @@ def test_every_coreset_of_table_1_gets_its_paper_figure_and_nothing_else_does():
                      ("dm", "AlexNet"): None}
 
 
+def test_a_recipes_set_gets_its_own_papers_cifar10_figure_only_as_shipped():
+    ncfm = load_config(str(REPO / "configs" / "cifar10-ipc10-ncfm.yaml"), [])
+    rows = results_table([_score("dm"), _score("dm@200"), _score("random")], ncfm, "cifar10")
+    assert {r.label: r.paper for r in rows} == {"ncfm": 71.8, "ncfm@200": None, "random": 26.0}
+    idm = load_config(str(REPO / "configs" / "cifar10-ipc10-idm.yaml"), ["condense.ipc=1"])
+    assert [r.paper for r in results_table([_score("dm")], idm, "cifar10")] == [45.6]
+    assert [r.paper for r in results_table([_score("dm")], ncfm, "cifar100")] == [None]  # its figure is CIFAR-10's
+    changed = load_config(str(REPO / "configs" / "cifar10-ipc10-ncfm.yaml"), ["condense.cfd_sampler=true"])
+    assert [(r.label, r.paper) for r in results_table([_score("dm")], changed, "cifar10")] == [("ncfm [sampler]", None)]
+
+
 def test_fair_columns_appear_with_the_first_known_score():
     cfg = load_config(str(REPO / "configs" / "cifar10-ipc1.yaml"), [])
     plain = markdown_table(results_table([_score("dm"), _score("random")], cfg, "cifar10"))
