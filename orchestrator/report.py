@@ -224,7 +224,8 @@ def report(run: RunDir, scores: list[Score]) -> list[TableRow]:
         markdown_table(table) if table else "(evaluation not run)",
         "",
         f"{protocol_line(cfg)}; mean ± std over networks. The paper column is Table 1 (ConvNet) where this setting is one "
-        "of the paper's, and a recipe's own paper for its set on CIFAR-10; DM's paper trains 100 networks of 1000 epochs on images condensed for 20,000 iterations."
+        "of the paper's, and a recipe's own paper for its set on CIFAR-10; DM's paper trains 100 networks of 1000 "
+        "epochs on images condensed for 20,000 iterations."
         + (" " + FAIR_NOTE if has_fair_scores(table) else ""),
         "",
         "## Timings",
