@@ -32,7 +32,9 @@ POOL=(--set "pool.uri=$OUT/pools")
 status=0
 step() {  # step NAME COMMAND...: run, keep its output; a failed step does not stop the others
   echo "paper protocol: $1 ..." >&2
-  "${@:2}" > "$OUT/$1.log" 2>&1 || { status=1; echo "paper protocol: $1 failed (rc $?), see $OUT/$1.log" >&2; }
+  "${@:2}" > "$OUT/$1.log" 2>&1
+  local rc=$?
+  [ $rc = 0 ] || { status=1; echo "paper protocol: $1 failed (rc $rc), see $OUT/$1.log" >&2; }
 }
 step pool "$PYTHON" -m orchestrator.cli pool configs/cifar10-ipc10-dance.yaml "${DATA[@]}" "${POOL[@]}"
 for recipe in dm m3d idm dance ncfm; do
