@@ -69,3 +69,12 @@ def test_a_recipe_names_where_it_departs_from_its_paper_and_dm_names_nothing():
     assert "bandwidths" in departures(load_config(REPO / "configs" / "cifar10-ipc10-m3d.yaml"))
     assert departures(load_config(REPO / "configs" / "cifar10-ipc10.yaml")) == ""
     assert departures(load_config(REPO / "configs" / "cifar10-ipc10-rded.yaml")) == ""
+
+
+def test_the_recipes_paper_figures_are_the_ones_their_configs_state():
+    from orchestrator.report import RECIPE_PAPERS
+
+    for recipe, figures in RECIPE_PAPERS.items():
+        text = (REPO / "configs" / f"cifar10-ipc10-{recipe}.yaml").read_text()
+        stated = " / ".join(f"{figures[ipc]:.1f}" for ipc in (1, 10, 50))
+        assert f"CIFAR-10 at 1/10/50 images per class): {stated};" in text, recipe
