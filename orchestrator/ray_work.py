@@ -105,16 +105,21 @@ def report_failure(w: Work, failure: TaskFailure, attempts: int) -> str:
 
 @ray.remote(num_cpus=0)
 class _Board:
-    """Units done so far by each running task, fed by the tasks, read by the driver's display."""
+    """Units done so far by each running task, and the units each found done when it resumed
+    from a checkpoint; fed by the tasks, read by the driver's display."""
 
     def __init__(self) -> None:
         self.done: dict[str, int] = {}
+        self.resumed: dict[str, int] = {}
 
     def update(self, key: str, done: int) -> None:
         self.done[key] = done
 
-    def snapshot(self) -> dict[str, int]:
-        return self.done
+    def resume(self, key: str, done: int) -> None:
+        self.done[key] = self.resumed[key] = done
+
+    def snapshot(self) -> tuple[dict[str, int], dict[str, int]]:
+        return self.done, self.resumed
 
 
 class TaskContext:
@@ -129,6 +134,10 @@ class TaskContext:
         if final or now - self._last >= self.every_s:
             self._last = now
             self.board.update.remote(self.key, int(done))
+
+    def resumed(self, done: int) -> None:
+        """The units its checkpoint held: done before this call, so no part of its pace (ETA)."""
+        self.board.resume.remote(self.key, int(done))
 
     @property
     def node_id(self) -> str:
@@ -399,10 +408,11 @@ def _stream(work: Sequence[Work], submit: Callable[[Work], Any], release: Callab
                     else:
                         outcome.results[w.key] = result
                     finished_units += w.units
-                partial = _progress_of(board)
+                partial, resumed = _progress_of(board)
                 in_flight = sum(min(partial.get(w.key, 0), w.units) for w in running.values())
                 display.update(finished_units + in_flight, f"{len(outcome.results)}/{len(work)} done, "
-                                                           f"{len(running)} in flight, {len(outcome.failed)} failed")
+                                                           f"{len(running)} in flight, {len(outcome.failed)} failed",
+                               resumed=sum(resumed.values()))
     except BaseException:
         for ref in running:
             cancel(ref)
@@ -410,14 +420,15 @@ def _stream(work: Sequence[Work], submit: Callable[[Work], Any], release: Callab
     return outcome
 
 
-def _progress_of(board: Any) -> dict[str, int]:
-    """Units done by the running tasks; none known while the board is unreachable (display only)."""
+def _progress_of(board: Any) -> tuple[dict[str, int], dict[str, int]]:
+    """Units done by the running tasks, and those their checkpoints held; none known while the
+    board is unreachable (display only)."""
     if board is None:
-        return {}
+        return {}, {}
     try:
         return ray.get(board.snapshot.remote(), timeout=10)
     except (RayError, TimeoutError):
-        return {}
+        return {}, {}
 
 
 def short_error(exc: BaseException) -> str:

@@ -29,7 +29,7 @@ from orchestrator.stages.pool import train_network
 from workers import rded
 from workers.data.types import DatasetInfo, ImageSet
 
-from .conftest import REPO, sets
+from .conftest import REPO, ReportedProgress, sets
 
 
 class MeanTeacher(nn.Module):
@@ -242,7 +242,9 @@ def test_a_resumed_rded_shard_is_the_bytes_of_an_uninterrupted_one(uninterrupted
         rded_shard(run, spec)
     monkeypatch.undo()
     assert shard_state(run, spec).state == "in_progress"
-    assert rded_shard(run, spec).resumed_from == 1  # the first class from the checkpoint
+    context = ReportedProgress()
+    assert rded_shard(run, spec, context).resumed_from == 1  # the first class from the checkpoint
+    assert context.resumed_at == [1]
     assert _bytes(run, spec) == _bytes(uninterrupted, uninterrupted.shards[0])
     assert not storage.exists(run.checkpoint(spec))
 

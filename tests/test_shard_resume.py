@@ -15,7 +15,7 @@ from orchestrator.components.settings import dm_settings
 from orchestrator.stages.condense import condense_shard, stream_identity
 from workers.dm import DMCondenser
 
-from .conftest import REPO
+from .conftest import REPO, ReportedProgress
 
 SETS = ["condense.iterations=6", "condense.checkpoint_every=3", "condense.ipc=1", "condense.batch_real=8",
         "condense.model=ConvNetW32", "plan.classes_per_shard=5", "resources.gpus_per_shard=0"]
@@ -56,6 +56,8 @@ def test_a_checkpoint_is_continued_only_under_its_own_stream(tmp_path, uninterru
     elif made_on == "threads":
         identity["threads"] += 1
     _checkpoint_at_3(run, identity)
-    manifest = condense_shard(run, run.shards[0])
+    context = ReportedProgress()
+    manifest = condense_shard(run, run.shards[0], context)
     assert manifest.resumed_from == resumed_from
+    assert context.resumed_at == ([resumed_from] if resumed_from else [])  # kept out of the stage's pace
     assert storage.read_bytes(run.shard_file(run.shards[0])) == uninterrupted  # never two streams mixed

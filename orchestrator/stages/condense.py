@@ -43,6 +43,8 @@ class Context(Protocol):
 
     def __call__(self, done: int, final: bool = False) -> None: ...
 
+    def resumed(self, done: int) -> None: ...
+
 
 def condense(run: RunDir, console: Console) -> None:
     """Compute every shard of the plan that has no valid commit; raises StageFailed naming the
@@ -92,6 +94,8 @@ def condense_shard(run: RunDir, spec: ShardSpec, context: Context | None = None)
     condenser = DMCondenser(real, run.dataset, spec.class_ids, dm_settings(run.config), spec.seed, device,
                             pool=shard_pool(run))
     resumed_from = _restore(run, spec, condenser, device)
+    if context is not None and resumed_from:
+        context.resumed(resumed_from)
 
     def on_checkpoint(st: dict) -> None:
         shards.write_checkpoint(run, spec, {**st, **stream_identity(device)})
@@ -125,7 +129,7 @@ def rded_shard(run: RunDir, spec: ShardSpec, context: Context | None = None) -> 
     teacher = loaded_teacher(run, device)
     done = _restore_classes(run, spec, device)
     if context is not None and done:
-        context(len(done))
+        context.resumed(len(done))
 
     def on_class(results: list[rded.ClassResult]) -> None:
         if run.config.condense.checkpoint_every > 0:

@@ -64,11 +64,14 @@ def train_network(pool: PoolDir, resources: ResourcesConfig, settings: TrainSett
     x = normalize(real.images, rec.info.mean, rec.info.std, device=device)
     y = real.labels.to(device)
     train, val = torch.tensor(train_rows, device=device), torch.tensor(val_rows, device=device)
+    resume = read_epoch_checkpoint(pool, index, device)
+    if context is not None and resume is not None:
+        context.resumed(resume.step)
     trained = train_pool_network(
         s.model, x[train], y[train], x[val], y[val], channels=rec.info.channels, num_classes=rec.info.num_classes,
         im_size=tuple(rec.info.im_size), settings=settings, schedule=Schedule(s.states_every, s.early_states),
         seed=network_seed(pool, index), device=device, on_step=(lambda step, total: context(step)) if context else None,
-        resume=read_epoch_checkpoint(pool, index, device), on_epoch=lambda ck: write_epoch_checkpoint(pool, index, ck, device),
+        resume=resume, on_epoch=lambda ck: write_epoch_checkpoint(pool, index, ck, device),
     )
     test = open_reader(rec.dataset, rec.info).read_test()
     test_accuracy = final_state_accuracy(
