@@ -6,7 +6,7 @@ START is a run with condense.iterations=0 and otherwise the same dataset, seed, 
 condense.factor as the RUNs: its committed images are the real images every such run starts
 from. For each RUN (and each of its kept checkpoints, condense.keep_checkpoints) prints the
 root-mean-square change per pixel of the decoded training images, in normalized units, and
-that change over the starting images' own RMS. A loss whose gradients are small at the
+that change over the starting images' own RMS; a run still condensing gets its kept checkpoints. A loss whose gradients are small at the
 images' learning rate leaves them near their start, and its set scores near the start's.
 """
 from __future__ import annotations
@@ -15,6 +15,7 @@ import argparse
 
 import torch
 
+from orchestrator.errors import RunError
 from orchestrator.run_dir import RunDir
 from orchestrator.run_opening import opened
 from orchestrator.artifacts.shards import SNAPSHOT_PREFIX, snapshot_iterations
@@ -51,7 +52,11 @@ def main() -> None:
         run = opened(uri)
         steps = [(f"{SNAPSHOT_PREFIX}{i}", i) for i in snapshot_iterations(run)]
         for method, iteration in steps + [("dm", run.config.condense.iterations)]:
-            change, relative = movement(start, run, method)
+            try:
+                change, relative = movement(start, run, method)
+            except RunError as exc:  # a run still condensing: its kept checkpoints are measured
+                print(f"{uri} | {iteration} | not committed: {exc} |")
+                continue
             print(f"{uri} | {iteration} | {change:.4f} | {relative:.3f}")
 
 
