@@ -6,8 +6,9 @@ START is a run with condense.iterations=0 and otherwise the same dataset, seed, 
 condense.factor as the RUNs: its committed images are the real images every such run starts
 from. For each RUN (and each of its kept checkpoints, condense.keep_checkpoints) prints the
 root-mean-square change per pixel of the decoded training images, in normalized units, and
-that change over the starting images' own RMS; a run still condensing gets its kept checkpoints. A loss whose gradients are small at the
-images' learning rate leaves them near their start, and its set scores near the start's.
+that change over the starting images' own RMS (a run still condensing: its kept checkpoints).
+A loss whose gradients are small at the images' learning rate leaves them near their start, and
+its set scores near the start's.
 """
 from __future__ import annotations
 
