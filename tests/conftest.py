@@ -11,9 +11,13 @@ import re
 import sys
 import textwrap
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import pytest
+
+if TYPE_CHECKING:
+    from orchestrator.run_dir import RunDir
+    from workers.dm import DMCondenser
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep Ray on 127.0.0.1
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -133,6 +137,32 @@ class ReportedProgress:
 
     def resumed(self, done: int) -> None:
         self.resumed_at.append(done)
+
+
+def digits_run(output: Path, overrides: list[str]) -> RunDir:
+    """A saved run of configs/digits.yaml with ``overrides``, in ``output``."""
+    from orchestrator.config import load_config
+    from orchestrator.pipeline import new_run
+
+    run = new_run(load_config(REPO / "configs" / "digits.yaml", [*overrides, f"output={output}"]))
+    run.save()
+    return run
+
+
+def checkpoint_first_shard(run: RunDir, until: int, identity: dict) -> DMCondenser:
+    """Shard 0 condensed to iteration ``until`` and checkpointed as its task does, stamped with
+    ``identity`` (the stream that made it); the condenser is returned to compare against."""
+    from orchestrator.artifacts import shards
+    from orchestrator.components.settings import dm_settings
+    from orchestrator.components.worker_setup import run_reader
+    from workers.dm import DMCondenser
+
+    spec = run.shards[0]
+    condenser = DMCondenser(run_reader(run).read_train(list(spec.class_ids)), run.dataset, spec.class_ids,
+                            dm_settings(run.config), spec.seed)
+    condenser.run(until=until)
+    shards.write_checkpoint(run, spec, {**condenser.state_dict(), **identity})
+    return condenser
 
 
 def sets(*items: str) -> list[str]:

@@ -8,26 +8,13 @@ import sys
 import torch
 
 from benchmarks import image_movement
-from orchestrator.artifacts import shards
 from orchestrator.artifacts.training_sets import read_method
-from orchestrator.components.settings import dm_settings
-from orchestrator.components.worker_setup import run_reader
-from orchestrator.config import load_config
-from orchestrator.pipeline import new_run
 from orchestrator.stages.condense import condense_shard, stream_identity
-from workers.dm import DMCondenser
 
-from .conftest import REPO
+from .conftest import checkpoint_first_shard, digits_run
 
 SETS = ["condense.ipc=1", "condense.batch_real=8", "condense.model=ConvNetW32", "plan.classes_per_shard=10",
         "resources.gpus_per_shard=0", "condense.checkpoint_every=3", "condense.keep_checkpoints=true"]
-
-
-def _run(tmp_path, name, iterations):  # noqa: ANN001, ANN202
-    run = new_run(load_config(REPO / "configs" / "digits.yaml",
-                              [*SETS, f"condense.iterations={iterations}", f"output={tmp_path / name}"]))
-    run.save()
-    return run
 
 
 def _table(monkeypatch, capsys, *uris: str) -> dict[str, str]:  # noqa: ANN001
@@ -39,13 +26,10 @@ def _table(monkeypatch, capsys, *uris: str) -> dict[str, str]:  # noqa: ANN001
 
 def test_a_run_still_condensing_gets_its_checkpoints_and_a_finished_one_its_set(tmp_path, monkeypatch, capsys):
     torch.set_num_threads(1)
-    start, run = _run(tmp_path, "start", 0), _run(tmp_path, "run", 6)
+    start = digits_run(tmp_path / "start", [*SETS, "condense.iterations=0"])
+    run = digits_run(tmp_path / "run", [*SETS, "condense.iterations=6"])
     condense_shard(start, start.shards[0])
-    spec = run.shards[0]
-    condenser = DMCondenser(run_reader(run).read_train(list(spec.class_ids)), run.dataset, spec.class_ids,
-                            dm_settings(run.config), spec.seed)
-    condenser.run(until=3)
-    shards.write_checkpoint(run, spec, {**condenser.state_dict(), **stream_identity(torch.device("cpu"))})
+    condenser = checkpoint_first_shard(run, 3, stream_identity(torch.device("cpu")))
 
     x0 = read_method(start)[0]
     moved_3 = float((condenser.syn.detach() - x0).square().mean().sqrt())
@@ -53,7 +37,7 @@ def test_a_run_still_condensing_gets_its_checkpoints_and_a_finished_one_its_set(
     assert table["3"] == f"{moved_3:.4f} | {moved_3 / float(x0.square().mean().sqrt()):.3f}" and moved_3 > 0
     assert table["6"].startswith("not committed: shard-00000 is in_progress checkpoint at iteration 3")
 
-    condense_shard(run, spec)  # resumes from 3 and commits
+    condense_shard(run, run.shards[0])  # resumes from 3 and commits
     table_after = _table(monkeypatch, capsys, str(tmp_path / "start"), str(tmp_path / "run"))
     assert table_after["3"] == table["3"]
     assert float(table_after["6"].split(" | ")[0]) > 0

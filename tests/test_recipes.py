@@ -145,11 +145,12 @@ def test_the_queues_cross_entropy_is_weighted_by_the_networks_accuracy_in_percen
     condenser = DMCondenser(real, info, [0, 1, 2], settings, seed=4)
     draw = condenser.draw()
     member = condenser.networks.members[draw.network]
-    untrained = float(condenser.loss(draw))  # accuracy 0 before any training: no cross-entropy
+    untrained = float(condenser.loss(draw).detach())  # accuracy 0 before any training: no cross-entropy
     member.correct, member.seen = 1, 4
     syn = condenser._syn_embeddings(condenser._syn_augmented(draw.params))
-    ce = float(torch.nn.functional.cross_entropy(condenser.net.classifier(syn.flatten(0, 1)), condenser.syn_labels))
-    assert float(condenser.loss(draw)) == pytest.approx(untrained + 25.0 * 3 * ce, rel=1e-4)
+    logits = condenser.net.classifier(syn.flatten(0, 1))
+    ce = float(torch.nn.functional.cross_entropy(logits, condenser.syn_labels).detach())
+    assert float(condenser.loss(draw).detach()) == pytest.approx(untrained + 25.0 * 3 * ce, rel=1e-4)
 
 
 def _saved(state: dict) -> bytes:
