@@ -17,6 +17,7 @@ from orchestrator.config import RunConfig
 from .conftest import REPO
 
 README = (REPO / "README.md").read_text()
+RESULTS = (REPO / "docs" / "results.md").read_text()
 INTERNALS = (REPO / "docs" / "internals.md").read_text()
 
 
@@ -161,12 +162,14 @@ def test_fidelity_rows_name_a_reproducing_command_and_the_page_stays_short():
     assert len(FIDELITY.splitlines()) < 500, "docs/fidelity.md runs past 500 lines: move a study's log to docs/notes/"
 
 
-def test_every_figure_of_the_readme_is_the_fidelity_tables():
+@pytest.mark.parametrize("page, text, results", [("README.md", README, _section(README, "## Results")),
+                                                 ("docs/results.md", RESULTS, RESULTS)])
+def test_every_figure_of_the_readme_and_results_page_is_the_fidelity_tables(page, text, results):
     figures, numbers = _table_numbers()
-    for figure in FIGURE.finditer(README):
-        assert figure.groups() in figures, f"README states {figure.group(0)}, which docs/fidelity.md's table lacks"
-    for number in re.findall(r"(?<![\d.])\d+\.\d+(?![\d.])", _section(README, "## Results")):
-        assert number in numbers, f"README's results state {number}, which docs/fidelity.md's table lacks"
+    for figure in FIGURE.finditer(text):
+        assert figure.groups() in figures, f"{page} states {figure.group(0)}, which docs/fidelity.md's table lacks"
+    for number in re.findall(r"(?<![\d.])\d+\.\d+(?![\d.])", results):
+        assert number in numbers, f"{page}'s results state {number}, which docs/fidelity.md's table lacks"
 
 
 def _reproducing_commands() -> list[str]:
