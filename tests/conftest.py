@@ -141,6 +141,7 @@ class ReportedProgress:
 
 def digits_run(output: Path, overrides: list[str]) -> RunDir:
     """A saved run of configs/digits.yaml with ``overrides``, in ``output``."""
+    # The project is imported by the tests that call these, not by every module's collection.
     from orchestrator.config import load_config
     from orchestrator.pipeline import new_run
 
