@@ -27,12 +27,12 @@ def draw(table: dict[int, TableRow], recipes: tuple[tuple[str, int], ...] = RECI
          start: int = START) -> plt.Figure:
     """A bar per recipe with its paper's figure as a mark and the start as a line; a row that the
     chart names and the table lacks raises KeyError."""
-    fig, ax = plt.subplots(figsize=(7.5, 1.4 + 0.42 * len(recipes)))
+    fig, ax = plt.subplots(figsize=(7.5, 1.9 + 0.42 * len(recipes)))
     for y, (name, number) in enumerate(recipes):
         row = table[number]
         ax.barh(y, row.mean, height=0.6, xerr=row.std, color="tab:blue", capsize=2)
-        ax.text(row.mean + row.std + 0.6, y, f"{row.mean:.1f} (row {number})", va="center", fontsize=7,
-                zorder=3, bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.3})
+        ax.text(1.0, y, f"{row.mean:.2f} ± {row.std:.2f} (row {number})", va="center", fontsize=7,
+                color="white")  # inside the bar: the paper's mark past its end stays clear
         if row.paper is not None:
             ax.plot(row.paper, y, marker="|", markersize=14, color="black", gid="paper")
     ax.axvline(table[start].mean, linestyle="--", color="grey", gid="start")
@@ -44,7 +44,7 @@ def draw(table: dict[int, TableRow], recipes: tuple[tuple[str, int], ...] = RECI
                               label="its paper's figure"),
                        Line2D([], [], linestyle="--", color="grey",
                               label=f"the factor-2 start, 0 iterations (row {start})")],
-              loc="lower right", fontsize=8)
+              loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=3, fontsize=8)
     ax.set_xlabel("test accuracy (%), ConvNet, hard labels, DSA, 2 networks x 300 epochs, mean ± std")
     fig.suptitle("CIFAR-10, 10 images per class: the recipes against their papers", fontsize=10)
     return fig
