@@ -39,7 +39,9 @@ def test_killed_shards_are_retried_and_every_class_is_committed_once(rehearsed):
     assert sorted(c for m in manifests for c in m["classes"]) == list(range(40))
     assert sum(figures["shards_per_node"]) == 20 and len(figures["shards_per_node"]) >= 2  # work spread
     lost = figures["node_lost"]  # a whole node went after 6 commits; its shards were computed elsewhere
-    assert lost["after_commits"] >= 6 and lost["shards_committed_by_the_lost_node"] <= lost["after_commits"]
+    # at most the node's 2 running shards finish their write as its raylet goes; none starts there after
+    assert lost["after_commits"] >= 6 and 0 <= lost["committed_after_removal"] <= 2
+    assert lost["shards_committed_by_the_lost_node"] <= lost["after_commits"] + lost["committed_after_removal"]
     assert figures["driver_cpu_ms_per_shard"] > 0 and figures["object_store"]["capacity_bytes"] > 0
 
 
