@@ -15,6 +15,7 @@ import argparse
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
@@ -127,14 +128,19 @@ def _draw_panel(ax: plt.Axes, table: dict[int, TableRow], panel: Panel) -> None:
     ax.set_title(f"{panel.ipc} image{'s' if panel.ipc > 1 else ''} per class", fontsize=9, loc="left")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("docs/figures/cifar10-protocols.png"))
+def write_chart(draw_table: Callable[[dict[int, TableRow]], plt.Figure], default_out: str, doc: str) -> None:
+    """The command line of a chart drawn from the table: the picture written to --out."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path(default_out))
     args = parser.parse_args()
-    fig = draw(read_table(FIDELITY.read_text()))
+    fig = draw_table(read_table(FIDELITY.read_text()))
     fig.tight_layout()
     fig.savefig(args.out, dpi=110)
     print(f"wrote {args.out}")
+
+
+def main() -> None:
+    write_chart(draw, "docs/figures/cifar10-protocols.png", __doc__)
 
 
 if __name__ == "__main__":

@@ -10,13 +10,10 @@ protocol its bar says.
 """
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from benchmarks.fidelity_chart import FIDELITY, TableRow, read_table
+from benchmarks.fidelity_chart import TableRow, write_chart
 from orchestrator.figures import plt
 
 RECIPES = (("NCFM", 162), ("DANCE", 163), ("M3D", 156), ("IDM", 176), ("DM", 174))  # (name, row)
@@ -51,13 +48,7 @@ def draw(table: dict[int, TableRow], recipes: tuple[tuple[str, int], ...] = RECI
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("docs/figures/cifar10-recipes.png"))
-    args = parser.parse_args()
-    fig = draw(read_table(FIDELITY.read_text()))
-    fig.tight_layout()
-    fig.savefig(args.out, dpi=110)
-    print(f"wrote {args.out}")
+    write_chart(draw, "docs/figures/cifar10-recipes.png", __doc__)
 
 
 if __name__ == "__main__":
